@@ -1,0 +1,169 @@
+"""Effect outcomes, the handler signature, and the built-in handlers that only decide a wait.
+
+A handler is `handler(run, effect, default_next_node) -> EffectOutcome` (two-argument
+handlers `(run, effect)` are accepted too). `default_next_node` is the node the StepPlan
+named, so a waiting effect resumes there without repeating it in its payload.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Optional
+
+from .models import Effect, RunState, WaitReason, WaitState
+from .timeutil import iso_to_epoch
+
+EffectHandler = Callable[..., "EffectOutcome"]
+
+
+@dataclass(frozen=True)
+class EffectOutcome:
+    """What a handler did: completed (with a JSON-safe result), waiting, or failed."""
+
+    status: str
+    result: Optional[Dict[str, Any]] = None
+    wait: Optional[WaitState] = None
+    error: Optional[str] = None
+
+    @classmethod
+    def completed(cls, result: Optional[Dict[str, Any]] = None) -> "EffectOutcome":
+        return cls(status="completed", result=result)
+
+    @classmethod
+    def waiting(cls, wait: WaitState) -> "EffectOutcome":
+        return cls(status="waiting", wait=wait)
+
+    @classmethod
+    def failed(cls, error: str) -> "EffectOutcome":
+        return cls(status="failed", error=error)
+
+
+def call_handler(handler: EffectHandler, run: RunState, effect: Effect, default_next_node: Optional[str]) -> Any:
+    if _arity(handler) >= 3:
+        return handler(run, effect, default_next_node)
+    return handler(run, effect)
+
+
+_ARITY_CACHE: Dict[Any, int] = {}
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    key = getattr(fn, "__func__", fn)
+    n = _ARITY_CACHE.get(key)
+    if n is None:
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            return 3
+        if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
+            n = 3
+        else:
+            n = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+        _ARITY_CACHE[key] = n
+    return n
+
+
+def event_wait_key(name: str, scope: Optional[str], *, session_id: Optional[str], run_id: Optional[str]) -> str:
+    """The wait key of a named event. Scopes: global (default), session, run."""
+    scope = (scope or "global").lower()
+    if scope == "global":
+        return f"event:global:{name}"
+    if scope == "session":
+        if not session_id:
+            raise ValueError(f"event {name!r} has scope 'session' but no session_id is known")
+        return f"event:session:{session_id}:{name}"
+    if scope == "run":
+        if not run_id:
+            raise ValueError(f"event {name!r} has scope 'run' but no run_id is known")
+        return f"event:run:{run_id}:{name}"
+    raise ValueError(f"unknown event scope {scope!r} (expected global, session or run)")
+
+
+def _choices(payload: Dict[str, Any]) -> Optional[list]:
+    c = payload.get("choices")
+    if c is None:
+        return None
+    if not isinstance(c, (list, tuple)) or not all(isinstance(x, str) for x in c):
+        raise ValueError("choices must be a list of strings")
+    return list(c)
+
+
+def handle_ask_user(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+    p = effect.payload
+    prompt = p.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        return EffectOutcome.failed("ask_user needs payload.prompt (a non-empty string)")
+    try:
+        choices = _choices(p)
+    except ValueError as e:
+        return EffectOutcome.failed(f"ask_user: {e}")
+    return EffectOutcome.waiting(
+        WaitState(
+            reason=WaitReason.USER,
+            wait_key=str(p.get("wait_key") or f"user:{run.run_id}:{run.steps}"),
+            resume_to_node=p.get("resume_to_node") or default_next_node,
+            result_key=effect.result_key,
+            prompt=prompt,
+            choices=choices,
+            allow_free_text=bool(p.get("allow_free_text", True)),
+        )
+    )
+
+
+def handle_wait_event(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+    p = effect.payload
+    key = p.get("wait_key")
+    if not key:
+        name = p.get("name")
+        if not name:
+            return EffectOutcome.failed("wait_event needs payload.wait_key or payload.name")
+        try:
+            key = event_wait_key(str(name), p.get("scope"), session_id=run.session_id, run_id=run.run_id)
+        except ValueError as e:
+            return EffectOutcome.failed(f"wait_event: {e}")
+    try:
+        choices = _choices(p)
+    except ValueError as e:
+        return EffectOutcome.failed(f"wait_event: {e}")
+    return EffectOutcome.waiting(
+        WaitState(
+            reason=WaitReason.EVENT,
+            wait_key=str(key),
+            resume_to_node=p.get("resume_to_node") or default_next_node,
+            result_key=effect.result_key,
+            prompt=p.get("prompt"),
+            choices=choices,
+            allow_free_text=bool(p.get("allow_free_text", True)),
+        )
+    )
+
+
+def handle_wait_until(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+    until = effect.payload.get("until")
+    if not until:
+        return EffectOutcome.failed("wait_until needs payload.until (an ISO-8601 time)")
+    try:
+        due = iso_to_epoch(str(until))
+    except ValueError:
+        return EffectOutcome.failed(f"wait_until: {until!r} is not an ISO-8601 time")
+    now = datetime.now(timezone.utc).timestamp()
+    if due <= now:
+        return EffectOutcome.completed({"until": str(until), "ready": True})
+    return EffectOutcome.waiting(
+        WaitState(
+            reason=WaitReason.UNTIL,
+            wait_key=f"until:{run.run_id}:{run.steps}",
+            until=str(until),
+            resume_to_node=effect.payload.get("resume_to_node") or default_next_node,
+            result_key=effect.result_key,
+        )
+    )
+
+
+def handle_answer_user(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+    msg = effect.payload.get("message")
+    if msg is None:
+        return EffectOutcome.failed("answer_user needs payload.message")
+    return EffectOutcome.completed({"message": str(msg), "level": str(effect.payload.get("level") or "info")})

@@ -1,0 +1,107 @@
+"""One root exception and a small taxonomy with stable codes.
+
+Each error that can cross the wire carries a numeric `CODE` (in the JSON-RPC server-error
+range) and a stable `NAME`, and converts itself to a JSON-RPC error object with structured
+`data`. Errors also subclass the builtin the published package raised in the same place
+(`KeyError` for an unknown run, `ValueError` for a bad resume) so existing `except` clauses
+keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+
+class AbstractRuntimeError(Exception):
+    CODE = -32000
+    NAME = "runtime_error"
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: Dict[str, Any] = data
+
+    def __str__(self) -> str:  # KeyError subclasses would otherwise print repr()
+        return self.message
+
+    def to_error_object(self) -> Dict[str, Any]:
+        return {"code": self.CODE, "message": self.message, "data": {"name": self.NAME, **self.data}}
+
+
+class RunNotFoundError(AbstractRuntimeError, KeyError):
+    CODE = -32001
+    NAME = "run_not_found"
+
+
+class WorkflowNotFoundError(AbstractRuntimeError, KeyError):
+    CODE = -32002
+    NAME = "workflow_not_found"
+
+
+class RunNotWaitingError(AbstractRuntimeError, ValueError):
+    CODE = -32003
+    NAME = "run_not_waiting"
+
+
+class WaitKeyMismatchError(AbstractRuntimeError, ValueError):
+    CODE = -32004
+    NAME = "wait_key_mismatch"
+
+
+class RunFinishedError(RunNotWaitingError):
+    """The run already completed, failed or was cancelled."""
+
+    CODE = -32005
+    NAME = "run_already_finished"
+
+
+class InvalidWorkflowError(AbstractRuntimeError, ValueError):
+    CODE = -32006
+    NAME = "invalid_workflow"
+
+
+class NotJsonSerializableError(AbstractRuntimeError, TypeError):
+    CODE = -32007
+    NAME = "not_json_serializable"
+
+
+class RunBusyError(AbstractRuntimeError):
+    """Another owner holds the run's lease (it is being ticked elsewhere)."""
+
+    CODE = -32008
+    NAME = "run_busy"
+
+
+class WorkflowMismatchError(AbstractRuntimeError, ValueError):
+    CODE = -32009
+    NAME = "workflow_mismatch"
+
+
+class EffectHandlerMissingError(AbstractRuntimeError):
+    CODE = -32010
+    NAME = "effect_handler_missing"
+
+
+ERROR_TYPES = (
+    AbstractRuntimeError,
+    RunNotFoundError,
+    WorkflowNotFoundError,
+    RunNotWaitingError,
+    WaitKeyMismatchError,
+    RunFinishedError,
+    InvalidWorkflowError,
+    NotJsonSerializableError,
+    RunBusyError,
+    WorkflowMismatchError,
+    EffectHandlerMissingError,
+)
+
+
+def error_for_code(code: int, message: str, data: Optional[Dict[str, Any]] = None) -> AbstractRuntimeError:
+    """Rebuild a typed error from a wire error object (used by clients)."""
+    for cls in ERROR_TYPES:
+        if cls.CODE == code:
+            payload = dict(data or {})
+            payload.pop("name", None)
+            return cls(message, **payload)
+    return AbstractRuntimeError(message, **(data or {}))

@@ -1,0 +1,17 @@
+"""ISO-8601 helpers: every `until` is compared as epoch seconds, whatever its offset."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def iso_to_epoch(value: str) -> float:
+    """Parse an ISO-8601 timestamp; a naive one is taken as UTC. Raises ValueError if bad."""
+    dt = datetime.fromisoformat(str(value).strip())
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def epoch_to_iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat()

@@ -1,0 +1,51 @@
+"""Maps workflow ids to the `WorkflowSpec`s that run them."""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, Iterator, List, Optional
+
+from ..core.errors import WorkflowNotFoundError
+from ..core.spec import WorkflowSpec
+
+
+class WorkflowRegistry:
+    def __init__(self, workflows: Optional[List[WorkflowSpec]] = None) -> None:
+        self._lock = threading.Lock()
+        self._specs: Dict[str, WorkflowSpec] = {}
+        for wf in workflows or ():
+            self.register(wf)
+
+    def register(self, workflow: WorkflowSpec) -> None:
+        if not isinstance(workflow, WorkflowSpec):
+            raise TypeError(f"expected a WorkflowSpec, got {type(workflow).__name__}")
+        with self._lock:
+            self._specs[workflow.workflow_id] = workflow
+
+    def unregister(self, workflow_id: str) -> Optional[WorkflowSpec]:
+        with self._lock:
+            return self._specs.pop(workflow_id, None)
+
+    def get(self, workflow_id: str) -> Optional[WorkflowSpec]:
+        return self._specs.get(workflow_id)
+
+    def get_or_raise(self, workflow_id: str) -> WorkflowSpec:
+        wf = self._specs.get(workflow_id)
+        if wf is None:
+            known = ", ".join(sorted(self._specs)) or "none"
+            raise WorkflowNotFoundError(
+                f"workflow {workflow_id!r} is not registered (registered: {known})", workflow_id=workflow_id
+            )
+        return wf
+
+    def list_ids(self) -> List[str]:
+        return sorted(self._specs)
+
+    def __contains__(self, workflow_id: object) -> bool:
+        return workflow_id in self._specs
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __iter__(self) -> Iterator[WorkflowSpec]:
+        return iter(list(self._specs.values()))

@@ -1,0 +1,177 @@
+"""The timer-driven scheduler: resumes due `WAIT_UNTIL` runs and recovers interrupted ones.
+
+It sleeps until the earliest due time the store knows of, and the store wakes it whenever a
+run starts waiting on an earlier time. When timers fall due it claims them all from the store
+(a claim leases them, so two schedulers sharing a database never tick the same run) and ticks
+them in a burst. `poll_interval_s` only caps how long it sleeps without looking, for timers
+written by another process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from ..core.errors import AbstractRuntimeError
+from ..core.models import RunState, RunStatus, WaitReason
+from ..core.runtime import Runtime
+from ..core.timeutil import iso_to_epoch
+from .registry import WorkflowRegistry
+
+log = logging.getLogger("abstractruntime.scheduler")
+
+
+@dataclass
+class SchedulerStats:
+    poll_cycles: int = 0
+    runs_resumed: int = 0
+    runs_failed: int = 0
+    runs_recovered: int = 0
+    wakeups: int = 0
+    errors: Deque[str] = field(default_factory=lambda: deque(maxlen=50))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "poll_cycles": self.poll_cycles,
+            "runs_resumed": self.runs_resumed,
+            "runs_failed": self.runs_failed,
+            "runs_recovered": self.runs_recovered,
+            "wakeups": self.wakeups,
+            "recent_errors": list(self.errors),
+        }
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        registry: WorkflowRegistry,
+        poll_interval_s: float = 1.0,
+        on_run_resumed: Optional[Callable[[RunState], None]] = None,
+        on_run_failed: Optional[Callable[[str, Exception], None]] = None,
+        batch_size: int = 10000,
+        lease_s: float = 300.0,
+    ) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.poll_interval_s = poll_interval_s
+        self.on_run_resumed = on_run_resumed
+        self.on_run_failed = on_run_failed
+        self.batch_size = batch_size
+        self.lease_s = lease_s
+        self.stats = SchedulerStats()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._target = float("inf")  # the due time the loop sleeps towards
+        runtime.run_store.add_listener(self._on_saved)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.is_running:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="abstractruntime-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _on_saved(self, summary: Any) -> None:
+        if summary.status == "waiting" and summary.wait_reason == "until" and summary.until:
+            try:
+                due = iso_to_epoch(summary.until)
+            except ValueError:
+                due = 0.0
+            if due < self._target:
+                self._target = due
+                self._wake.set()
+
+    def _loop(self) -> None:
+        self.recover()
+        store = self.runtime.run_store
+        while not self._stopping.is_set():
+            try:
+                self.poll_once()
+                nxt = store.next_due_at()
+            except Exception as e:  # isolation boundary: the loop outlives any one failure
+                self.stats.errors.append(f"{type(e).__name__}: {e}")
+                log.exception("scheduler cycle failed")
+                nxt = None
+            self._target = nxt if nxt is not None else float("inf")
+            delay = self.poll_interval_s if nxt is None else min(self.poll_interval_s, max(0.0, nxt - time.time()))
+            if delay > 0 and self._wake.wait(delay):
+                self.stats.wakeups += 1
+            self._wake.clear()
+
+    def poll_once(self) -> int:
+        """Resume every run whose timer is due now; returns how many were ticked."""
+        self.stats.poll_cycles += 1
+        store = self.runtime.run_store
+        ids = store.claim_due_runs(now=time.time(), owner=self.runtime.owner_id, lease_s=self.lease_s, limit=self.batch_size)
+        for rid in ids:
+            try:
+                self._tick(rid)
+            finally:
+                store.release_lease(rid, self.runtime.owner_id)
+        return len(ids)
+
+    def _tick(self, run_id: str) -> Optional[RunState]:
+        try:
+            run = self.runtime.get_state(run_id)
+            wf = self.registry.get_or_raise(run.workflow_id)
+            state = self.runtime.tick(workflow=wf, run_id=run_id)
+        except Exception as e:  # isolation boundary: one run's trouble never stops the others
+            self.stats.runs_failed += 1
+            self.stats.errors.append(f"{run_id}: {type(e).__name__}: {e}")
+            if not isinstance(e, AbstractRuntimeError):
+                log.exception("scheduler could not tick run %s", run_id)
+            if self.on_run_failed:
+                self.on_run_failed(run_id, e)
+            return None
+        self.stats.runs_resumed += 1
+        if self.on_run_resumed:
+            self.on_run_resumed(state)
+        return state
+
+    def recover(self) -> int:
+        """Tick runs a crash left mid-tick, and parents whose child finished meanwhile."""
+        store = self.runtime.run_store
+        n = 0
+        for s in store.list_run_summaries(status=RunStatus.RUNNING, limit=10**9):
+            if self._tick(s.run_id) is not None:
+                n += 1
+        for s in store.list_run_summaries(status=RunStatus.WAITING, wait_reason=WaitReason.SUBWORKFLOW, limit=10**9):
+            self._tick(s.run_id)
+        self.stats.runs_recovered += n
+        return n
+
+    # -- conveniences -----------------------------------------------------------------------
+
+    def resume_event(self, *, run_id: str, wait_key: str, payload: Dict[str, Any]) -> RunState:
+        run = self.runtime.get_state(run_id)
+        wf = self.registry.get_or_raise(run.workflow_id)
+        return self.runtime.resume(workflow=wf, run_id=run_id, wait_key=wait_key, payload=payload)
+
+    def find_waiting_runs(
+        self, *, wait_reason: Any = None, workflow_id: Optional[str] = None, limit: int = 100
+    ) -> List[RunState]:
+        return self.runtime.run_store.list_runs(
+            status=RunStatus.WAITING, wait_reason=wait_reason, workflow_id=workflow_id, limit=limit
+        )

@@ -1,0 +1,167 @@
+"""The in-process run index shared by the in-memory and JSON-file stores.
+
+It answers listings, wait-key lookups and due-timer claims from memory, so none of them
+reads run files. Timers sit in a heap keyed by due time; entries are checked lazily when
+popped (a run that moved on leaves a stale heap entry that is simply dropped).
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from typing import Dict, List, Optional, Set, Tuple
+
+from ..core.timeutil import iso_to_epoch
+from .base import RunListener, RunSummary, _reason_value, _status_value
+
+
+class RunIndex:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._entries: Dict[str, RunSummary] = {}
+        # status -> run ids in the order they reached that status (dicts keep order).
+        self._by_status: Dict[str, Dict[str, None]] = {}
+        self._by_wait_key: Dict[str, Set[str]] = {}
+        self._timers: List[Tuple[float, str]] = []
+        self._due_epoch: Dict[str, float] = {}
+        self._leases: Dict[str, Tuple[str, float]] = {}
+        self._listeners: List[RunListener] = []
+
+    # writes -----------------------------------------------------------------------------
+
+    def put(self, s: RunSummary, *, notify: bool = True) -> None:
+        with self._lock:
+            old = self._entries.get(s.run_id)
+            if old is not None:
+                if old.status != s.status:
+                    self._by_status.get(old.status, {}).pop(s.run_id, None)
+                if old.wait_key and old.wait_key != s.wait_key:
+                    keyed = self._by_wait_key.get(old.wait_key)
+                    if keyed is not None:
+                        keyed.discard(s.run_id)
+                        if not keyed:
+                            del self._by_wait_key[old.wait_key]
+            self._entries[s.run_id] = s
+            self._by_status.setdefault(s.status, {})[s.run_id] = None
+            if s.wait_key:
+                self._by_wait_key.setdefault(s.wait_key, set()).add(s.run_id)
+            if s.status == "waiting" and s.wait_reason == "until" and s.until:
+                try:
+                    due = iso_to_epoch(s.until)
+                except ValueError:
+                    due = 0.0  # an unparseable time is treated as due: the runtime reports it
+                if self._due_epoch.get(s.run_id) != due:
+                    self._due_epoch[s.run_id] = due
+                    heapq.heappush(self._timers, (due, s.run_id))
+            else:
+                self._due_epoch.pop(s.run_id, None)
+            listeners = self._listeners if notify else ()
+        for fn in listeners:
+            fn(s)
+
+    def add_listener(self, fn: RunListener) -> None:
+        with self._lock:
+            self._listeners = self._listeners + [fn]
+
+    # reads ------------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> Optional[RunSummary]:
+        return self._entries.get(run_id)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def summaries(
+        self,
+        *,
+        status=None,
+        wait_reason=None,
+        workflow_id: Optional[str] = None,
+        limit: int = 100,
+        after: Optional[str] = None,
+    ) -> List[RunSummary]:
+        st = _status_value(status)
+        reason = _reason_value(wait_reason)
+        with self._lock:
+            if st is not None:
+                ids = list(self._by_status.get(st, {}))
+            else:
+                ids = list(self._entries)
+            entries = self._entries
+        if after is not None:
+            try:
+                ids = ids[ids.index(after) + 1 :]
+            except ValueError:
+                pass
+        out: List[RunSummary] = []
+        for rid in ids:
+            s = entries.get(rid)
+            if s is None:
+                continue
+            if reason is not None and s.wait_reason != reason:
+                continue
+            if workflow_id is not None and s.workflow_id != workflow_id:
+                continue
+            out.append(s)
+            if len(out) >= limit:
+                break
+        return out
+
+    def counts(self) -> Dict[str, int]:
+        with self._lock:
+            return {k: len(v) for k, v in self._by_status.items() if v}
+
+    def waiting_on(self, wait_key: str) -> List[str]:
+        with self._lock:
+            return [r for r in self._by_wait_key.get(wait_key, ()) if self._entries[r].status == "waiting"]
+
+    # timers and leases ----------------------------------------------------------------------
+
+    def _lease_free(self, run_id: str, owner: Optional[str], now_m: float) -> bool:
+        held = self._leases.get(run_id)
+        return held is None or held[1] <= now_m or (owner is not None and held[0] == owner)
+
+    def next_due_at(self) -> Optional[float]:
+        with self._lock:
+            self._drop_stale_timers()
+            return self._timers[0][0] if self._timers else None
+
+    def _drop_stale_timers(self) -> None:
+        timers = self._timers
+        while timers:
+            due, rid = timers[0]
+            if self._due_epoch.get(rid) == due and self._lease_free(rid, None, time.monotonic()):
+                return
+            heapq.heappop(timers)
+
+    def claim_due(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
+        out: List[str] = []
+        with self._lock:
+            now_m = time.monotonic()
+            timers = self._timers
+            while timers and len(out) < limit and timers[0][0] <= now:
+                due, rid = heapq.heappop(timers)
+                if self._due_epoch.get(rid) != due or not self._lease_free(rid, None, now_m):
+                    continue
+                self._leases[rid] = (owner, now_m + lease_s)
+                out.append(rid)
+        return out
+
+    def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
+        with self._lock:
+            now_m = time.monotonic()
+            if not self._lease_free(run_id, owner, now_m):
+                return False
+            self._leases[run_id] = (owner, now_m + lease_s)
+            return True
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        with self._lock:
+            held = self._leases.get(run_id)
+            if held is not None and held[0] == owner:
+                del self._leases[run_id]
+                # A claimed timer whose run did not move on goes back on the heap.
+                due = self._due_epoch.get(run_id)
+                if due is not None:
+                    heapq.heappush(self._timers, (due, run_id))

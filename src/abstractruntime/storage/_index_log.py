@@ -1,0 +1,146 @@
+"""Persistence of the JSON-file store's run index: a snapshot plus append-only logs.
+
+Layout under `<store>/_index/`: `snapshot.json` holds every run's summary and the number of
+the first log generation it does not include; `log.<gen>` files hold summary lines written
+after it. Opening reads the snapshot and replays newer logs: no run file is read, which is
+what keeps re-opening a store of 100,000 runs well under a second.
+
+A summary line is written *before* the checkpoint it describes is renamed into place (and
+synced with it), so after a crash the index can lead a checkpoint but never lag one. On open
+the newest lines' runs are checked against their files, which settles the runs that were
+mid-save when the process died. Compaction writes a new snapshot and drops old logs; a crash
+half-way leaves old logs that the snapshot's generation number makes harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Callable, Dict, Iterable, List, Optional
+
+from ._durable import atomic_write, open_dir_fd, write_all
+from .base import RunSummary
+
+log = logging.getLogger("abstractruntime.storage")
+
+FIELDS = tuple(RunSummary.__dataclass_fields__)
+# How many of the newest log lines are checked against their run files on open. Runs that
+# were being saved at a crash are among them: a daemon saves at most a few dozen at once.
+VERIFY_TAIL = 2048
+
+
+def to_row(s: RunSummary) -> list:
+    return [getattr(s, f) for f in FIELDS]
+
+
+def from_row(row: list) -> RunSummary:
+    return RunSummary(*row)
+
+
+class IndexLog:
+    def __init__(self, root: str, *, durable: bool) -> None:
+        self.dir = os.path.join(root, "_index")
+        os.makedirs(self.dir, exist_ok=True)
+        self.durable = durable
+        self.lock = threading.Lock()
+        self._dir_fd = open_dir_fd(self.dir)
+        self.gen = 0
+        self.lines = 0
+        self.fd: Optional[int] = None
+
+    def load(self) -> tuple[Dict[str, RunSummary], List[str], bool]:
+        """Return (summaries, run ids of the newest lines, whether any index existed)."""
+        entries: Dict[str, RunSummary] = {}
+        snap_gen = 0
+        snap = os.path.join(self.dir, "snapshot.json")
+        found = False
+        if os.path.exists(snap):
+            found = True
+            with open(snap, "rb") as f:
+                data = json.loads(f.read())
+            snap_gen = int(data["gen"])
+            for row in data["rows"]:
+                s = from_row(row)
+                entries[s.run_id] = s
+        gens = sorted(int(n.split(".", 1)[1]) for n in os.listdir(self.dir) if n.startswith("log.") and n[4:].isdigit())
+        recent: List[str] = []
+        for g in gens:
+            path = os.path.join(self.dir, f"log.{g}")
+            if g < snap_gen:
+                os.unlink(path)  # already folded into the snapshot
+                continue
+            found = True
+            rows = _read_rows(path)
+            self.lines += len(rows)
+            for row in rows:
+                s = from_row(row)
+                entries[s.run_id] = s
+                recent.append(s.run_id)
+        self.gen = max([snap_gen] + gens)
+        self._open_log()
+        return entries, recent[-VERIFY_TAIL:], found
+
+    def _open_log(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        path = os.path.join(self.dir, f"log.{self.gen}")
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if self.durable:
+            os.fsync(self._dir_fd)
+
+    def append(self, summaries: Iterable[RunSummary]) -> None:
+        data = "".join(json.dumps(to_row(s), separators=(",", ":")) + "\n" for s in summaries).encode()
+        with self.lock:
+            assert self.fd is not None
+            write_all(self.fd, data)
+            self.lines += data.count(b"\n")
+
+    def sync_fd(self) -> Optional[int]:
+        return self.fd
+
+    def needs_compaction(self, live: int) -> bool:
+        return self.lines > max(20000, 2 * live)
+
+    def compact(self, rows_of: Callable[[], List[list]]) -> None:
+        """Fold everything into a new snapshot; later lines go to a fresh log generation."""
+        with self.lock:
+            self.gen += 1
+            self._open_log()
+            self.lines = 0
+            rows = rows_of()
+        body = json.dumps({"gen": self.gen, "rows": rows}, separators=(",", ":")).encode()
+        atomic_write(os.path.join(self.dir, "snapshot.json"), body, durable=True, dir_fd=self._dir_fd)
+        for n in os.listdir(self.dir):
+            if n.startswith("log.") and n[4:].isdigit() and int(n[4:]) < self.gen:
+                os.unlink(os.path.join(self.dir, n))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        os.close(self._dir_fd)
+
+
+def _read_rows(path: str) -> List[list]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw:
+        return []
+    body, _, torn = raw.rpartition(b"\n")
+    if torn:
+        log.warning("index log %s ends in a torn line (%d bytes); ignoring it", path, len(torn))
+    if not body:
+        return []
+    try:
+        # One parse of the whole log as a JSON array is several times faster than a parse per line.
+        return json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+    except ValueError:
+        rows = []
+        for line in body.split(b"\n"):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                log.warning("index log %s has an unreadable line; skipping it", path)
+        return rows

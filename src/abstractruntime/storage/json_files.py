@@ -1,0 +1,311 @@
+"""File stores: one `run_<run_id>.json` checkpoint and one `ledger_<run_id>.jsonl` per run.
+
+Durable by default: every checkpoint is replaced atomically and fsync'd (file, then folder),
+and every ledger append is fsync'd before the step counts as done. `durable=False` skips the
+fsyncs: a process crash still loses nothing (the page cache survives it), a power loss may.
+
+When both stores share a folder, a step commits in this order:
+  1. the step's ledger lines are chained and placed *inside* the new checkpoint (`_ledger_tail`),
+  2. the checkpoint is written atomically,
+  3. the lines are appended to the ledger file.
+A crash between 2 and 3 leaves the checkpoint ahead of the ledger; the ledger store completes
+the ledger from `_ledger_tail` the next time it opens that run's file. So the checkpoint and
+the ledger move together, and a step is never recorded twice nor half.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from ..core.jsonutil import dumps
+from ..core.models import RunState, StepRecord
+from ._durable import atomic_write, check_run_id, open_dir_fd, write_all
+from ._index import RunIndex
+from ._index_log import FIELDS, IndexLog, to_row
+from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary
+from .ledger_chain import chain_records
+
+log = logging.getLogger("abstractruntime.storage")
+
+# A summary change that matters to listings; other fields (current_node while running,
+# updated_at) are refreshed in memory only, so a plain step writes no index line.
+_INDEXED = tuple(f for f in FIELDS if f not in ("updated_at", "current_node"))
+
+
+class JsonFileRunStore(RunStore):
+    def __init__(self, base_dir: Any, *, durable: bool = True) -> None:
+        self.base_dir = os.path.abspath(str(base_dir))
+        os.makedirs(self.base_dir, exist_ok=True)
+        self.durable = durable
+        self._dir_fd = open_dir_fd(self.base_dir)
+        self._index = RunIndex()
+        self._log = IndexLog(self.base_dir, durable=durable)
+        entries, recent, found = self._log.load()
+        for s in entries.values():
+            self._index.put(s, notify=False)
+        if not found:
+            self._rebuild_from_files()
+        else:
+            self._verify(recent)
+
+    # -- index upkeep ---------------------------------------------------------------------
+
+    def _rebuild_from_files(self) -> None:
+        """A folder without an index (new, or written by another tool): index its run files."""
+        fixed = []
+        for name in os.listdir(self.base_dir):
+            if name.startswith("run_") and name.endswith(".json"):
+                run = self.load(name[4:-5])
+                if run is not None:
+                    s = RunSummary.from_state(run)
+                    self._index.put(s, notify=False)
+                    fixed.append(s)
+        if fixed:
+            self._log.append(fixed)
+
+    def _verify(self, run_ids: List[str]) -> None:
+        fixed = []
+        for rid in dict.fromkeys(reversed(run_ids)):
+            try:
+                run = self.load(rid)
+            except (ValueError, OSError):
+                run = None
+            s = self._index.get(rid)
+            if run is None:
+                continue  # a start that never landed: its summary stays, loads return None
+            real = RunSummary.from_state(run)
+            if s is None or _key(s) != _key(real):
+                self._index.put(real, notify=False)
+                fixed.append(real)
+        if fixed:
+            log.info("index: %d run(s) were mid-save at the last stop; corrected from their files", len(fixed))
+            self._log.append(fixed)
+
+    # -- RunStore -------------------------------------------------------------------------
+
+    def path_for(self, run_id: str) -> str:
+        return os.path.join(self.base_dir, f"run_{check_run_id(run_id)}.json")
+
+    def save(self, run: RunState) -> None:
+        self._write(run, dumps(run.to_dict()))
+
+    def _write(self, run: RunState, text: str) -> None:
+        path = self.path_for(run.run_id)
+        s = RunSummary.from_state(run)
+        old = self._index.get(run.run_id)
+        changed = old is None or _key(old) != _key(s)
+        if changed:
+            self._log.append([s])  # ahead of the checkpoint: the index may lead, never lag
+        atomic_write(
+            path,
+            text.encode(),
+            durable=self.durable,
+            dir_fd=self._dir_fd,
+            also_sync_fd=self._log.sync_fd() if changed else None,
+        )
+        self._index.put(s)
+        if changed and self._log.needs_compaction(len(self._index)):
+            self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=10**12)])
+
+    def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
+        if not isinstance(ledger, JsonlLedgerStore) or ledger.base_dir != self.base_dir:
+            return super().commit(run, records, ledger)
+        if not records:
+            self.save(run)
+            return []
+        with ledger.run_lock(run.run_id):
+            chained = ledger.prepare(run.run_id, records)
+            d = run.to_dict()
+            d["_ledger_tail"] = [line for _, line in chained]
+            self._write(run, dumps(d))
+            ledger.write(run.run_id, chained)
+        return [rec for rec, _ in chained]
+
+    def load(self, run_id: str) -> Optional[RunState]:
+        try:
+            with open(self.path_for(run_id), "rb") as f:
+                d = json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        d.pop("_ledger_tail", None)
+        return RunState.from_dict(d)
+
+    def list_run_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100, after=None):
+        return self._index.summaries(
+            status=status, wait_reason=wait_reason, workflow_id=workflow_id, limit=limit, after=after
+        )
+
+    def count_by_status(self) -> Dict[str, int]:
+        return self._index.counts()
+
+    def find_waiting_on(self, wait_key: str) -> List[str]:
+        return self._index.waiting_on(wait_key)
+
+    def next_due_at(self) -> Optional[float]:
+        return self._index.next_due_at()
+
+    def claim_due_runs(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
+        return self._index.claim_due(now=now, owner=owner, lease_s=lease_s, limit=limit)
+
+    def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
+        return self._index.try_lease(run_id, owner, lease_s)
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        self._index.release_lease(run_id, owner)
+
+    def add_listener(self, listener: RunListener) -> None:
+        self._index.add_listener(listener)
+
+    def close(self) -> None:
+        if self._dir_fd >= 0:
+            self._log.close()
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+
+def _key(s: RunSummary) -> tuple:
+    return tuple(getattr(s, f) for f in _INDEXED)
+
+
+class JsonlLedgerStore(LedgerStore):
+    """`ledger_<run_id>.jsonl`: one canonical JSON record per line, hash-chained."""
+
+    def __init__(self, base_dir: Any, *, durable: bool = True) -> None:
+        self.base_dir = os.path.abspath(str(base_dir))
+        os.makedirs(self.base_dir, exist_ok=True)
+        self.durable = durable
+        self._dir_fd = open_dir_fd(self.base_dir)
+        self._heads: Dict[str, Tuple[int, Optional[str]]] = {}
+        self._guard = threading.Lock()
+        self._run_locks: Dict[str, threading.RLock] = {}
+        self._listeners: List[LedgerListener] = []
+
+    def path_for(self, run_id: str) -> str:
+        return os.path.join(self.base_dir, f"ledger_{check_run_id(run_id)}.jsonl")
+
+    def run_lock(self, run_id: str) -> threading.RLock:
+        with self._guard:
+            lock = self._run_locks.get(run_id)
+            if lock is None:
+                lock = self._run_locks[run_id] = threading.RLock()
+            return lock
+
+    # -- opening a run's ledger: torn tail and catch-up from the checkpoint ----------------
+
+    def head(self, run_id: str) -> Tuple[int, Optional[str]]:
+        h = self._heads.get(run_id)
+        if h is None:
+            with self.run_lock(run_id):
+                h = self._heads.get(run_id) or self._open_head(run_id)
+        return h
+
+    def _open_head(self, run_id: str) -> Tuple[int, Optional[str]]:
+        path = self.path_for(run_id)
+        head: Tuple[int, Optional[str]] = (0, None)
+        try:
+            with open(path, "rb+") as f:
+                raw = f.read()
+                body_end = raw.rfind(b"\n") + 1
+                if body_end < len(raw):
+                    # A crash mid-append: cut the partial line, keep everything before it.
+                    log.warning(
+                        "ledger %s ends in a torn line (%d bytes); cutting it off", path, len(raw) - body_end
+                    )
+                    f.truncate(body_end)
+                    if self.durable:
+                        os.fsync(f.fileno())
+                    raw = raw[:body_end]
+                if raw:
+                    last = json.loads(raw[raw.rfind(b"\n", 0, len(raw) - 1) + 1 :])
+                    head = (int(last["seq"]), last["record_hash"])
+        except FileNotFoundError:
+            pass
+        head = self._catch_up(run_id, head)
+        self._heads[run_id] = head
+        return head
+
+    def _catch_up(self, run_id: str, head: Tuple[int, Optional[str]]) -> Tuple[int, Optional[str]]:
+        """Append lines a checkpoint carries that the ledger file lacks (a crash landed
+        between the checkpoint's rename and the ledger append)."""
+        try:
+            with open(os.path.join(self.base_dir, f"run_{run_id}.json"), "rb") as f:
+                tail = json.loads(f.read()).get("_ledger_tail") or []
+        except (FileNotFoundError, ValueError):
+            return head
+        missing = []
+        for line in tail:
+            rec = json.loads(line)
+            if rec["seq"] > head[0]:
+                if rec["seq"] != head[0] + len(missing) + 1:
+                    log.error("ledger %s: checkpoint tail does not continue the file; not repairing", run_id)
+                    return head
+                missing.append((rec, line))
+        if missing:
+            log.warning("ledger %s: restoring %d record(s) kept in its checkpoint", run_id, len(missing))
+            self._append_lines(run_id, missing)
+            head = (missing[-1][0]["seq"], missing[-1][0]["record_hash"])
+        return head
+
+    # -- appends --------------------------------------------------------------------------
+
+    def prepare(self, run_id: str, records: Iterable[StepRecord]) -> List[Tuple[Dict[str, Any], str]]:
+        seq, prev = self.head(run_id)
+        return chain_records(records, seq, prev)
+
+    def write(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> None:
+        if not chained:
+            return
+        self._append_lines(run_id, chained)
+        self._heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
+        stored = [d for d, _ in chained]
+        for fn in self._listeners:
+            fn(run_id, stored)
+
+    def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
+        with self.run_lock(run_id):
+            chained = self.prepare(run_id, records)
+            self.write(run_id, chained)
+        return [d for d, _ in chained]
+
+    def _append_lines(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> None:
+        # Opened per append rather than cached: a shared descriptor cache would let one
+        # thread close a descriptor another is writing through. An open costs microseconds
+        # next to the fsync that follows it.
+        path = self.path_for(run_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        except FileExistsError:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            created = False
+        try:
+            write_all(fd, "".join(line + "\n" for _, line in chained).encode())
+            if self.durable:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        if created and self.durable:
+            os.fsync(self._dir_fd)  # the new file's name must survive a power loss too
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def list(self, run_id: str) -> List[Dict[str, Any]]:
+        self.head(run_id)  # settles a torn tail or a checkpoint catch-up first
+        try:
+            with open(self.path_for(run_id), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+    def add_listener(self, listener: LedgerListener) -> None:
+        self._listeners = self._listeners + [listener]
+
+    def close(self) -> None:
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1

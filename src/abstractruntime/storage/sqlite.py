@@ -1,0 +1,266 @@
+"""SQLite stores: runs and ledger in one database file.
+
+Durable by default: WAL with `synchronous=FULL`, so a commit is on disk (the WAL is fsync'd)
+when it returns; `durable=False` uses `synchronous=NORMAL` (safe against a process crash, a
+power loss may drop the newest commits). A step's ledger records and its checkpoint are
+written in one transaction, so they can never disagree.
+
+One connection, guarded by a lock: SQLite serializes writers anyway, and one connection lets
+every thread see every commit at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from ..core.jsonutil import dumps
+from ..core.models import RunState, StepRecord
+from ..core.timeutil import iso_to_epoch
+from ._index import RunIndex
+from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, _reason_value, _status_value
+from .ledger_chain import chain_records
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    wait_reason TEXT,
+    wait_key TEXT,
+    due REAL,
+    ord INTEGER NOT NULL,
+    summary TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, ord);
+CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs(workflow_id, ord);
+CREATE INDEX IF NOT EXISTS runs_by_wait_key ON runs(wait_key) WHERE wait_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_by_due ON runs(due) WHERE due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ledger (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+class SqliteDatabase:
+    """The shared database of a `SqliteRunStore` and a `SqliteLedgerStore`."""
+
+    def __init__(self, path: Any, *, durable: bool = True) -> None:
+        self.path = str(path)
+        self.durable = durable
+        self.lock = threading.RLock()
+        self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        self.conn.executescript(_SCHEMA)
+        self.heads: Dict[str, Tuple[int, Optional[str]]] = {}
+        row = self.conn.execute("SELECT COALESCE(MAX(ord), 0) FROM runs").fetchone()
+        self.ord = int(row[0])
+        self.run_listeners: List[RunListener] = []
+        self.ledger_listeners: List[LedgerListener] = []
+
+    def head(self, run_id: str) -> Tuple[int, Optional[str]]:
+        h = self.heads.get(run_id)
+        if h is None:
+            with self.lock:
+                row = self.conn.execute(
+                    "SELECT seq, record FROM ledger WHERE run_id=? ORDER BY seq DESC LIMIT 1", (run_id,)
+                ).fetchone()
+                h = (int(row[0]), json.loads(row[1])["record_hash"]) if row else (0, None)
+                self.heads[run_id] = h
+        return h
+
+    def write(self, run: Optional[RunState], run_id: str, records: List[StepRecord]) -> List[Dict[str, Any]]:
+        """Insert records and upsert the checkpoint in one transaction."""
+        state_text = dumps(run.to_dict()) if run is not None else None  # fails before anything is written
+        summary = RunSummary.from_state(run) if run is not None else None
+        with self.lock:
+            chained = chain_records(records, *self.head(run_id)) if records else []
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                if chained:
+                    c.executemany(
+                        "INSERT INTO ledger (run_id, seq, record) VALUES (?, ?, ?)",
+                        [(run_id, d["seq"], line) for d, line in chained],
+                    )
+                if run is not None and summary is not None:
+                    self._upsert(run, summary, state_text or "")
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            if chained:
+                self.heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
+        stored = [d for d, _ in chained]
+        if stored:
+            for fn in self.ledger_listeners:
+                fn(run_id, stored)
+        if summary is not None:
+            for rl in self.run_listeners:
+                rl(summary)
+        return stored
+
+    def _upsert(self, run: RunState, s: RunSummary, state_text: str) -> None:
+        due = None
+        if s.status == "waiting" and s.wait_reason == "until" and s.until:
+            try:
+                due = iso_to_epoch(s.until)
+            except ValueError:
+                due = 0.0
+        row = self.conn.execute("SELECT status FROM runs WHERE run_id=?", (run.run_id,)).fetchone()
+        if row is None or row[0] != s.status:
+            self.ord += 1
+            ord_sql, ord_arg = "?", self.ord
+        else:
+            ord_sql, ord_arg = "ord", None
+        args: tuple = (run.workflow_id, s.status, s.wait_reason, s.wait_key, due, dumps(s.to_dict()), state_text)
+        if row is None:
+            self.conn.execute(
+                "INSERT INTO runs (workflow_id, status, wait_reason, wait_key, due, summary, state, ord, run_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                args + (self.ord, run.run_id),
+            )
+        else:
+            self.conn.execute(
+                "UPDATE runs SET workflow_id=?, status=?, wait_reason=?, wait_key=?, due=?, summary=?, state=?, "
+                f"ord={ord_sql} WHERE run_id=?",
+                args + ((ord_arg,) if ord_arg is not None else ()) + (run.run_id,),
+            )
+
+    def close(self) -> None:
+        with self.lock:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self.conn.close()
+
+
+class SqliteRunStore(RunStore):
+    def __init__(self, db: Any) -> None:
+        self.db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
+        # Leases live in memory: one daemon owns a data folder (a shared database backend
+        # keeps them in the database instead).
+        self._leases = RunIndex()
+
+    def save(self, run: RunState) -> None:
+        self.db.write(run, run.run_id, [])
+
+    def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
+        if isinstance(ledger, SqliteLedgerStore) and ledger.db is self.db:
+            return self.db.write(run, run.run_id, records)
+        return super().commit(run, records, ledger)
+
+    def load(self, run_id: str) -> Optional[RunState]:
+        with self.db.lock:
+            row = self.db.conn.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return RunState.from_dict(json.loads(row[0])) if row else None
+
+    def list_run_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100, after=None):
+        where, args = [], []
+        st, reason = _status_value(status), _reason_value(wait_reason)
+        if st is not None:
+            where.append("status=?")
+            args.append(st)
+        if reason is not None:
+            where.append("wait_reason=?")
+            args.append(reason)
+        if workflow_id is not None:
+            where.append("workflow_id=?")
+            args.append(workflow_id)
+        if after is not None:
+            where.append("ord > COALESCE((SELECT ord FROM runs WHERE run_id=?), -1)")
+            args.append(after)
+        sql = "SELECT summary FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ord LIMIT ?"
+        args.append(int(limit))
+        with self.db.lock:
+            rows = self.db.conn.execute(sql, args).fetchall()
+        return [RunSummary.from_dict(json.loads(r[0])) for r in rows]
+
+    def count_by_status(self) -> Dict[str, int]:
+        with self.db.lock:
+            rows = self.db.conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
+        return {s: n for s, n in rows}
+
+    def find_waiting_on(self, wait_key: str) -> List[str]:
+        with self.db.lock:
+            rows = self.db.conn.execute(
+                "SELECT run_id FROM runs WHERE wait_key=? AND status='waiting'", (wait_key,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def _due_rows(self, now: Optional[float], limit: int) -> List[Tuple[str, float]]:
+        sql = "SELECT run_id, due FROM runs WHERE due IS NOT NULL AND status='waiting'"
+        args: list = []
+        if now is not None:
+            sql += " AND due <= ?"
+            args.append(now)
+        sql += " ORDER BY due LIMIT ?"
+        args.append(limit)
+        with self.db.lock:
+            return self.db.conn.execute(sql, args).fetchall()
+
+    def next_due_at(self) -> Optional[float]:
+        for rid, due in self._due_rows(None, 64 + len(self._leases._leases)):
+            if self._leases._lease_free(rid, None, time.monotonic()):
+                return float(due)
+        return None
+
+    def claim_due_runs(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
+        out = []
+        for rid, _ in self._due_rows(now, limit + len(self._leases._leases)):
+            if len(out) >= limit:
+                break
+            if self._leases.try_lease(rid, owner, lease_s):
+                out.append(rid)
+        return out
+
+    def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
+        return self._leases.try_lease(run_id, owner, lease_s)
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        self._leases.release_lease(run_id, owner)
+
+    def add_listener(self, listener: RunListener) -> None:
+        self.db.run_listeners = self.db.run_listeners + [listener]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class SqliteLedgerStore(LedgerStore):
+    def __init__(self, db: Any) -> None:
+        self.db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
+
+    def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
+        return self.db.write(None, run_id, list(records))
+
+    def list(self, run_id: str) -> List[Dict[str, Any]]:
+        return self.list_after(run_id, 0)
+
+    def list_after(self, run_id: str, after: int = 0, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+        with self.db.lock:
+            rows = self.db.conn.execute(
+                "SELECT record FROM ledger WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (run_id, after, -1 if limit is None else limit),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def head(self, run_id: str) -> Tuple[int, Optional[str]]:
+        return self.db.head(run_id)
+
+    def add_listener(self, listener: LedgerListener) -> None:
+        self.db.ledger_listeners = self.db.ledger_listeners + [listener]
+
+    def close(self) -> None:
+        self.db.close()
+
