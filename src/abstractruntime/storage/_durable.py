@@ -73,3 +73,93 @@ def _unlink_quiet(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class Flusher:
+    """Group commit for files whose content is already durable elsewhere.
+
+    Ledger lines and index lines ride inside the atomic checkpoint of their step, so their
+    own files need not be fsync'd before the step returns. This thread syncs every file
+    marked dirty in one batch a few milliseconds later and then runs the callbacks that
+    record what is now on disk (which lets the next checkpoint drop those lines again).
+    """
+
+    def __init__(self, *, delay_s: float = 0.005) -> None:
+        import threading
+
+        self.delay_s = delay_s
+        self._lock = threading.Lock()
+        self._dirty: dict = {}
+        self._dirs: set = set()
+        self._wake = threading.Event()
+        self._closed = False
+        self.batches = 0
+        self.synced_files = 0
+        self._thread = threading.Thread(target=self._loop, name="abstractruntime-flusher", daemon=True)
+        self._thread.start()
+
+    def mark(self, path: str, on_synced=None, *, new_file_dir_fd: Optional[int] = None) -> None:
+        with self._lock:
+            cbs = self._dirty.setdefault(path, [])
+            if on_synced is not None:
+                cbs.append(on_synced)
+            if new_file_dir_fd is not None:
+                self._dirs.add(new_file_dir_fd)
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+            dirs, self._dirs = self._dirs, set()
+        if not dirty and not dirs:
+            return
+        for path in dirty:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        for dfd in dirs:
+            try:
+                os.fsync(dfd)
+            except OSError:
+                pass  # the folder was closed meanwhile; its files were synced above
+        self.batches += 1
+        self.synced_files += len(dirty)
+        for cbs in dirty.values():
+            for cb in cbs:
+                cb()
+
+    def _loop(self) -> None:
+        import time
+
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            if self.delay_s:
+                time.sleep(self.delay_s)  # let concurrent commits join this batch
+            try:
+                self.flush()
+            except OSError:
+                import logging
+
+                logging.getLogger("abstractruntime.storage").exception("background fsync failed")
+
+    def close(self) -> None:
+        self.flush()
+        self._closed = True
+        self._wake.set()
+
+
+_SHARED: Optional[Flusher] = None
+
+
+def shared_flusher() -> Flusher:
+    """One flusher thread per process, shared by every file store."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = Flusher()
+    return _SHARED

@@ -97,8 +97,17 @@ class IndexLog:
             write_all(self.fd, data)
             self.lines += data.count(b"\n")
 
-    def sync_fd(self) -> Optional[int]:
-        return self.fd
+    def path(self) -> str:
+        return os.path.join(self.dir, f"log.{self.gen}")
+
+    def newest_write(self) -> Optional[float]:
+        try:
+            return os.stat(self.path()).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def sync_dir(self) -> None:
+        os.fsync(self._dir_fd)
 
     def needs_compaction(self, live: int) -> bool:
         return self.lines > max(20000, 2 * live)

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
-from ._durable import atomic_write, check_run_id, open_dir_fd, write_all
+from ._durable import atomic_write, check_run_id, open_dir_fd, shared_flusher, write_all
 from ._index import RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
 from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary
@@ -42,15 +42,23 @@ class JsonFileRunStore(RunStore):
         os.makedirs(self.base_dir, exist_ok=True)
         self.durable = durable
         self._dir_fd = open_dir_fd(self.base_dir)
+        self._flusher = shared_flusher()
         self._index = RunIndex()
         self._log = IndexLog(self.base_dir, durable=durable)
         entries, recent, found = self._log.load()
         for s in entries.values():
             self._index.put(s, notify=False)
+        marker = os.path.join(self._log.dir, "OPEN")
+        unclean = os.path.exists(marker)
         if not found:
             self._rebuild_from_files()
-        else:
-            self._verify(recent)
+        elif unclean:
+            self._verify(recent + self._recently_written(self._log.newest_write()))
+        # Present while the store is open: finding it at the next open means the last
+        # process did not close cleanly, and index lines it wrote may not have reached disk.
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        self._log.sync_dir()
 
     # -- index upkeep ---------------------------------------------------------------------
 
@@ -66,6 +74,21 @@ class JsonFileRunStore(RunStore):
                     fixed.append(s)
         if fixed:
             self._log.append(fixed)
+
+    def _recently_written(self, since: Optional[float]) -> List[str]:
+        """Run files written since shortly before the index log's last write: after a power
+        loss, the index lines of these may be missing even though their checkpoints landed."""
+        threshold = (since or 0.0) - 60.0
+        out = []
+        with os.scandir(self.base_dir) as it:
+            for e in it:
+                if e.name.startswith("run_") and e.name.endswith(".json"):
+                    try:
+                        if e.stat().st_mtime >= threshold:
+                            out.append(e.name[4:-5])
+                    except FileNotFoundError:
+                        pass
+        return out
 
     def _verify(self, run_ids: List[str]) -> None:
         fixed = []
@@ -99,14 +122,12 @@ class JsonFileRunStore(RunStore):
         old = self._index.get(run.run_id)
         changed = old is None or _key(old) != _key(s)
         if changed:
-            self._log.append([s])  # ahead of the checkpoint: the index may lead, never lag
-        atomic_write(
-            path,
-            text.encode(),
-            durable=self.durable,
-            dir_fd=self._dir_fd,
-            also_sync_fd=self._log.sync_fd() if changed else None,
-        )
+            # Written ahead of the checkpoint, so after a process crash the index may lead a
+            # checkpoint but never lag one. It is a cache of what the checkpoints say, so it is
+            # not fsync'd: after a power loss the unclean-open scan re-reads every run file
+            # written since the log last reached the disk.
+            self._log.append([s])
+        atomic_write(path, text.encode(), durable=self.durable, dir_fd=self._dir_fd)
         self._index.put(s)
         if changed and self._log.needs_compaction(len(self._index)):
             self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=10**12)])
@@ -120,9 +141,11 @@ class JsonFileRunStore(RunStore):
         with ledger.run_lock(run.run_id):
             chained = ledger.prepare(run.run_id, records)
             d = run.to_dict()
-            d["_ledger_tail"] = [line for _, line in chained]
+            # Every ledger line not yet known to be on disk rides in the checkpoint: once the
+            # checkpoint is renamed into place the step is durable, whatever the ledger file holds.
+            d["_ledger_tail"] = ledger.unsynced_lines(run.run_id) + [line for _, line in chained]
             self._write(run, dumps(d))
-            ledger.write(run.run_id, chained)
+            ledger.write(run.run_id, chained, lazy=True)
         return [rec for rec, _ in chained]
 
     def load(self, run_id: str) -> Optional[RunState]:
@@ -162,6 +185,9 @@ class JsonFileRunStore(RunStore):
 
     def close(self) -> None:
         if self._dir_fd >= 0:
+            self._flusher.flush()
+            os.unlink(os.path.join(self._log.dir, "OPEN"))
+            self._log.sync_dir()
             self._log.close()
             os.close(self._dir_fd)
             self._dir_fd = -1
@@ -180,6 +206,10 @@ class JsonlLedgerStore(LedgerStore):
         self.durable = durable
         self._dir_fd = open_dir_fd(self.base_dir)
         self._heads: Dict[str, Tuple[int, Optional[str]]] = {}
+        # Lines appended but not yet fsync'd, per run, as (seq, line): the next checkpoint of
+        # that run carries them until the flusher reports them on disk.
+        self._unsynced: Dict[str, List[Tuple[int, str]]] = {}
+        self._flusher = shared_flusher()
         self._guard = threading.Lock()
         self._run_locks: Dict[str, threading.RLock] = {}
         self._listeners: List[LedgerListener] = []
@@ -222,11 +252,21 @@ class JsonlLedgerStore(LedgerStore):
                 if raw:
                     last = json.loads(raw[raw.rfind(b"\n", 0, len(raw) - 1) + 1 :])
                     head = (int(last["seq"]), last["record_hash"])
+            if self.durable:
+                self._fdatasync(path)  # what a crashed process left in the page cache is now on disk
         except FileNotFoundError:
             pass
         head = self._catch_up(run_id, head)
         self._heads[run_id] = head
         return head
+
+    @staticmethod
+    def _fdatasync(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _catch_up(self, run_id: str, head: Tuple[int, Optional[str]]) -> Tuple[int, Optional[str]]:
         """Append lines a checkpoint carries that the ledger file lacks (a crash landed
@@ -246,7 +286,7 @@ class JsonlLedgerStore(LedgerStore):
                 missing.append((rec, line))
         if missing:
             log.warning("ledger %s: restoring %d record(s) kept in its checkpoint", run_id, len(missing))
-            self._append_lines(run_id, missing)
+            self._append_lines(run_id, missing, sync=self.durable)
             head = (missing[-1][0]["seq"], missing[-1][0]["record_hash"])
         return head
 
@@ -256,10 +296,43 @@ class JsonlLedgerStore(LedgerStore):
         seq, prev = self.head(run_id)
         return chain_records(records, seq, prev)
 
-    def write(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> None:
+    def unsynced_lines(self, run_id: str) -> List[str]:
+        with self._guard:
+            pending = self._unsynced.get(run_id)
+            if not pending:
+                return []
+            if len(pending) <= 64:
+                return [line for _, line in pending]
+        # A long backlog would bloat every checkpoint: sync it now instead.
+        self._fdatasync(self.path_for(run_id))
+        self._synced(run_id, pending[-1][0])
+        return self.unsynced_lines(run_id)
+
+    def _synced(self, run_id: str, seq: int) -> None:
+        with self._guard:
+            pending = self._unsynced.get(run_id)
+            if pending:
+                rest = [p for p in pending if p[0] > seq]
+                if rest:
+                    self._unsynced[run_id] = rest
+                else:
+                    del self._unsynced[run_id]
+
+    def write(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]], *, lazy: bool = False) -> None:
+        """Append chained lines. `lazy`: they are already durable inside the run's checkpoint,
+        so the fsync is left to the flusher's next batch."""
         if not chained:
             return
-        self._append_lines(run_id, chained)
+        created = self._append_lines(run_id, chained, sync=self.durable and not lazy)
+        if lazy and self.durable:
+            last = chained[-1][0]["seq"]
+            with self._guard:
+                self._unsynced.setdefault(run_id, []).extend((d["seq"], line) for d, line in chained)
+            self._flusher.mark(
+                self.path_for(run_id),
+                lambda: self._synced(run_id, last),
+                new_file_dir_fd=self._dir_fd if created else None,
+            )
         self._heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
         stored = [d for d, _ in chained]
         for fn in self._listeners:
@@ -271,7 +344,7 @@ class JsonlLedgerStore(LedgerStore):
             self.write(run_id, chained)
         return [d for d, _ in chained]
 
-    def _append_lines(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> None:
+    def _append_lines(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]], *, sync: bool) -> bool:
         # Opened per append rather than cached: a shared descriptor cache would let one
         # thread close a descriptor another is writing through. An open costs microseconds
         # next to the fsync that follows it.
@@ -284,12 +357,13 @@ class JsonlLedgerStore(LedgerStore):
             created = False
         try:
             write_all(fd, "".join(line + "\n" for _, line in chained).encode())
-            if self.durable:
+            if sync:
                 os.fdatasync(fd)
         finally:
             os.close(fd)
-        if created and self.durable:
+        if created and sync:
             os.fsync(self._dir_fd)  # the new file's name must survive a power loss too
+        return created
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -307,5 +381,6 @@ class JsonlLedgerStore(LedgerStore):
 
     def close(self) -> None:
         if self._dir_fd >= 0:
+            self._flusher.flush()
             os.close(self._dir_fd)
             self._dir_fd = -1
