@@ -28,15 +28,15 @@ class EffectOutcome:
     error: Optional[str] = None
 
     @classmethod
-    def completed(cls, result: Optional[Dict[str, Any]] = None) -> "EffectOutcome":
+    def completed(cls, result: Optional[Dict[str, Any]] = None) -> EffectOutcome:
         return cls(status="completed", result=result)
 
     @classmethod
-    def waiting(cls, wait: WaitState) -> "EffectOutcome":
+    def waiting(cls, wait: WaitState) -> EffectOutcome:
         return cls(status="waiting", wait=wait)
 
     @classmethod
-    def failed(cls, error: str) -> "EffectOutcome":
+    def failed(cls, error: str) -> EffectOutcome:
         return cls(status="failed", error=error)
 
 

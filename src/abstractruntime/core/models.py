@@ -134,7 +134,7 @@ class WaitState:
         }
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "WaitState":
+    def from_dict(cls, d: Dict[str, Any]) -> WaitState:
         return cls(
             reason=WaitReason(d["reason"]),
             wait_key=d.get("wait_key"),
@@ -183,7 +183,7 @@ class RunState:
         parent_run_id: Optional[str] = None,
         run_id: Optional[str] = None,
         workflow_version: Optional[str] = None,
-    ) -> "RunState":
+    ) -> RunState:
         return cls(
             run_id=run_id or str(uuid.uuid4()),
             workflow_id=workflow_id,
@@ -216,7 +216,7 @@ class RunState:
         }
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "RunState":
+    def from_dict(cls, d: Dict[str, Any]) -> RunState:
         w = d.get("waiting")
         return cls(
             run_id=d["run_id"],
@@ -283,7 +283,7 @@ class StepRecord:
         effect: Optional[Effect],
         attempt: int = 1,
         idempotency_key: Optional[str] = None,
-    ) -> "StepRecord":
+    ) -> StepRecord:
         return cls(
             run_id=run.run_id,
             step_id=str(uuid.uuid4()),
@@ -297,19 +297,19 @@ class StepRecord:
             workflow_version=run.workflow_version,
         )
 
-    def finish_success(self, result: Optional[Dict[str, Any]] = None) -> "StepRecord":
+    def finish_success(self, result: Optional[Dict[str, Any]] = None) -> StepRecord:
         self.status = StepStatus.COMPLETED
         self.result = result
         self.ended_at = utc_now_iso()
         return self
 
-    def finish_waiting(self, wait_state: WaitState) -> "StepRecord":
+    def finish_waiting(self, wait_state: WaitState) -> StepRecord:
         self.status = StepStatus.WAITING
         self.result = {"wait": wait_state.to_dict()}
         self.ended_at = utc_now_iso()
         return self
 
-    def finish_failure(self, error: str, traceback: Optional[str] = None) -> "StepRecord":
+    def finish_failure(self, error: str, traceback: Optional[str] = None) -> StepRecord:
         self.status = StepStatus.FAILED
         self.error = error
         self.traceback = traceback

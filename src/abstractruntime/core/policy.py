@@ -30,10 +30,10 @@ class DefaultEffectPolicy:
     def __init__(
         self,
         retries: Optional[Dict[Any, RetryPolicy]] = None,
-        default: RetryPolicy = RetryPolicy(),
+        default: Optional[RetryPolicy] = None,
     ) -> None:
         self._retries = {EffectType(k).value if not isinstance(k, str) else k: v for k, v in (retries or {}).items()}
-        self._default = default
+        self._default = default or RetryPolicy()
 
     def retry_for(self, effect: Effect) -> RetryPolicy:
         if effect.retry is not None:

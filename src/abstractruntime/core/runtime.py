@@ -35,7 +35,6 @@ from .effects import (
 )
 from .errors import (
     AbstractRuntimeError,
-    EffectHandlerMissingError,
     InvalidWorkflowError,
     NotJsonSerializableError,
     RunBusyError,
@@ -47,6 +46,7 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .jsonutil import find_unserializable
+from .ledger_hash import verify_ledger_chain
 from .models import (
     Effect,
     EffectType,
@@ -222,8 +222,6 @@ class Runtime:
 
     def verify_ledger(self, run_id: str) -> Dict[str, Any]:
         """Check the run's hash chain: {ok, count, errors, first_bad_index, head_hash}."""
-        from ..storage.ledger_chain import verify_ledger_chain  # storage depends on core, not the reverse at import
-
         return verify_ledger_chain(self._ledger_store.list(run_id))
 
     def list_runs(
@@ -266,7 +264,9 @@ class Runtime:
             _check_workflow(workflow, run)
             if run.status.is_terminal:
                 raise RunFinishedError(
-                    f"run {run_id} already {run.status.value}; it cannot be resumed", run_id=run_id, status=run.status.value
+                    f"run {run_id} already {run.status.value}; it cannot be resumed",
+                    run_id=run_id,
+                    status=run.status.value,
                 )
             if run.status != RunStatus.WAITING or run.waiting is None:
                 raise RunNotWaitingError(f"run {run_id} is not waiting (status {run.status.value})", run_id=run_id)
@@ -391,11 +391,16 @@ class Runtime:
             nxt = plan.next_node
             if nxt is not None and nxt not in workflow.nodes:
                 return self._fail(
-                    run, t, node_id, f"node {node_id!r} names next_node {nxt!r}, which is not in workflow {workflow.workflow_id!r}"
+                    run,
+                    t,
+                    node_id,
+                    f"node {node_id!r} names next_node {nxt!r}, which is not in workflow {workflow.workflow_id!r}",
                 )
             if plan.effect is None:
                 if nxt is None:
-                    return self._fail(run, t, node_id, f"node {node_id!r} returned no effect, next_node or complete_output")
+                    return self._fail(
+                        run, t, node_id, f"node {node_id!r} returned no effect, next_node or complete_output"
+                    )
                 t.records.append(self._record(run, node_id, None).finish_success({"next_node": nxt}))
                 run.current_node = nxt
                 continue
@@ -480,11 +485,15 @@ class Runtime:
             try:
                 out = call_handler(handler, run, effect, nxt)
                 if not isinstance(out, EffectOutcome):
-                    out = EffectOutcome.failed(f"handler for {effect.type} returned {type(out).__name__}, not an EffectOutcome")
+                    out = EffectOutcome.failed(
+                        f"handler for {effect.type} returned {type(out).__name__}, not an EffectOutcome"
+                    )
                 elif out.status == "completed" and out.result is not None:
                     bad = find_unserializable(out.result, "result")
                     if bad:
-                        out = EffectOutcome.failed(f"effect {_type_key(effect.type)!r} returned {bad}, which is not JSON-serializable")
+                        out = EffectOutcome.failed(
+                            f"effect {_type_key(effect.type)!r} returned {bad}, which is not JSON-serializable"
+                        )
                 retry = False
                 trace = None
             except Exception as e:  # isolation boundary: a failing handler fails this attempt only
@@ -513,7 +522,9 @@ class Runtime:
             return rec.finish_waiting(out.wait)
         return rec.finish_failure(out.error or "effect failed", trace)
 
-    def _external_wait(self, run: RunState, node_id: str, effect: Effect, nxt: Optional[str], t: _Tick) -> EffectOutcome:
+    def _external_wait(
+        self, run: RunState, node_id: str, effect: Effect, nxt: Optional[str], t: _Tick
+    ) -> EffectOutcome:
         key = self.effect_policy.idempotency_key(run=run, node_id=node_id, effect=effect)
         wait = WaitState(
             reason=WaitReason.JOB,
@@ -645,7 +656,8 @@ class Runtime:
             self._run_store.commit(last, [rec], self._ledger_store)
             run = last
         if run.status.is_terminal and run.parent_run_id and t.notify_parent:
-            t.after.append(lambda r=run: self._notify_parent(r))
+            finished = run
+            t.after.append(lambda: self._notify_parent(finished))
         return run
 
     def _run_after(self, t: _Tick) -> None:
@@ -690,7 +702,9 @@ class Runtime:
         t.after.append(lambda: self.emit_event(wait_key=key, payload=body))
         return EffectOutcome.completed({"name": name, "wait_key": key, "resumed": targets})
 
-    def _handle_start_subworkflow(self, run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+    def _handle_start_subworkflow(
+        self, run: RunState, effect: Effect, default_next_node: Optional[str]
+    ) -> EffectOutcome:
         p = effect.payload
         wf_id = p.get("workflow_id")
         if not wf_id:
@@ -804,4 +818,3 @@ def set_nested(target: Dict[str, Any], dotted_key: str, value: Any) -> None:
             nxt = cur[p] = {}
         cur = nxt
     cur[parts[-1]] = value
-

@@ -37,16 +37,12 @@ class WorkflowSpec:
             if not isinstance(node_id, str) or not node_id.strip():
                 raise InvalidWorkflowError(f"{where}: node ids must be non-empty strings, got {node_id!r}")
             if not callable(handler):
-                raise InvalidWorkflowError(
-                    f"{where}: node {node_id!r} is {type(handler).__name__}, not a callable"
-                )
+                raise InvalidWorkflowError(f"{where}: node {node_id!r} is {type(handler).__name__}, not a callable")
         if not isinstance(self.entry_node, str) or not self.entry_node.strip():
             raise InvalidWorkflowError(f"{where}: entry_node must be a non-empty string")
         if self.entry_node not in self.nodes:
             known = ", ".join(sorted(self.nodes))
-            raise InvalidWorkflowError(
-                f"{where}: entry_node {self.entry_node!r} is not one of its nodes ({known})"
-            )
+            raise InvalidWorkflowError(f"{where}: entry_node {self.entry_node!r} is not one of its nodes ({known})")
 
     def get_node(self, node_id: str) -> NodeHandler:
         try:

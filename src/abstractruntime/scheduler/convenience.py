@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from ..core.models import RunState
 from ..core.runtime import Runtime
 from ..core.spec import WorkflowSpec
+from ..storage.in_memory import InMemoryLedgerStore, InMemoryRunStore
 from .registry import WorkflowRegistry
 from .scheduler import Scheduler, SchedulerStats
 
@@ -35,13 +36,20 @@ class ScheduledRuntime:
         run_id = self.runtime.start(workflow=workflow, vars=vars, actor_id=actor_id, session_id=session_id)
         return run_id, self.runtime.tick(workflow=workflow, run_id=run_id, max_steps=max_steps)
 
-    def start(self, *, workflow: WorkflowSpec, vars: Optional[Dict[str, Any]] = None, actor_id: Optional[str] = None,
-              session_id: Optional[str] = None) -> str:
+    def start(
+        self,
+        *,
+        workflow: WorkflowSpec,
+        vars: Optional[Dict[str, Any]] = None,
+        actor_id: Optional[str] = None,
+        session_id: Optional[str] = None,
+    ) -> str:
         self.registry.register(workflow)
         return self.runtime.start(workflow=workflow, vars=vars, actor_id=actor_id, session_id=session_id)
 
-    def tick(self, run_id: Optional[str] = None, *, workflow: Optional[WorkflowSpec] = None, max_steps: int = 100,
-             **kw: Any) -> RunState:
+    def tick(
+        self, run_id: Optional[str] = None, *, workflow: Optional[WorkflowSpec] = None, max_steps: int = 100, **kw: Any
+    ) -> RunState:
         run_id = run_id or kw["run_id"]
         wf = workflow or self.registry.get_or_raise(self.runtime.get_state(run_id).workflow_id)
         return self.runtime.tick(workflow=wf, run_id=run_id, max_steps=max_steps)
@@ -53,14 +61,17 @@ class ScheduledRuntime:
         key = state.waiting.wait_key if state.waiting is not None else None
         return self.runtime.resume(workflow=wf, run_id=run_id, wait_key=key, payload=payload)
 
-    def resume(self, *, workflow: WorkflowSpec, run_id: str, wait_key: Optional[str], payload: Dict[str, Any]) -> RunState:
+    def resume(
+        self, *, workflow: WorkflowSpec, run_id: str, wait_key: Optional[str], payload: Dict[str, Any]
+    ) -> RunState:
         return self.runtime.resume(workflow=workflow, run_id=run_id, wait_key=wait_key, payload=payload)
 
     def resume_event(self, *, run_id: str, wait_key: str, payload: Dict[str, Any]) -> RunState:
         return self.scheduler.resume_event(run_id=run_id, wait_key=wait_key, payload=payload)
 
-    def emit_event(self, name: str, payload: Any = None, *, scope: Optional[str] = None,
-                   session_id: Optional[str] = None) -> List[str]:
+    def emit_event(
+        self, name: str, payload: Any = None, *, scope: Optional[str] = None, session_id: Optional[str] = None
+    ) -> List[str]:
         return self.runtime.emit_event(name=name, payload=payload, scope=scope, session_id=session_id)
 
     def get_state(self, run_id: str) -> RunState:
@@ -72,7 +83,9 @@ class ScheduledRuntime:
     def cancel_run(self, run_id: str, reason: Optional[str] = None) -> RunState:
         return self.runtime.cancel_run(run_id, reason=reason)
 
-    def find_waiting_runs(self, *, wait_reason: Any = None, workflow_id: Optional[str] = None, limit: int = 100) -> List[RunState]:
+    def find_waiting_runs(
+        self, *, wait_reason: Any = None, workflow_id: Optional[str] = None, limit: int = 100
+    ) -> List[RunState]:
         return self.scheduler.find_waiting_runs(wait_reason=wait_reason, workflow_id=workflow_id, limit=limit)
 
     @property
@@ -107,8 +120,6 @@ def create_scheduled_runtime(
     """A Runtime (in-memory stores unless given), a WorkflowRegistry and a Scheduler,
     started unless `auto_start=False`."""
     if run_store is None or ledger_store is None:
-        from ..storage.in_memory import InMemoryLedgerStore, InMemoryRunStore
-
         run_store = run_store if run_store is not None else InMemoryRunStore()
         ledger_store = ledger_store if ledger_store is not None else InMemoryLedgerStore()
     registry = WorkflowRegistry(list(workflows or ()))

@@ -124,7 +124,9 @@ class Scheduler:
         """Resume every run whose timer is due now; returns how many were ticked."""
         self.stats.poll_cycles += 1
         store = self.runtime.run_store
-        ids = store.claim_due_runs(now=time.time(), owner=self.runtime.owner_id, lease_s=self.lease_s, limit=self.batch_size)
+        ids = store.claim_due_runs(
+            now=time.time(), owner=self.runtime.owner_id, lease_s=self.lease_s, limit=self.batch_size
+        )
         for rid in ids:
             try:
                 self._tick(rid)

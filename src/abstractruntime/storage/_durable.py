@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
+import time
 import uuid
 from typing import Optional
 
@@ -21,7 +24,9 @@ def check_run_id(run_id: str) -> str:
     """Run ids become file names: letters, digits and `_.:-` only, so no id can name a
     path outside the store's folder."""
     if not isinstance(run_id, str) or not _SAFE_ID.match(run_id) or ".." in run_id:
-        raise InvalidRunIdError(f"invalid run id {run_id!r}: use letters, digits and _.:- (max 200)", run_id=str(run_id)[:200])
+        raise InvalidRunIdError(
+            f"invalid run id {run_id!r}: use letters, digits and _.:- (max 200)", run_id=str(run_id)[:200]
+        )
     return run_id
 
 
@@ -85,8 +90,6 @@ class Flusher:
     """
 
     def __init__(self, *, delay_s: float = 0.005) -> None:
-        import threading
-
         self.delay_s = delay_s
         self._lock = threading.Lock()
         self._dirty: dict = {}
@@ -134,8 +137,6 @@ class Flusher:
                 cb()
 
     def _loop(self) -> None:
-        import time
-
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
@@ -144,8 +145,6 @@ class Flusher:
             try:
                 self.flush()
             except OSError:
-                import logging
-
                 logging.getLogger("abstractruntime.storage").exception("background fsync failed")
 
     def close(self) -> None:

@@ -156,6 +156,15 @@ class RunIndex:
             self._leases[run_id] = (owner, now_m + lease_s)
             return True
 
+    def claim(self, run_id: str, owner: str, lease_s: float) -> bool:
+        """Lease a run nobody holds (a claim never renews, unlike `try_lease`)."""
+        with self._lock:
+            now_m = time.monotonic()
+            if not self._lease_free(run_id, None, now_m):
+                return False
+            self._leases[run_id] = (owner, now_m + lease_s)
+            return True
+
     def release_lease(self, run_id: str, owner: str) -> None:
         with self._lock:
             held = self._leases.get(run_id)

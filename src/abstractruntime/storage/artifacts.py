@@ -46,7 +46,9 @@ def compute_artifact_id(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def artifact_ref(artifact_id: str, *, content_type: Optional[str] = None, size_bytes: Optional[int] = None) -> Dict[str, Any]:
+def artifact_ref(
+    artifact_id: str, *, content_type: Optional[str] = None, size_bytes: Optional[int] = None
+) -> Dict[str, Any]:
     ref: Dict[str, Any] = {"$artifact": artifact_id}
     if content_type:
         ref["content_type"] = content_type
@@ -85,7 +87,9 @@ class ArtifactStore(ABC):
     def exists(self, artifact_id: str) -> bool:
         return self.get_metadata(artifact_id) is not None
 
-    def store_json(self, value: Any, *, run_id: Optional[str] = None, tags: Optional[Dict[str, str]] = None) -> ArtifactMetadata:
+    def store_json(
+        self, value: Any, *, run_id: Optional[str] = None, tags: Optional[Dict[str, str]] = None
+    ) -> ArtifactMetadata:
         body = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
         return self.store(body, content_type="application/json", run_id=run_id, tags=tags)
 

@@ -15,7 +15,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
+from ..core.jsonutil import dumps
 from ..core.models import RunState, RunStatus, StepRecord, WaitReason
+from ..core.timeutil import iso_to_epoch
 
 RunListener = Callable[["RunSummary"], None]
 LedgerListener = Callable[[str, List[Dict[str, Any]]], None]
@@ -43,7 +45,7 @@ class RunSummary:
     workflow_version: Optional[str] = None
 
     @classmethod
-    def from_state(cls, run: RunState) -> "RunSummary":
+    def from_state(cls, run: RunState) -> RunSummary:
         w = run.waiting
         waiting = run.status == RunStatus.WAITING and w is not None
         return cls(
@@ -69,8 +71,9 @@ class RunSummary:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "RunSummary":
-        return cls(**{k: d.get(k) for k in _SUMMARY_FIELDS if k in d})
+    def from_dict(cls, d: Dict[str, Any]) -> RunSummary:
+        kw: Dict[str, Any] = {k: d[k] for k in _SUMMARY_FIELDS if k in d}
+        return cls(**kw)
 
 
 _SUMMARY_FIELDS = tuple(RunSummary.__dataclass_fields__)
@@ -157,8 +160,6 @@ class RunStore(ABC):
         return out
 
     def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> List[RunState]:
-        from ..core.timeutil import iso_to_epoch
-
         now = iso_to_epoch(now_iso)
         out = []
         for run in self.list_runs(status=RunStatus.WAITING, wait_reason=WaitReason.UNTIL, limit=10**9):
@@ -168,18 +169,19 @@ class RunStore(ABC):
                     break
         return out
 
-    def commit(self, run: RunState, records: List[StepRecord], ledger: "LedgerStore") -> List[Dict[str, Any]]:
+    def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
         """Append a step's records, then save its checkpoint.
 
         This generic order (ledger first) can leave records beyond the checkpoint if the
         process dies in between; the runtime's idempotency keys make the replayed step reuse
         recorded effect results. Backends that can write both atomically override this.
         """
+        dumps(run.to_dict())  # an unserializable run must fail before anything is written
         stored = ledger.append_many(run.run_id, records) if records else []
         self.save(run)
         return stored
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing to release
         """Release files and connections (idempotent)."""
 
 
@@ -224,5 +226,5 @@ class LedgerStore(ABC):
                 return r
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing to release
         """Release files and connections (idempotent)."""

@@ -28,6 +28,13 @@ class InMemoryRunStore(RunStore):
         self._data[run.run_id] = text
         self._index.put(RunSummary.from_state(run))
 
+    def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
+        text = dumps(run.to_dict())  # first: an unserializable run writes nothing at all
+        stored = ledger.append_many(run.run_id, records) if records else []
+        self._data[run.run_id] = text
+        self._index.put(RunSummary.from_state(run))
+        return stored
+
     def load(self, run_id: str) -> Optional[RunState]:
         text = self._data.get(run_id)
         return RunState.from_dict(json.loads(text)) if text is not None else None

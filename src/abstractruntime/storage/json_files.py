@@ -242,9 +242,7 @@ class JsonlLedgerStore(LedgerStore):
                 body_end = raw.rfind(b"\n") + 1
                 if body_end < len(raw):
                     # A crash mid-append: cut the partial line, keep everything before it.
-                    log.warning(
-                        "ledger %s ends in a torn line (%d bytes); cutting it off", path, len(raw) - body_end
-                    )
+                    log.warning("ledger %s ends in a torn line (%d bytes); cutting it off", path, len(raw) - body_end)
                     f.truncate(body_end)
                     if self.durable:
                         os.fsync(f.fileno())
@@ -276,7 +274,7 @@ class JsonlLedgerStore(LedgerStore):
                 tail = json.loads(f.read()).get("_ledger_tail") or []
         except (FileNotFoundError, ValueError):
             return head
-        missing = []
+        missing: List[Tuple[Dict[str, Any], str]] = []
         for line in tail:
             rec = json.loads(line)
             if rec["seq"] > head[0]:

@@ -17,8 +17,14 @@ from .base import LedgerStore, RunListener, RunStore
 
 
 class OffloadingRunStore(RunStore):
-    def __init__(self, inner: RunStore, artifact_store: ArtifactStore, *, max_inline_bytes: int = 64 * 1024,
-                 resolve_on_load: bool = True) -> None:
+    def __init__(
+        self,
+        inner: RunStore,
+        artifact_store: ArtifactStore,
+        *,
+        max_inline_bytes: int = 64 * 1024,
+        resolve_on_load: bool = True,
+    ) -> None:
         self._inner = inner
         self._artifacts = artifact_store
         self.max_inline_bytes = max_inline_bytes
@@ -34,7 +40,9 @@ class OffloadingRunStore(RunStore):
             smaller = {k: self._offload(v, run_id) for k, v in value.items()}
             if len(json.dumps(smaller, separators=(",", ":")).encode()) <= self.max_inline_bytes:
                 return smaller
-        meta = self._artifacts.store(body, content_type="application/json", run_id=run_id, tags={"kind": "offloaded_var"})
+        meta = self._artifacts.store(
+            body, content_type="application/json", run_id=run_id, tags={"kind": "offloaded_var"}
+        )
         return artifact_ref(meta.artifact_id, content_type="application/json", size_bytes=len(body))
 
     def _resolve(self, value: Any) -> Any:

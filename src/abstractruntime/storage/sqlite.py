@@ -166,7 +166,8 @@ class SqliteRunStore(RunStore):
         return RunState.from_dict(json.loads(row[0])) if row else None
 
     def list_run_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100, after=None):
-        where, args = [], []
+        where: List[str] = []
+        args: List[Any] = []
         st, reason = _status_value(status), _reason_value(wait_reason)
         if st is not None:
             where.append("status=?")
@@ -216,11 +217,11 @@ class SqliteRunStore(RunStore):
         return None
 
     def claim_due_runs(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
-        out = []
+        out: List[str] = []
         for rid, _ in self._due_rows(now, limit + len(self._leases._leases)):
             if len(out) >= limit:
                 break
-            if self._leases.try_lease(rid, owner, lease_s):
+            if self._leases.claim(rid, owner, lease_s):
                 out.append(rid)
         return out
 
@@ -263,4 +264,3 @@ class SqliteLedgerStore(LedgerStore):
 
     def close(self) -> None:
         self.db.close()
-

@@ -1,0 +1,77 @@
+"""Shared fixtures: every store backend, built the same way for every test that takes one."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from abstractruntime import (  # noqa: E402
+    InMemoryLedgerStore,
+    InMemoryRunStore,
+    JsonFileRunStore,
+    JsonlLedgerStore,
+    SqliteDatabase,
+    SqliteLedgerStore,
+    SqliteRunStore,
+)
+
+STORE_KINDS = ["memory", "jsonfile", "sqlite"]
+
+
+class StoreFactory:
+    """Opens (and re-opens) one backend's run + ledger store pair on one folder."""
+
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind = kind
+        self.root = root
+        self._mem: Tuple[InMemoryRunStore, InMemoryLedgerStore] | None = None
+        self.opened: list = []
+
+    @property
+    def durable_across_reopen(self) -> bool:
+        return self.kind != "memory"
+
+    def open(self):
+        if self.kind == "memory":
+            if self._mem is None:
+                self._mem = (InMemoryRunStore(), InMemoryLedgerStore())
+            return self._mem
+        if self.kind == "jsonfile":
+            pair = (JsonFileRunStore(self.root), JsonlLedgerStore(self.root))
+        else:
+            db = SqliteDatabase(self.root / "runtime.sqlite3")
+            pair = (SqliteRunStore(db), SqliteLedgerStore(db))
+        self.opened.append(pair)
+        return pair
+
+    def close_all(self) -> None:
+        for rs, ls in self.opened:
+            rs.close()
+            ls.close()
+        self.opened.clear()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def stores(request, tmp_path) -> Iterator[StoreFactory]:
+    f = StoreFactory(request.param, tmp_path / "data")
+    os.makedirs(f.root, exist_ok=True)
+    yield f
+    f.close_all()
+
+
+@pytest.fixture
+def seed_path() -> Path:
+    p = ROOT.parent / "shared" / "seed" / "getting-started.md"
+    if not p.exists():
+        pytest.fail(f"the seed document is expected at {p} (shared/ beside the checkout)")
+    return p
+
+
+Factory = Callable[[], Tuple[object, object]]
