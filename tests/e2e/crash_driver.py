@@ -44,7 +44,9 @@ def prep(run, ctx):
 
 
 def do_charge(run, ctx):
-    return StepPlan(node_id="charge", effect=Effect("charge", {"amount": run.vars["amount"]}, "receipt"), next_node="ask")  # type: ignore[arg-type]
+    return StepPlan(
+        node_id="charge", effect=Effect("charge", {"amount": run.vars["amount"]}, "receipt"), next_node="ask"
+    )  # type: ignore[arg-type]
 
 
 def ask(run, ctx):
@@ -61,7 +63,9 @@ def done(run, ctx):
 
 
 WF = WorkflowSpec(
-    workflow_id="crashy", entry_node="prep", nodes={"prep": prep, "charge": do_charge, "ask": ask, "nap": nap, "done": done}
+    workflow_id="crashy",
+    entry_node="prep",
+    nodes={"prep": prep, "charge": do_charge, "ask": ask, "nap": nap, "done": done},
 )
 
 

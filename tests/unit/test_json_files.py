@@ -13,8 +13,8 @@ from abstractruntime import (
     EffectType,
     JsonFileRunStore,
     JsonlLedgerStore,
-    Runtime,
     RunStatus,
+    Runtime,
     StepPlan,
     WorkflowSpec,
     verify_ledger_chain,
@@ -26,7 +26,9 @@ ASK = WorkflowSpec(
     entry_node="a",
     nodes={
         "a": lambda run, ctx: StepPlan(node_id="a", next_node="ask"),
-        "ask": lambda run, ctx: StepPlan(node_id="ask", effect=Effect(EffectType.ASK_USER, {"prompt": "?"}, "ans"), next_node="done"),
+        "ask": lambda run, ctx: StepPlan(
+            node_id="ask", effect=Effect(EffectType.ASK_USER, {"prompt": "?"}, "ans"), next_node="done"
+        ),
         "done": lambda run, ctx: StepPlan(node_id="done", complete_output={"ans": run.vars.get("ans")}),
     },
 )

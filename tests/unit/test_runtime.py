@@ -18,8 +18,8 @@ from abstractruntime import (
     RunFinishedError,
     RunNotFoundError,
     RunNotWaitingError,
-    Runtime,
     RunStatus,
+    Runtime,
     StepPlan,
     WaitKeyMismatchError,
     WaitReason,
@@ -42,7 +42,9 @@ def ask_then_done(prompt="Continue?", choices=None):
         payload = {"prompt": prompt}
         if choices:
             payload["choices"] = choices
-        return StepPlan(node_id="ask", effect=Effect(EffectType.ASK_USER, payload, result_key="answer"), next_node="done")
+        return StepPlan(
+            node_id="ask", effect=Effect(EffectType.ASK_USER, payload, result_key="answer"), next_node="done"
+        )
 
     def done(run, ctx):
         return StepPlan(node_id="done", complete_output={"answer": run.vars.get("answer")})
@@ -242,7 +244,9 @@ def test_wait_until_past_continues_and_future_waits(stores):
         until = (datetime.now(timezone.utc) + timedelta(seconds=delta["s"])).isoformat()
         return StepPlan(node_id="w8", effect=Effect(EffectType.WAIT_UNTIL, {"until": until}, "woke"), next_node="done")
 
-    w = wf("timer", "w8", w8=w8, done=lambda run, ctx: StepPlan(node_id="done", complete_output={"w": run.vars["woke"]}))
+    w = wf(
+        "timer", "w8", w8=w8, done=lambda run, ctx: StepPlan(node_id="done", complete_output={"w": run.vars["woke"]})
+    )
     rid = rt.start(workflow=w)
     st = rt.tick(workflow=w, run_id=rid)
     assert st.status == RunStatus.COMPLETED and st.output["w"]["ready"] is True
@@ -282,18 +286,24 @@ def test_events_by_name_and_scope(stores):
     def waiter(run, ctx):
         return StepPlan(
             node_id="wait",
-            effect=Effect(EffectType.WAIT_EVENT, {"name": "approved", "scope": run.vars["scope"], "prompt": "Approve?"}, "evt"),
+            effect=Effect(
+                EffectType.WAIT_EVENT, {"name": "approved", "scope": run.vars["scope"], "prompt": "Approve?"}, "evt"
+            ),
             next_node="done",
         )
 
-    w = wf("waiter", "wait", wait=waiter, done=lambda run, ctx: StepPlan(node_id="done", complete_output=run.vars["evt"]))
+    w = wf(
+        "waiter", "wait", wait=waiter, done=lambda run, ctx: StepPlan(node_id="done", complete_output=run.vars["evt"])
+    )
     reg.register(w)
     g1 = rt.start(workflow=w, vars={"scope": "global"})
     g2 = rt.start(workflow=w, vars={"scope": "global"})
     s1 = rt.start(workflow=w, vars={"scope": "session"}, session_id="S")
     for r in (g1, g2, s1):
         st = rt.tick(workflow=w, run_id=r)
-        assert st.status == RunStatus.WAITING and st.waiting.reason == WaitReason.EVENT and st.waiting.prompt == "Approve?"
+        assert (
+            st.status == RunStatus.WAITING and st.waiting.reason == WaitReason.EVENT and st.waiting.prompt == "Approve?"
+        )
     assert sorted(rt.emit_event(name="approved", payload={"by": "ann"})) == sorted([g1, g2])
     assert rt.get_state(g1).output == {"by": "ann"}
     assert rt.get_state(s1).status == RunStatus.WAITING
@@ -309,14 +319,18 @@ def test_emit_event_effect_resumes_waiters(stores):
     waiter = wf(
         "w",
         "wait",
-        wait=lambda run, ctx: StepPlan(node_id="wait", effect=Effect(EffectType.WAIT_EVENT, {"name": "go"}, "e"), next_node="d"),
+        wait=lambda run, ctx: StepPlan(
+            node_id="wait", effect=Effect(EffectType.WAIT_EVENT, {"name": "go"}, "e"), next_node="d"
+        ),
         d=lambda run, ctx: StepPlan(node_id="d", complete_output={"got": run.vars["e"]}),
     )
     emitter = wf(
         "emit",
         "emit",
         emit=lambda run, ctx: StepPlan(
-            node_id="emit", effect=Effect(EffectType.EMIT_EVENT, {"name": "go", "payload": {"n": 7}}, "sent"), next_node="d"
+            node_id="emit",
+            effect=Effect(EffectType.EMIT_EVENT, {"name": "go", "payload": {"n": 7}}, "sent"),
+            next_node="d",
         ),
         d=lambda run, ctx: StepPlan(node_id="d", complete_output=run.vars["sent"]),
     )
@@ -336,7 +350,11 @@ def test_answer_user_is_recorded(stores):
     w = wf(
         "ans",
         "a",
-        a=lambda run, ctx: StepPlan(node_id="a", effect=Effect(EffectType.ANSWER_USER, {"message": "Done!", "level": "success"}, "said"), next_node="b"),
+        a=lambda run, ctx: StepPlan(
+            node_id="a",
+            effect=Effect(EffectType.ANSWER_USER, {"message": "Done!", "level": "success"}, "said"),
+            next_node="b",
+        ),
         b=lambda run, ctx: StepPlan(node_id="b", complete_output={}),
     )
     rid = rt.start(workflow=w)
@@ -353,17 +371,30 @@ def test_host_handler_and_external_effect(stores):
         return EffectOutcome.completed({"content": "hello " + effect.payload["prompt"]})
 
     rs, ls = stores.open()
-    rt = Runtime(run_store=rs, ledger_store=ls, effect_handlers={EffectType.LLM_CALL: llm}, external_effects=[EffectType.TOOL_CALLS])
+    rt = Runtime(
+        run_store=rs,
+        ledger_store=ls,
+        effect_handlers={EffectType.LLM_CALL: llm},
+        external_effects=[EffectType.TOOL_CALLS],
+    )
     w = wf(
         "agent",
         "think",
-        think=lambda run, ctx: StepPlan(node_id="think", effect=Effect(EffectType.LLM_CALL, {"prompt": "bob"}, "llm"), next_node="act"),
+        think=lambda run, ctx: StepPlan(
+            node_id="think", effect=Effect(EffectType.LLM_CALL, {"prompt": "bob"}, "llm"), next_node="act"
+        ),
         act=lambda run, ctx: StepPlan(
             node_id="act",
-            effect=Effect(EffectType.TOOL_CALLS, {"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}, "call_id": "c1"}]}, "tools"),
+            effect=Effect(
+                EffectType.TOOL_CALLS,
+                {"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}, "call_id": "c1"}]},
+                "tools",
+            ),
             next_node="done",
         ),
-        done=lambda run, ctx: StepPlan(node_id="done", complete_output={"llm": run.vars["llm"], "tools": run.vars["tools"]}),
+        done=lambda run, ctx: StepPlan(
+            node_id="done", complete_output={"llm": run.vars["llm"], "tools": run.vars["tools"]}
+        ),
     )
     rid = rt.start(workflow=w)
     st = rt.tick(workflow=w, run_id=rid)
@@ -371,11 +402,15 @@ def test_host_handler_and_external_effect(stores):
     assert st.status == RunStatus.WAITING and st.waiting.reason == WaitReason.JOB
     eff = st.waiting.details["effect"]
     assert eff["type"] == "tool_calls" and eff["payload"]["tool_calls"][0]["name"] == "add"
-    st = rt.resume(workflow=w, run_id=rid, wait_key=st.waiting.wait_key, payload={"results": [{"call_id": "c1", "output": 3}]})
+    st = rt.resume(
+        workflow=w, run_id=rid, wait_key=st.waiting.wait_key, payload={"results": [{"call_id": "c1", "output": 3}]}
+    )
     assert st.status == RunStatus.COMPLETED
     assert st.output == {"llm": {"content": "hello bob"}, "tools": {"results": [{"call_id": "c1", "output": 3}]}}
     keyed = [r for r in rt.get_ledger(rid) if r["node_id"] == "think"]
-    assert [r["status"] for r in keyed] == ["started", "completed"] and keyed[0]["idempotency_key"] == keyed[1]["idempotency_key"]
+    assert [r["status"] for r in keyed] == ["started", "completed"] and keyed[0]["idempotency_key"] == keyed[1][
+        "idempotency_key"
+    ]
 
 
 def test_retries_record_each_attempt(stores):
@@ -393,7 +428,9 @@ def test_retries_record_each_attempt(stores):
         "retry",
         "a",
         a=lambda run, ctx: StepPlan(
-            node_id="a", effect=Effect(EffectType.LLM_CALL, {"p": 1}, "r", retry=RetryPolicy(max_attempts=3, backoff_s=0.01)), next_node="b"
+            node_id="a",
+            effect=Effect(EffectType.LLM_CALL, {"p": 1}, "r", retry=RetryPolicy(max_attempts=3, backoff_s=0.01)),
+            next_node="b",
         ),
         b=lambda run, ctx: StepPlan(node_id="b", complete_output=run.vars["r"]),
     )
@@ -402,7 +439,12 @@ def test_retries_record_each_attempt(stores):
     assert st.status == RunStatus.COMPLETED and st.output == {"ok": 3}
     recs = [r for r in rt.get_ledger(rid) if r["node_id"] == "a"]
     assert [(r["attempt"], r["status"]) for r in recs] == [
-        (1, "started"), (1, "failed"), (2, "started"), (2, "failed"), (3, "started"), (3, "completed")
+        (1, "started"),
+        (1, "failed"),
+        (2, "started"),
+        (2, "failed"),
+        (3, "started"),
+        (3, "completed"),
     ]
     assert len({r["idempotency_key"] for r in recs}) == 1
     assert "ConnectionError: provider down" in recs[1]["error"]
@@ -445,8 +487,14 @@ def test_recorded_effect_result_is_reused_after_a_crash(stores):
 
 def test_handler_returning_unserializable_result_fails_clearly(stores):
     rs, ls = stores.open()
-    rt = Runtime(run_store=rs, ledger_store=ls, effect_handlers={EffectType.LLM_CALL: lambda r, e, n: EffectOutcome.completed({"raw": object()})})
-    w = wf("x", "a", a=lambda run, ctx: StepPlan(node_id="a", effect=Effect(EffectType.LLM_CALL, {}, "r"), next_node="a"))
+    rt = Runtime(
+        run_store=rs,
+        ledger_store=ls,
+        effect_handlers={EffectType.LLM_CALL: lambda r, e, n: EffectOutcome.completed({"raw": object()})},
+    )
+    w = wf(
+        "x", "a", a=lambda run, ctx: StepPlan(node_id="a", effect=Effect(EffectType.LLM_CALL, {}, "r"), next_node="a")
+    )
     rid = rt.start(workflow=w)
     st = rt.tick(workflow=w, run_id=rid)
     assert st.status == RunStatus.FAILED and "result['raw'] (object)" in st.error
@@ -463,7 +511,9 @@ def _parent_child(reg, is_async=False):
         "spawn",
         spawn=lambda run, ctx: StepPlan(
             node_id="spawn",
-            effect=Effect(EffectType.START_SUBWORKFLOW, {"workflow_id": "child", "vars": {"k": 1}, "async": is_async}, "sub"),
+            effect=Effect(
+                EffectType.START_SUBWORKFLOW, {"workflow_id": "child", "vars": {"k": 1}, "async": is_async}, "sub"
+            ),
             next_node="done",
         ),
         done=lambda run, ctx: StepPlan(node_id="done", complete_output={"sub": run.vars["sub"]}),
@@ -516,7 +566,13 @@ def test_async_subworkflow_returns_child_id(stores):
 
 def test_subworkflow_without_registry_fails_clearly(stores):
     rt = rt_for(stores)
-    w = wf("p", "a", a=lambda run, ctx: StepPlan(node_id="a", effect=Effect(EffectType.START_SUBWORKFLOW, {"workflow_id": "c"}), next_node="a"))
+    w = wf(
+        "p",
+        "a",
+        a=lambda run, ctx: StepPlan(
+            node_id="a", effect=Effect(EffectType.START_SUBWORKFLOW, {"workflow_id": "c"}), next_node="a"
+        ),
+    )
     rid = rt.start(workflow=w)
     assert "needs a WorkflowRegistry" in rt.tick(workflow=w, run_id=rid).error
 

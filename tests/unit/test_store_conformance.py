@@ -225,7 +225,9 @@ def test_reopen_keeps_everything(stores):
     if not stores.durable_across_reopen:
         pytest.skip("in-memory stores do not outlive their objects")
     rs, ls = stores.open()
-    w = _waiting(reason=WaitReason.UNTIL, key="t", until=(datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat())
+    w = _waiting(
+        reason=WaitReason.UNTIL, key="t", until=(datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    )
     done = _run(status=RunStatus.COMPLETED)
     for r in (w, done):
         rs.commit(r, [_rec(r, "a")], ls)

@@ -168,9 +168,17 @@ class RunIndex:
     def release_lease(self, run_id: str, owner: str) -> None:
         with self._lock:
             held = self._leases.get(run_id)
-            if held is not None and held[0] == owner:
-                del self._leases[run_id]
-                # A claimed timer whose run did not move on goes back on the heap.
-                due = self._due_epoch.get(run_id)
-                if due is not None:
-                    heapq.heappush(self._timers, (due, run_id))
+            if held is None or held[0] != owner:
+                return
+            del self._leases[run_id]
+            due = self._due_epoch.get(run_id)
+            if due is None:
+                return
+            # A timer hidden while its run was leased goes back on the heap, and listeners
+            # hear of it: a scheduler that looked for the next due time meanwhile missed it.
+            heapq.heappush(self._timers, (due, run_id))
+            summary = self._entries.get(run_id)
+            listeners = self._listeners
+        if summary is not None:
+            for fn in listeners:
+                fn(summary)

@@ -151,6 +151,16 @@ class SqliteRunStore(RunStore):
         # Leases live in memory: one daemon owns a data folder (a shared database backend
         # keeps them in the database instead).
         self._leases = RunIndex()
+        # Runs this process saw start waiting on a timer: releasing one's lease tells the
+        # listeners again, as the in-process index does (see RunIndex.release_lease).
+        self._timers: Dict[str, RunSummary] = {}
+        self.db.run_listeners = self.db.run_listeners + [self._track_timer]
+
+    def _track_timer(self, s: RunSummary) -> None:
+        if s.status == "waiting" and s.wait_reason == "until":
+            self._timers[s.run_id] = s
+        else:
+            self._timers.pop(s.run_id, None)
 
     def save(self, run: RunState) -> None:
         self.db.write(run, run.run_id, [])
@@ -230,6 +240,11 @@ class SqliteRunStore(RunStore):
 
     def release_lease(self, run_id: str, owner: str) -> None:
         self._leases.release_lease(run_id, owner)
+        s = self._timers.get(run_id)
+        if s is not None:
+            for fn in self.db.run_listeners:
+                if fn != self._track_timer:
+                    fn(s)
 
     def add_listener(self, listener: RunListener) -> None:
         self.db.run_listeners = self.db.run_listeners + [listener]
