@@ -67,12 +67,12 @@ def test_pause_resume_complete_with_ledger(stores):
     assert st.session_id == "s1" and st.actor_id == "me" and st.vars["x"] == 1
     led = rt.get_ledger(rid)
     assert [(r["node_id"], r["status"]) for r in led] == [
-        ("ask", "started"),
         ("ask", "waiting"),
         ("ask", "completed"),
         ("done", "completed"),
     ]
-    assert led[2]["result"]["resumed"]["payload"] == {"text": "yes"}
+    assert led[0]["effect"]["type"] == "ask_user" and led[0]["result"]["wait"]["prompt"] == "Continue?"
+    assert led[1]["result"]["resumed"]["payload"] == {"text": "yes"}
     assert rt.verify_ledger(rid)["ok"]
     assert rt.get_state(rid).status == RunStatus.COMPLETED
     assert [r.run_id for r in rt.list_runs(status=RunStatus.COMPLETED)] == [rid]

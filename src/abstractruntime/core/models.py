@@ -6,6 +6,7 @@ holds a Python stack, a thread or a connection. The kernel imports no third-part
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -286,7 +287,7 @@ class StepRecord:
     ) -> StepRecord:
         return cls(
             run_id=run.run_id,
-            step_id=str(uuid.uuid4()),
+            step_id=os.urandom(16).hex(),
             node_id=node_id,
             status=StepStatus.STARTED,
             effect=effect.to_dict() if effect is not None else None,

@@ -434,9 +434,9 @@ class Runtime:
             t.records.append(rec)
             return EffectOutcome.failed(f"no handler registered for effect {etype!r}")
         if etype in _PURE_EFFECTS:
-            started = self._record(run, node_id, effect)
+            # One record: nothing happens outside the run between "started" and its outcome,
+            # so the outcome record (which carries the effect) says all there is to say.
             out = _safe_call(handler, run, effect, nxt)
-            t.records.append(started)
             t.records.append(self._finish(self._record(run, node_id, effect), out))
             return out
         return self._execute_host_effect(workflow, run, node_id, effect, nxt, handler, t)

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
-from ._durable import atomic_write, check_run_id, open_dir_fd, shared_flusher, write_all
+from ._durable import atomic_write, check_run_id, open_dir_fd, shared_flusher, syncfs_available, write_all
 from ._index import RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
 from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary
@@ -193,6 +193,10 @@ class JsonFileRunStore(RunStore):
             self._dir_fd = -1
 
 
+def _syncfs_missing() -> bool:
+    return not syncfs_available()
+
+
 def _key(s: RunSummary) -> tuple:
     return tuple(getattr(s, f) for f in _INDEXED)
 
@@ -325,12 +329,12 @@ class JsonlLedgerStore(LedgerStore):
         if lazy and self.durable:
             last = chained[-1][0]["seq"]
             with self._guard:
-                self._unsynced.setdefault(run_id, []).extend((d["seq"], line) for d, line in chained)
-            self._flusher.mark(
-                self.path_for(run_id),
-                lambda: self._synced(run_id, last),
-                new_file_dir_fd=self._dir_fd if created else None,
-            )
+                pending = self._unsynced.setdefault(run_id, [])
+                pending.extend((d["seq"], line) for d, line in chained)
+                backlog = len(pending)
+            if created and _syncfs_missing():
+                os.fsync(self._dir_fd)  # per-file syncs do not cover the folder entry
+            self._flusher.mark(self.path_for(run_id), lambda: self._synced(run_id, last), urgent=backlog > 32)
         self._heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
         stored = [d for d, _ in chained]
         for fn in self._listeners:
