@@ -60,6 +60,30 @@ class RunIndex:
         for fn in listeners:
             fn(s)
 
+    def bulk_load(self, summaries: "list[RunSummary]") -> None:
+        """Fill an empty index at open: one pass, no per-entry locking or listeners."""
+        with self._lock:
+            assert not self._entries, "bulk_load is for an empty index"
+            entries = self._entries
+            by_status = self._by_status
+            by_key = self._by_wait_key
+            for s in summaries:
+                entries[s.run_id] = s
+                bucket = by_status.get(s.status)
+                if bucket is None:
+                    bucket = by_status[s.status] = {}
+                bucket[s.run_id] = None
+                if s.wait_key:
+                    by_key.setdefault(s.wait_key, set()).add(s.run_id)
+                if s.status == "waiting" and s.wait_reason == "until" and s.until:
+                    try:
+                        due = iso_to_epoch(s.until)
+                    except ValueError:
+                        due = 0.0
+                    self._due_epoch[s.run_id] = due
+                    self._timers.append((due, s.run_id))
+            heapq.heapify(self._timers)
+
     def add_listener(self, fn: RunListener) -> None:
         with self._lock:
             self._listeners = self._listeners + [fn]

@@ -52,7 +52,7 @@ class IndexLog:
 
     def load(self) -> tuple[Dict[str, RunSummary], List[str], bool]:
         """Return (summaries, run ids of the newest lines, whether any index existed)."""
-        entries: Dict[str, RunSummary] = {}
+        rows: Dict[str, list] = {}
         snap_gen = 0
         snap = os.path.join(self.dir, "snapshot.json")
         found = False
@@ -62,8 +62,7 @@ class IndexLog:
                 data = json.loads(f.read())
             snap_gen = int(data["gen"])
             for row in data["rows"]:
-                s = from_row(row)
-                entries[s.run_id] = s
+                rows[row[0]] = row
         gens = sorted(int(n.split(".", 1)[1]) for n in os.listdir(self.dir) if n.startswith("log.") and n[4:].isdigit())
         recent: List[str] = []
         for g in gens:
@@ -72,12 +71,13 @@ class IndexLog:
                 os.unlink(path)  # already folded into the snapshot
                 continue
             found = True
-            rows = _read_rows(path)
-            self.lines += len(rows)
-            for row in rows:
-                s = from_row(row)
-                entries[s.run_id] = s
-                recent.append(s.run_id)
+            log_rows = _read_rows(path)
+            self.lines += len(log_rows)
+            for row in log_rows:
+                rows[row[0]] = row  # the newest line of a run wins
+            recent.extend(row[0] for row in log_rows[-VERIFY_TAIL:])
+        # Summaries are built once per run, after the newest line of each is known.
+        entries = {rid: from_row(row) for rid, row in rows.items()}
         self.gen = max([snap_gen] + gens)
         self._open_log()
         return entries, recent[-VERIFY_TAIL:], found
