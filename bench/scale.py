@@ -21,16 +21,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import median  # noqa: E402
 
-from abstractruntime import (  # noqa: E402
-    JsonFileRunStore,
-    JsonlLedgerStore,
-    RunState,
-    RunStatus,
-    StepRecord,
-    StepStatus,
-    WaitReason,
-    WaitState,
-)
+from abstractruntime import JsonFileRunStore, JsonlLedgerStore  # noqa: E402
+from abstractruntime.core.models import RunState, RunStatus, StepRecord, StepStatus, WaitReason, WaitState  # noqa: E402
 
 
 def _open(d, build=False):

@@ -60,7 +60,7 @@ class RunIndex:
         for fn in listeners:
             fn(s)
 
-    def bulk_load(self, summaries: "list[RunSummary]") -> None:
+    def bulk_load(self, summaries: list[RunSummary]) -> None:
         """Fill an empty index at open: one pass, no per-entry locking or listeners."""
         with self._lock:
             assert not self._entries, "bulk_load is for an empty index"

@@ -24,7 +24,15 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
-from ._durable import atomic_write, check_run_id, open_dir_fd, shared_flusher, syncfs_available, write_all
+from ._durable import (
+    TempPool,
+    atomic_write,
+    check_run_id,
+    open_dir_fd,
+    pooled_atomic_write,
+    shared_flusher,
+    write_all,
+)
 from ._index import RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
 from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary
@@ -44,6 +52,7 @@ class JsonFileRunStore(RunStore):
         self.durable = durable
         self._dir_fd = open_dir_fd(self.base_dir)
         self._flusher = shared_flusher()
+        self._pool = TempPool(os.path.join(self.base_dir, "_tmp")) if durable else None
         self._index = RunIndex()
         self._log = IndexLog(self.base_dir, durable=durable)
         # Loading builds one object per run and no cycles: pausing the cyclic GC meanwhile
@@ -135,7 +144,9 @@ class JsonFileRunStore(RunStore):
             # not fsync'd: after a power loss the unclean-open scan re-reads every run file
             # written since the log last reached the disk.
             self._log.append([s])
-        atomic_write(path, text.encode(), durable=self.durable, dir_fd=self._dir_fd)
+        data = text.encode()
+        if self._pool is None or not pooled_atomic_write(self._pool, path, data, dir_fd=self._dir_fd):
+            atomic_write(path, data, durable=self.durable, dir_fd=self._dir_fd)
         self._index.put(s)
         if changed and self._log.needs_compaction(len(self._index)):
             self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=10**12)])
@@ -194,15 +205,13 @@ class JsonFileRunStore(RunStore):
     def close(self) -> None:
         if self._dir_fd >= 0:
             self._flusher.flush()
+            if self._pool is not None:
+                self._pool.close()
             os.unlink(os.path.join(self._log.dir, "OPEN"))
             self._log.sync_dir()
             self._log.close()
             os.close(self._dir_fd)
             self._dir_fd = -1
-
-
-def _syncfs_missing() -> bool:
-    return not syncfs_available()
 
 
 def _key(s: RunSummary) -> tuple:
@@ -218,9 +227,12 @@ class JsonlLedgerStore(LedgerStore):
         self.durable = durable
         self._dir_fd = open_dir_fd(self.base_dir)
         self._heads: Dict[str, Tuple[int, Optional[str]]] = {}
-        # Lines appended but not yet fsync'd, per run, as (seq, line): the next checkpoint of
-        # that run carries them until the flusher reports them on disk.
+        # Lines not yet known to be on disk, per run, as (seq, line): the next checkpoint of
+        # that run carries them until the flusher reports them synced.
         self._unsynced: Dict[str, List[Tuple[int, str]]] = {}
+        # Of those, the lines not even written to the file yet: the flusher appends them just
+        # before its sync, so creating and appending to ledger files is off the step's path.
+        self._queued: Dict[str, List[str]] = {}
         self._flusher = shared_flusher()
         self._guard = threading.Lock()
         self._run_locks: Dict[str, threading.RLock] = {}
@@ -330,23 +342,39 @@ class JsonlLedgerStore(LedgerStore):
 
     def write(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]], *, lazy: bool = False) -> None:
         """Append chained lines. `lazy`: they are already durable inside the run's checkpoint,
-        so the fsync is left to the flusher's next batch."""
+        so writing and syncing the ledger file is left to the flusher's next batch."""
         if not chained:
             return
-        created = self._append_lines(run_id, chained, sync=self.durable and not lazy)
         if lazy and self.durable:
             last = chained[-1][0]["seq"]
             with self._guard:
                 pending = self._unsynced.setdefault(run_id, [])
                 pending.extend((d["seq"], line) for d, line in chained)
                 backlog = len(pending)
-            if created and _syncfs_missing():
-                os.fsync(self._dir_fd)  # per-file syncs do not cover the folder entry
-            self._flusher.mark(self.path_for(run_id), lambda: self._synced(run_id, last), urgent=backlog > 32)
+                self._queued.setdefault(run_id, []).extend(line for _, line in chained)
+            self._flusher.mark(
+                self.path_for(run_id),
+                lambda: self._synced(run_id, last),
+                before_sync=lambda: self._drain(run_id),
+                urgent=backlog > 32,
+            )
+        else:
+            with self.run_lock(run_id):
+                self._drain(run_id)
+                self._append_raw(run_id, [line for _, line in chained], sync=self.durable)
         self._heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
         stored = [d for d, _ in chained]
         for fn in self._listeners:
             fn(run_id, stored)
+
+    def _drain(self, run_id: str) -> None:
+        """Write the run's queued lines to its file (no sync: the caller syncs or the lines
+        are still carried by the checkpoint)."""
+        with self.run_lock(run_id):
+            with self._guard:
+                lines = self._queued.pop(run_id, None)
+            if lines:
+                self._append_raw(run_id, lines, sync=False)
 
     def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
         with self.run_lock(run_id):
@@ -354,7 +382,10 @@ class JsonlLedgerStore(LedgerStore):
             self.write(run_id, chained)
         return [d for d, _ in chained]
 
-    def _append_lines(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]], *, sync: bool) -> bool:
+    def _append_lines(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]], *, sync: bool) -> None:
+        self._append_raw(run_id, [line for _, line in chained], sync=sync)
+
+    def _append_raw(self, run_id: str, lines: List[str], *, sync: bool) -> None:
         # Opened per append rather than cached: a shared descriptor cache would let one
         # thread close a descriptor another is writing through. An open costs microseconds
         # next to the fsync that follows it.
@@ -366,19 +397,19 @@ class JsonlLedgerStore(LedgerStore):
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             created = False
         try:
-            write_all(fd, "".join(line + "\n" for _, line in chained).encode())
+            write_all(fd, "".join(line + "\n" for line in lines).encode())
             if sync:
                 os.fdatasync(fd)
         finally:
             os.close(fd)
         if created and sync:
             os.fsync(self._dir_fd)  # the new file's name must survive a power loss too
-        return created
 
     # -- reads ----------------------------------------------------------------------------
 
     def list(self, run_id: str) -> List[Dict[str, Any]]:
         self.head(run_id)  # settles a torn tail or a checkpoint catch-up first
+        self._drain(run_id)
         try:
             with open(self.path_for(run_id), "rb") as f:
                 raw = f.read()
