@@ -7,6 +7,7 @@ holds a Python stack, a thread or a connection. The kernel imports no third-part
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,8 +19,19 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_second_cache: tuple = (-1, "")
+
+
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    """Now, as `datetime.now(timezone.utc).isoformat()` writes it, several times cheaper:
+    ledger records take two timestamps each, so this sits on every step's path."""
+    global _second_cache
+    t = time.time()
+    sec = int(t)
+    cached = _second_cache
+    if cached[0] != sec:
+        cached = _second_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{int((t - sec) * 1_000_000):06d}+00:00"
 
 
 class RunStatus(str, Enum):
