@@ -40,7 +40,10 @@ def main() -> None:
             got = {impl: run_json(impl, "workload.py", "--store", store, "--n", str(n)) for impl in order}
             rounds.append(got)
             ratio = got["ours"]["runs_s"] / got["peer"]["runs_s"]
-            print(f"  {store} round {i + 1}: peer {got['peer']['runs_s']:.0f} runs/s, ours {got['ours']['runs_s']:.0f} runs/s, x{ratio:.2f}", flush=True)
+            print(
+                f"  {store} round {i + 1}: peer {got['peer']['runs_s']:.0f} runs/s, ours {got['ours']['runs_s']:.0f} runs/s, x{ratio:.2f}",
+                flush=True,
+            )
         row = {
             "store": store,
             "n": n,

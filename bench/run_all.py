@@ -22,17 +22,25 @@ def timers(quick: bool) -> list:
     rows = []
     reps = 1 if quick else 3
     for impl, n, stagger in [
-        ("ours", 10000, None), ("ours", 1000, None), ("peer", 1000, None),
-        ("ours", 10000, "1.0"), ("peer", 1000, "1.0"),
+        ("ours", 10000, None),
+        ("ours", 1000, None),
+        ("peer", 1000, None),
+        ("ours", 10000, "1.0"),
+        ("peer", 1000, "1.0"),
     ]:
         args = ["--n", str(n)] + (["--stagger", stagger] if stagger else [])
         got = [run_json(impl, "timers.py", *args) for _ in range(reps)]
         row = {
-            "impl": impl, "n": n, "mode": got[0]["mode"],
-            "p50_ms": median([g["lag_p50_ms"] for g in got]), "p99_ms": median([g["lag_p99_ms"] for g in got]),
+            "impl": impl,
+            "n": n,
+            "mode": got[0]["mode"],
+            "p50_ms": median([g["lag_p50_ms"] for g in got]),
+            "p99_ms": median([g["lag_p99_ms"] for g in got]),
             "all_resumed": all(g["all_resumed"] for g in got),
         }
-        print(f"  timers {impl} n={n} {row['mode']}: p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms", flush=True)
+        print(
+            f"  timers {impl} n={n} {row['mode']}: p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms", flush=True
+        )
         rows.append(row)
     return rows
 
@@ -64,7 +72,9 @@ def main() -> None:
     print("|---|---|---|")
     for r in t:
         print(f"| {r['impl']}, {r['n']} runs, {r['mode']} | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms |")
-    print("\n| file store re-open | runs / waiting | open + list waiting summaries | open + first 100 states | open + all waiting states | unclean open + summaries |")
+    print(
+        "\n| file store re-open | runs / waiting | open + list waiting summaries | open + first 100 states | open + all waiting states | unclean open + summaries |"
+    )
     print("|---|---|---|---|---|---|")
     for r in s:
         summ = r.get("reopen_list_summaries_ms")

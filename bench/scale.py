@@ -38,7 +38,9 @@ def build(d: str, runs: int, waiting: int) -> None:
         r = RunState.new(workflow_id="bench", entry_node="ask", vars={"i": i, "note": "x" * 64})
         if i % (runs // waiting) == 0 and waiting > 0:
             r.status = RunStatus.WAITING
-            r.waiting = WaitState(reason=WaitReason.USER, wait_key=f"user:{r.run_id}", prompt="Continue?", choices=["yes", "no"])
+            r.waiting = WaitState(
+                reason=WaitReason.USER, wait_key=f"user:{r.run_id}", prompt="Continue?", choices=["yes", "no"]
+            )
         else:
             r.status, r.output = RunStatus.COMPLETED, {"ok": True}
         rec = StepRecord.start(run=r, node_id="ask", effect=None)

@@ -68,9 +68,13 @@ def main() -> None:
     ap.add_argument("--lead", type=float, default=None, help="seconds from now to the deadline")
     ap.add_argument("--poll", type=float, default=0.2)
     ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument("--stagger", type=float, default=None,
-                    help="instead of one instant, each run is due this many seconds after its own tick "
-                         "(the method of the peer harness ar_timer_bench.py)")
+    ap.add_argument(
+        "--stagger",
+        type=float,
+        default=None,
+        help="instead of one instant, each run is due this many seconds after its own tick "
+        "(the method of the peer harness ar_timer_bench.py)",
+    )
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="artimers_")
     rs, ls = stores(a.store, d)
@@ -86,8 +90,14 @@ def main() -> None:
                 if len(resumed) >= a.n:
                     all_done.set()
 
-    sr = create_scheduled_runtime(run_store=rs, ledger_store=ls, workflows=[WF], poll_interval_s=a.poll,
-                                  auto_start=True, on_run_resumed=on_resumed)
+    sr = create_scheduled_runtime(
+        run_store=rs,
+        ledger_store=ls,
+        workflows=[WF],
+        poll_interval_s=a.poll,
+        auto_start=True,
+        on_run_resumed=on_resumed,
+    )
     lead = a.lead if a.lead is not None else max(2.0, a.n * (0.00012 if a.store == "mem" else 0.004))
     deadline = time.time() + lead
     until = datetime.fromtimestamp(deadline, timezone.utc).isoformat()
@@ -104,11 +114,21 @@ def main() -> None:
     sr.stop()
     shutil.rmtree(d, ignore_errors=True)
     lags = [t - due[rid] for rid, t in resumed.items()]
-    print(json.dumps({
-        "store": a.store, "n": a.n, "mode": "same instant" if a.stagger is None else f"staggered {a.stagger}s",
-        "all_resumed": ok, "resumed": len(resumed), "create_s": created_s,
-        "lag_p50_ms": pct(lags, 50) * 1e3, "lag_p99_ms": pct(lags, 99) * 1e3, "lag_max_ms": max(lags) * 1e3,
-    }))
+    print(
+        json.dumps(
+            {
+                "store": a.store,
+                "n": a.n,
+                "mode": "same instant" if a.stagger is None else f"staggered {a.stagger}s",
+                "all_resumed": ok,
+                "resumed": len(resumed),
+                "create_s": created_s,
+                "lag_p50_ms": pct(lags, 50) * 1e3,
+                "lag_p99_ms": pct(lags, 99) * 1e3,
+                "lag_max_ms": max(lags) * 1e3,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ def ask(run, ctx):
         node_id="ask",
         effect=Effect(
             EffectType.ASK_USER,
-            {"prompt": f"Approve an expense of {amount} EUR?", "choices": ["approve", "reject"], "allow_free_text": False},
+            {
+                "prompt": f"Approve an expense of {amount} EUR?",
+                "choices": ["approve", "reject"],
+                "allow_free_text": False,
+            },
             result_key="decision",
         ),
         next_node="cool_off",
