@@ -1,7 +1,8 @@
 """One root exception and a small taxonomy with stable codes.
 
-Each error that can cross the wire carries a numeric `CODE` (in the JSON-RPC server-error
-range) and a stable `NAME`, and converts itself to a JSON-RPC error object with structured
+Each error that can cross the wire carries a numeric `CODE` and a stable `NAME`. The codes
+start at 1000: JSON-RPC reserves -32768..-32000 for itself and LSP uses -32001/-32002, so
+application errors stay clear of both. Each and converts itself to a JSON-RPC error object with structured
 `data`. Errors also subclass the builtin the published package raised in the same place
 (`KeyError` for an unknown run, `ValueError` for a bad resume) so existing `except` clauses
 keep working.
@@ -13,7 +14,7 @@ from typing import Any, Dict, Optional
 
 
 class AbstractRuntimeError(Exception):
-    CODE = -32000
+    CODE = 1000
     NAME = "runtime_error"
 
     def __init__(self, message: str, **data: Any) -> None:
@@ -29,56 +30,56 @@ class AbstractRuntimeError(Exception):
 
 
 class RunNotFoundError(AbstractRuntimeError, KeyError):
-    CODE = -32001
+    CODE = 1001
     NAME = "run_not_found"
 
 
 class WorkflowNotFoundError(AbstractRuntimeError, KeyError):
-    CODE = -32002
+    CODE = 1002
     NAME = "workflow_not_found"
 
 
 class RunNotWaitingError(AbstractRuntimeError, ValueError):
-    CODE = -32003
+    CODE = 1003
     NAME = "run_not_waiting"
 
 
 class WaitKeyMismatchError(AbstractRuntimeError, ValueError):
-    CODE = -32004
+    CODE = 1004
     NAME = "wait_key_mismatch"
 
 
 class RunFinishedError(RunNotWaitingError):
     """The run already completed, failed or was cancelled."""
 
-    CODE = -32005
+    CODE = 1005
     NAME = "run_already_finished"
 
 
 class InvalidWorkflowError(AbstractRuntimeError, ValueError):
-    CODE = -32006
+    CODE = 1006
     NAME = "invalid_workflow"
 
 
 class NotJsonSerializableError(AbstractRuntimeError, TypeError):
-    CODE = -32007
+    CODE = 1007
     NAME = "not_json_serializable"
 
 
 class RunBusyError(AbstractRuntimeError):
     """Another owner holds the run's lease (it is being ticked elsewhere)."""
 
-    CODE = -32008
+    CODE = 1008
     NAME = "run_busy"
 
 
 class WorkflowMismatchError(AbstractRuntimeError, ValueError):
-    CODE = -32009
+    CODE = 1009
     NAME = "workflow_mismatch"
 
 
 class EffectHandlerMissingError(AbstractRuntimeError):
-    CODE = -32010
+    CODE = 1010
     NAME = "effect_handler_missing"
 
 

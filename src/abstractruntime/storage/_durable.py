@@ -15,7 +15,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 
 
 class InvalidRunIdError(AbstractRuntimeError, ValueError):
-    CODE = -32011
+    CODE = 1011
     NAME = "invalid_run_id"
 
 
