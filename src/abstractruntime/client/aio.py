@@ -1,0 +1,260 @@
+"""The async Python client.
+
+    async with AsyncClient.discover() as c:          # the project's running daemon
+        started = await c.start("approval", vars={"amount": 120})
+        state = await c.resume(started.run_id, {"text": "approve"})
+        async for event in c.subscribe(after=0):
+            ...
+
+Connect by socket (`AsyncClient.unix(path)`), TCP (`AsyncClient.tcp(host, port, token)`),
+spawning a private daemon on stdio (`AsyncClient.spawn(argv)`), or `discover(data_dir)`,
+which finds the daemon the way the CLI does. Results are the protocol's pydantic models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Dict, List, Optional
+
+from ..protocol import discovery as paths
+from ..protocol import models as m
+from .connection import Connection, ConnectionLost, default_spawn_argv, env_with_package
+
+
+@dataclass
+class Target:
+    kind: str  # unix | tcp | spawn
+    path: Optional[str] = None
+    host: Optional[str] = None
+    port: Optional[int] = None
+    token: Optional[str] = None
+    argv: List[str] = field(default_factory=list)
+    env: Optional[Dict[str, str]] = None
+    cwd: Optional[str] = None
+
+    async def open(self) -> Connection:
+        if self.kind == "unix":
+            assert self.path
+            return await Connection.unix(self.path)
+        if self.kind == "tcp":
+            assert self.host and self.port
+            return await Connection.tcp(self.host, self.port)
+        return await Connection.spawn(self.argv, env=self.env, cwd=self.cwd)
+
+
+def discover_target(data_dir: Optional[str] = None) -> Target:
+    """The project's daemon: its discovery file if there is one, else the default socket."""
+    data = paths.data_dir(data_dir)
+    info = paths.read_discovery(data) or {}
+    if info.get("tcp"):
+        host, _, port = info["tcp"].rpartition(":")
+        token = None
+        try:
+            with open(paths.token_file(data)) as f:
+                token = f.read().strip()
+        except FileNotFoundError:
+            pass
+        return Target("tcp", host=host, port=int(port), token=token)
+    return Target("unix", path=info.get("socket") or paths.default_socket(data))
+
+
+class AsyncClient:
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.conn: Optional[Connection] = None
+        self.server_info: Dict[str, Any] = {}
+        self._queues: Dict[str, asyncio.Queue] = {}
+
+    # -- constructors -------------------------------------------------------------------------------
+
+    @classmethod
+    def unix(cls, path: str) -> AsyncClient:
+        return cls(Target("unix", path=path))
+
+    @classmethod
+    def tcp(cls, host: str, port: int, token: Optional[str] = None) -> AsyncClient:
+        return cls(Target("tcp", host=host, port=port, token=token))
+
+    @classmethod
+    def spawn(
+        cls,
+        argv: Optional[List[str]] = None,
+        *,
+        data_dir: Optional[str] = None,
+        workflows: Optional[List[str]] = None,
+        env: Optional[Dict[str, str]] = None,
+        cwd: Optional[str] = None,
+    ) -> AsyncClient:
+        return cls(
+            Target(
+                "spawn", argv=argv or default_spawn_argv(data_dir, workflows), env=env or env_with_package(), cwd=cwd
+            )
+        )
+
+    @classmethod
+    def discover(cls, data_dir: Optional[str] = None) -> AsyncClient:
+        return cls(discover_target(data_dir))
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def connect(self) -> AsyncClient:
+        self.conn = await self.target.open()
+        self.conn.on_notification("runtime/event", self._on_event)
+        init = await self.conn.request(
+            "initialize",
+            {
+                "processId": os.getpid(),
+                "rootUri": None,
+                "capabilities": {},
+                "clientInfo": {"name": "abstractruntime-python"},
+                "initializationOptions": {"token": self.target.token} if self.target.token else None,
+            },
+        )
+        self.server_info = init
+        self.conn.notify("initialized", {})
+        return self
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            if not self.conn.closed.is_set():
+                try:
+                    await self.conn.request("shutdown", None, timeout=5)
+                    self.conn.notify("exit", None)
+                except (ConnectionLost, ConnectionError, asyncio.TimeoutError):
+                    pass
+            await self.conn.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def call(
+        self, method: str, params: Optional[Dict[str, Any]] = None, *, timeout: Optional[float] = None
+    ) -> Any:
+        if self.conn is None:
+            raise ConnectionLost("not connected: call connect() first")
+        return await self.conn.request(method, params or {}, timeout=timeout)
+
+    # -- methods -------------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow_id: str,
+        vars: Optional[Dict[str, Any]] = None,
+        *,
+        session_id: Optional[str] = None,
+        actor_id: Optional[str] = None,
+    ) -> m.StartResult:
+        p = _drop_none({"workflow_id": workflow_id, "vars": vars or {}, "session_id": session_id, "actor_id": actor_id})
+        return m.StartResult.model_validate(await self.call("runtime/start", p))
+
+    async def resume(self, run_id: str, payload: Dict[str, Any], *, wait_key: Optional[str] = None) -> m.RunStateModel:
+        p = _drop_none({"run_id": run_id, "payload": payload, "wait_key": wait_key})
+        return m.StateResult.model_validate(await self.call("runtime/resume", p)).state
+
+    async def state(self, run_id: str) -> m.RunStateModel:
+        return m.StateResult.model_validate(await self.call("runtime/state", {"run_id": run_id})).state
+
+    async def ledger(self, run_id: str, *, after: int = 0, limit: int = 100) -> m.LedgerResult:
+        return m.LedgerResult.model_validate(
+            await self.call("runtime/ledger", {"run_id": run_id, "after": after, "limit": limit})
+        )
+
+    async def runs(
+        self,
+        *,
+        status: Optional[str] = None,
+        workflow_id: Optional[str] = None,
+        limit: int = 100,
+        cursor: Optional[str] = None,
+    ) -> m.RunsResult:
+        p = _drop_none({"status": status, "workflow_id": workflow_id, "limit": limit, "cursor": cursor})
+        return m.RunsResult.model_validate(await self.call("runtime/runs", p))
+
+    async def cancel(self, run_id: str, reason: Optional[str] = None) -> m.RunStateModel:
+        p = _drop_none({"run_id": run_id, "reason": reason})
+        return m.StateResult.model_validate(await self.call("runtime/cancel", p)).state
+
+    async def emit_event(
+        self, name: str, payload: Any = None, *, scope: Optional[str] = None, session_id: Optional[str] = None
+    ) -> List[str]:
+        p = _drop_none({"name": name, "payload": payload, "scope": scope, "session_id": session_id})
+        return m.EmitEventResult.model_validate(await self.call("runtime/emitEvent", p)).resumed
+
+    async def workflows(self) -> List[m.WorkflowInfo]:
+        return m.WorkflowsListResult.model_validate(await self.call("workflows/list")).workflows
+
+    async def status(self) -> m.DaemonStatusResult:
+        return m.DaemonStatusResult.model_validate(await self.call("daemon/status"))
+
+    async def shutdown_daemon(self) -> None:
+        await self.call("daemon/shutdown")
+
+    # -- subscriptions ---------------------------------------------------------------------------------
+
+    def _on_event(self, params: Any) -> None:
+        sub = params.get("subscription_id") if isinstance(params, dict) else None
+        if sub is not None:
+            self._queues.setdefault(sub, asyncio.Queue()).put_nowait(params)
+
+    async def _subscribe_once(self, run_id: Optional[str], after: Optional[int]) -> str:
+        res = await self.call("runtime/subscribe", _drop_none({"run_id": run_id, "after": after}))
+        sub = m.SubscribeResult.model_validate(res).subscription_id
+        self._queues.setdefault(sub, asyncio.Queue())
+        return sub
+
+    async def subscribe(
+        self,
+        run_id: Optional[str] = None,
+        *,
+        after: Optional[int] = None,
+        reconnect: bool = True,
+        reconnect_timeout: float = 30.0,
+    ) -> AsyncIterator[m.EventNotification]:
+        """Events for one run (or all), from the cursor after `after` on. If the connection
+        drops and `reconnect` is set, it reconnects and resubscribes after the last cursor it
+        delivered: nothing is lost and nothing comes twice."""
+        last = after
+        sub = await self._subscribe_once(run_id, last)
+        while True:
+            assert self.conn is not None
+            queue = self._queues[sub]
+            get = asyncio.ensure_future(queue.get())
+            lost = asyncio.ensure_future(self.conn.closed.wait())
+            done, _ = await asyncio.wait({get, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if get in done:
+                lost.cancel()
+                event = m.EventNotification.model_validate(get.result())
+                if last is not None and event.cursor <= last:
+                    continue
+                last = event.cursor
+                yield event
+                continue
+            get.cancel()
+            if not reconnect:
+                return
+            await self._reconnect(reconnect_timeout)
+            sub = await self._subscribe_once(run_id, last)
+
+    async def _reconnect(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        delay = 0.05
+        while True:
+            try:
+                if self.conn is not None:
+                    await self.conn.close()
+                await self.connect()
+                return
+            except (OSError, ConnectionLost):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+
+
+def _drop_none(d: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}

@@ -1,0 +1,2 @@
+"""The long-running daemon: transports, per-connection sessions and the hub that owns the
+Runtime, the Scheduler and the stores."""

@@ -1,0 +1,145 @@
+"""The LSP base protocol on a byte stream: `Content-Length` headers, then a JSON body.
+
+pygls's own reader drops malformed frames silently; this loop answers them as JSON-RPC
+requires (parse error, invalid request), refuses frames over a size limit (and skips their
+body to stay in sync), and hands every well-formed message to the connection's pygls
+protocol. Nothing a client sends can end the daemon: at worst its own connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Optional
+
+from lsprotocol.types import ResponseError
+from pygls.exceptions import JsonRpcException
+from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
+
+from ..protocol.errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
+from ..protocol.methods import BY_NAME
+
+log = logging.getLogger("abstractruntime.daemon")
+
+MAX_FRAME = 16 * 1024 * 1024
+MAX_HEADER_LINE = 8192
+
+
+class FrameError(Exception):
+    """The stream cannot be read further (a broken header): the connection closes."""
+
+
+async def read_frames(reader: Any, session: Any, *, max_frame: int = MAX_FRAME) -> None:
+    protocol = session.protocol
+    while not session.closed:
+        length: Optional[int] = None
+        while True:
+            line = await reader.readline()
+            if not line:
+                return  # the client went away
+            if len(line) > MAX_HEADER_LINE:
+                raise FrameError("header line too long")
+            if line in (b"\r\n", b"\n"):
+                break
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise FrameError(f"malformed header line {line[:80]!r}")
+            if name.strip().lower() == "content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    raise FrameError(f"bad Content-Length {value.strip()[:40]!r}") from None
+                if length < 0:
+                    raise FrameError("negative Content-Length")
+        if length is None:
+            raise FrameError("a frame without Content-Length")
+        if length > max_frame:
+            await _skip(reader, length)
+            _reply_error(
+                protocol, None, INVALID_REQUEST, f"frame of {length} bytes exceeds the limit of {max_frame} bytes"
+            )
+            continue
+        body = await reader.readexactly(length)
+        dispatch(protocol, body)
+
+
+async def _skip(reader: Any, n: int) -> None:
+    while n > 0:
+        chunk = await reader.readexactly(min(n, 1 << 20))
+        n -= len(chunk)
+
+
+def dispatch(protocol: Any, body: bytes) -> None:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        _reply_error(protocol, None, PARSE_ERROR, f"parse error: {e}")
+        return
+    msg_id = data.get("id") if isinstance(data, dict) else None
+    if not isinstance(msg_id, (str, int)) or isinstance(msg_id, bool):
+        msg_id = None
+    problem = _check_envelope(data)
+    if problem:
+        _reply_error(protocol, msg_id, INVALID_REQUEST, f"invalid request: {problem}")
+        return
+    try:
+        if data.get("method") in BY_NAME:
+            # Our own methods keep their params as plain JSON: the session validates them
+            # with the protocol's pydantic models (pygls would wrap them in its own types).
+            if "id" in data:
+                message: Any = JsonRPCRequestMessage(
+                    id=data["id"], method=data["method"], jsonrpc="2.0", params=data.get("params")
+                )
+            else:
+                message = JsonRPCNotification(method=data["method"], jsonrpc="2.0", params=data.get("params"))
+        else:
+            message = protocol.structure_message(data)
+    except JsonRpcException as e:
+        if msg_id is not None:
+            code = e.code if e.code != INTERNAL_ERROR else INVALID_PARAMS
+            _reply_error(protocol, msg_id, code, f"invalid params for {data.get('method')}: {e.message or e}")
+        return
+    try:
+        protocol.handle_message(message)
+    except Exception as e:  # isolation boundary: one request's failure is its own
+        log.exception("handling %s failed", data.get("method"))
+        if msg_id is not None:
+            _reply_error(protocol, msg_id, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
+
+
+def _check_envelope(data: Any) -> Optional[str]:
+    if not isinstance(data, dict):
+        return "the message must be a JSON object (batches are not supported)"
+    if data.get("jsonrpc") != "2.0":
+        return 'jsonrpc must be "2.0"'
+    if "method" in data:
+        if not isinstance(data["method"], str):
+            return "method must be a string"
+        if "id" in data and (not isinstance(data["id"], (str, int)) or isinstance(data["id"], bool)):
+            return "id must be a string or an integer"
+        if data.get("params") is not None and not isinstance(data["params"], (dict, list)):
+            return "params must be an object or an array"
+        return None
+    if "id" in data and ("result" in data or "error" in data):
+        return None  # a response to a request of ours
+    return "neither a request, a notification nor a response"
+
+
+def _reply_error(protocol: Any, msg_id: Any, code: int, message: str) -> None:
+    protocol._send_response(msg_id, None, ResponseError(code=code, message=message))
+
+
+class StreamWriterAdapter:
+    """pygls's writer interface over an asyncio StreamWriter."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._w = writer
+
+    def write(self, data: bytes) -> None:
+        if not self._w.is_closing():
+            self._w.write(data)
+
+    def close(self) -> None:
+        if not self._w.is_closing():
+            self._w.close()

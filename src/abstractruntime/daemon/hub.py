@@ -1,0 +1,225 @@
+"""The hub: the one Runtime, Scheduler and set of stores a daemon owns, shared by every
+connection, and the global event log that subscriptions read.
+
+Every ledger append and every run status change becomes an event with a cursor that is
+global and monotonic over all runs. Events are kept in a bounded in-memory log so a client
+that reconnects with `after` gets each one it missed, in order, exactly once, then the live
+ones. Cursors stay monotonic across restarts: blocks of cursors are reserved durably ahead of
+use, so a daemon that restarts after a crash starts past anything it handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from .. import __version__
+from ..core.runtime import Runtime
+from ..protocol.errors import CursorExpiredError
+from ..scheduler import Scheduler, WorkflowRegistry
+from ..storage import JsonFileRunStore, JsonlLedgerStore, SqliteDatabase, SqliteLedgerStore, SqliteRunStore
+from ..storage._durable import atomic_write, open_dir_fd
+from ..storage.base import RunSummary
+from .loader import load_workflow_dirs
+
+log = logging.getLogger("abstractruntime.daemon")
+
+EVENT_LOG_SIZE = 200_000
+CURSOR_BLOCK = 1_000_000
+
+Event = Dict[str, Any]
+
+
+@dataclass
+class Subscription:
+    subscription_id: str
+    run_id: Optional[str]
+    deliver: Callable[[Event], None]  # called under the hub's event lock; must only schedule
+
+
+class Hub:
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        workflow_dirs: List[str],
+        store: str = "files",
+        durable: bool = True,
+        workers: int = 32,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self.store_kind = store
+        self.started = time.time()
+        if store == "files":
+            runs_dir = os.path.join(self.data_dir, "runs")
+            self.run_store: Any = JsonFileRunStore(runs_dir, durable=durable)
+            self.ledger_store: Any = JsonlLedgerStore(runs_dir, durable=durable)
+        elif store == "sqlite":
+            db = SqliteDatabase(os.path.join(self.data_dir, "runtime.sqlite3"), durable=durable)
+            self.run_store, self.ledger_store = SqliteRunStore(db), SqliteLedgerStore(db)
+        else:
+            raise ValueError(f"unknown store {store!r} (expected files or sqlite)")
+        self.registry = WorkflowRegistry()
+        self.workflow_dirs = [os.path.abspath(d) for d in workflow_dirs]
+        self.load_errors: List[Dict[str, Any]] = []
+        self.runtime = Runtime(
+            run_store=self.run_store, ledger_store=self.ledger_store, workflow_registry=self.registry
+        )
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ar-tick")
+        self.scheduler = Scheduler(runtime=self.runtime, registry=self.registry, poll_interval_s=poll_interval_s)
+        self.clients = 0
+        self.stopping = False
+        self._stop_callbacks: List[Callable[[], None]] = []
+        self._dir_fd = open_dir_fd(self.data_dir)
+        self._sub_ids = itertools.count(1)
+        self._subs: Dict[str, Subscription] = {}
+        self._lock = threading.Lock()
+        self._events: Deque[Tuple[int, Event]] = deque(maxlen=EVENT_LOG_SIZE)
+        self._cursor_file = os.path.join(self.data_dir, "cursor")
+        self._cursor = self._reserve_first_block()
+        self._first_cursor = self._cursor + 1
+        self._last_seen: Dict[str, Tuple[str, Optional[str]]] = {}
+        self.ledger_store.add_listener(self._on_records)
+        self.run_store.add_listener(self._on_summary)
+        self.reload_workflows()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.scheduler.start()  # also ticks runs a crash left mid-step
+
+    def on_stop(self, fn: Callable[[], None]) -> None:
+        self._stop_callbacks.append(fn)
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (SIGTERM, `daemon/shutdown`): new requests are refused."""
+        if not self.stopping:
+            self.stopping = True
+            for fn in self._stop_callbacks:
+                fn()
+
+    def close(self) -> None:
+        """Finish in-flight steps (they commit), stop timers, flush and close the stores."""
+        self.stopping = True
+        self.scheduler.stop()
+        self.executor.shutdown(wait=True)
+        self.run_store.close()
+        self.ledger_store.close()
+        os.close(self._dir_fd)
+
+    def reload_workflows(self) -> None:
+        specs, errors = load_workflow_dirs(self.workflow_dirs)
+        for wf in specs:
+            self.registry.register(wf)
+        self.load_errors = errors
+        for e in errors:
+            log.error("workflow load error: %s:%s: %s", e["file"], e.get("line"), e["message"])
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run blocking kernel work off the event loop, so a slow node or effect never
+        delays another client's request."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kw))
+
+    # -- cursors --------------------------------------------------------------------------------
+
+    def _reserve_first_block(self) -> int:
+        try:
+            with open(self._cursor_file) as f:
+                start = int(f.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            start = 0
+        self._block_end = start + CURSOR_BLOCK
+        self._save_cursor_block(self._block_end)
+        return start
+
+    def _save_cursor_block(self, value: int) -> None:
+        # Durable before any cursor of the block is handed out: after a crash the next
+        # daemon starts at or past this value, so cursors never repeat.
+        atomic_write(self._cursor_file, str(value).encode(), durable=True, dir_fd=self._dir_fd)
+
+    @property
+    def cursor(self) -> int:
+        return self._cursor
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _emit(self, run_id: str, kind: str, body: Dict[str, Any]) -> None:
+        # Called with self._lock held.
+        self._cursor += 1
+        if self._cursor >= self._block_end:
+            self._block_end += CURSOR_BLOCK
+            self._save_cursor_block(self._block_end)
+        event = {"cursor": self._cursor, "run_id": run_id, "kind": kind, kind: body}
+        self._events.append((self._cursor, event))
+        for sub in self._subs.values():
+            if sub.run_id is None or sub.run_id == run_id:
+                sub.deliver(event)
+
+    def _on_records(self, run_id: str, records: List[Dict[str, Any]]) -> None:
+        with self._lock:
+            for rec in records:
+                self._emit(run_id, "record", rec)
+
+    def _on_summary(self, s: RunSummary) -> None:
+        key = (s.status, s.wait_key)
+        with self._lock:
+            if self._last_seen.get(s.run_id) == key:
+                return  # the same state heard twice (a lease release re-announces timers)
+            self._last_seen[s.run_id] = key
+            self._emit(s.run_id, "state", s.to_dict())
+
+    def subscribe(
+        self, run_id: Optional[str], after: Optional[int], deliver: Callable[[Event], None]
+    ) -> Tuple[str, int, List[Event]]:
+        """Register a subscription; returns (id, current cursor, the events after `after`).
+
+        The backlog is read and the subscription registered under one lock, so no event falls
+        between them and none is delivered twice."""
+        with self._lock:
+            backlog: List[Event] = []
+            if after is not None and after < self._cursor:
+                oldest = self._events[0][0] if self._events else self._cursor + 1
+                if after + 1 < oldest:
+                    raise CursorExpiredError(
+                        f"events after cursor {after} are no longer kept (oldest kept: {oldest}); "
+                        "re-read the runs you follow, then subscribe without `after`",
+                        oldest=oldest,
+                        requested=after,
+                    )
+                backlog = [e for c, e in self._events if c > after and (run_id is None or e["run_id"] == run_id)]
+            sub_id = f"s-{next(self._sub_ids)}"
+            self._subs[sub_id] = Subscription(sub_id, run_id, deliver)
+            return sub_id, self._cursor, backlog
+
+    def unsubscribe(self, sub_id: str) -> bool:
+        with self._lock:
+            return self._subs.pop(sub_id, None) is not None
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._subs)
+
+    def status(self) -> Dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "store": self.store_kind,
+            "data_dir": self.data_dir,
+            "runs": self.run_store.count_by_status(),
+            "clients": self.clients,
+            "subscriptions": self.subscriptions,
+            "scheduler": self.scheduler.stats.to_dict(),
+            "cursor": self._cursor,
+        }

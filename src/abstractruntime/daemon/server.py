@@ -1,0 +1,215 @@
+"""`abstractruntime serve`: the accept loops for stdio, a unix socket and TCP.
+
+Each connection gets its own `Session`; one client leaving, misbehaving or sending `exit`
+ends that connection only. stdio serves the one client that spawned the daemon (an editor),
+so there `exit` or end of input stops the daemon. SIGTERM and `daemon/shutdown` stop it
+gracefully: in-flight steps finish and commit, then the stores are flushed and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from typing import Any, Optional
+
+from .. import __version__
+from ..protocol import discovery as paths
+from ..storage._durable import atomic_write
+from .framing import FrameError, StreamWriterAdapter, read_frames
+from .hub import Hub
+from .session import Session
+
+log = logging.getLogger("abstractruntime.daemon")
+
+
+class Daemon:
+    def __init__(self, hub: Hub, *, token: Optional[str] = None, max_frame: int = 16 * 1024 * 1024) -> None:
+        self.hub = hub
+        self.token = token
+        self.max_frame = max_frame
+        self.sessions: set = set()
+        self._stopped: Optional[asyncio.Event] = None
+
+    def _closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+        self.hub.clients = len(self.sessions)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(self.hub, token=self.token, on_close=self._closed)
+        session.protocol.set_writer(StreamWriterAdapter(writer))
+        self.sessions.add(session)
+        self.hub.clients = len(self.sessions)
+        try:
+            await read_frames(reader, session, max_frame=self.max_frame)
+        except FrameError as e:
+            log.warning("closing a connection: %s", e)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client vanished mid-frame
+        except Exception:  # isolation boundary: one connection's failure is its own
+            log.exception("connection failed")
+        finally:
+            session.close()
+
+    async def _wait_stop(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    def _install_stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self.hub.on_stop(lambda: loop.call_soon_threadsafe(self._stopped.set))  # type: ignore[union-attr]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.hub.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    async def _finish(self) -> None:
+        for s in list(self.sessions):
+            s.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.hub.close)
+
+    async def serve_unix(self, path: str) -> None:
+        self._install_stop()
+        paths.ensure_private_dir(os.path.dirname(path))
+        _remove_stale_socket(path)
+        old = os.umask(0o177)  # the socket is created 0600: no window where others can connect
+        try:
+            server = await asyncio.start_unix_server(self._connection, path=path, limit=1 << 16)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self._announce({"socket": path})
+        log.info("serving on unix socket %s", path)
+        async with server:
+            await self._wait_stop()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        await self._finish()
+
+    async def serve_tcp(self, host: str, port: int) -> None:
+        self._install_stop()
+        server = await asyncio.start_server(self._connection, host, port, limit=1 << 16)
+        bound = server.sockets[0].getsockname()
+        self._announce({"tcp": f"{bound[0]}:{bound[1]}"})
+        log.info("serving on tcp %s:%s", bound[0], bound[1])
+        print(f"abstractruntime: listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
+        async with server:
+            await self._wait_stop()
+        await self._finish()
+
+    async def serve_stdio(self) -> None:
+        self._install_stop()
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 16)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+        w_transport, w_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout.buffer)
+        writer = asyncio.StreamWriter(w_transport, w_protocol, None, loop)
+
+        def gone(session: Session) -> None:
+            self._closed(session)
+            self.hub.request_stop()  # stdio serves exactly the client that spawned us
+
+        session = Session(self.hub, token=None, on_close=gone)
+        session.protocol.set_writer(StreamWriterAdapter(writer))
+        self.sessions.add(session)
+        self.hub.clients = 1
+        conn = asyncio.ensure_future(self._stdio_loop(reader, session))
+        await self._wait_stop()
+        conn.cancel()
+        await self._finish()
+
+    async def _stdio_loop(self, reader: asyncio.StreamReader, session: Session) -> None:
+        try:
+            await read_frames(reader, session, max_frame=self.max_frame)
+        except FrameError as e:
+            log.warning("stdio: %s", e)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            session.close()
+
+    def _announce(self, where: dict) -> None:
+        info = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": time.time(),
+            "store": self.hub.store_kind,
+            **where,
+        }
+        atomic_write(paths.discovery_file(self.hub.data_dir), json.dumps(info).encode(), durable=False)
+
+
+def _remove_stale_socket(path: str) -> None:
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody answers: a crashed daemon's leftover
+        return
+    finally:
+        probe.close()
+    raise RuntimeError(f"a daemon already listens on {path}")
+
+
+def make_token(data_dir: str) -> str:
+    token = secrets.token_urlsafe(32)
+    path = paths.token_file(data_dir)
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, token.encode())
+    finally:
+        os.close(fd)
+    os.replace(path + ".tmp", path)
+    return token
+
+
+def check_tcp_host(host: str, allow_remote: bool) -> None:
+    try:
+        ip = ipaddress.ip_address(host)
+        loopback = ip.is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not allow_remote:
+        raise SystemExit(f"refusing to listen on {host}: not a loopback address (pass --allow-remote to allow it)")
+
+
+def run(args: Any) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.log_level != "debug":
+        logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
+    data = paths.data_dir(args.data)
+    workflows = args.workflows or ["workflows"]
+    hub = Hub(data_dir=data, workflow_dirs=workflows, store=args.store, durable=not args.relaxed, workers=args.workers)
+    hub.start()
+    daemon = Daemon(hub, max_frame=args.max_frame)
+    try:
+        if args.stdio:
+            asyncio.run(daemon.serve_stdio())
+        elif args.tcp:
+            host, _, port = args.tcp.rpartition(":")
+            host = host.strip("[]") or "127.0.0.1"
+            check_tcp_host(host, args.allow_remote)
+            daemon.token = make_token(data)
+            asyncio.run(daemon.serve_tcp(host, int(port)))
+        else:
+            asyncio.run(daemon.serve_unix(args.socket or paths.default_socket(data)))
+    except KeyboardInterrupt:
+        hub.close()
+    return 0

@@ -1,0 +1,305 @@
+"""One client connection: its own pygls server and protocol objects, bound to the shared hub.
+
+pygls's own TCP server shares a single protocol object between connections and stops the
+process when a client leaves; here every connection gets a fresh `LanguageServer` (so its
+own protocol state, writer and `initialize` handshake), and `exit` closes that connection
+only. Requests before `initialize` get LSP's "server not initialized" error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set
+
+from lsprotocol import types as lsp
+from pydantic import ValidationError
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol, lsp_method
+
+from .. import __version__
+from ..core.errors import AbstractRuntimeError, WorkflowNotFoundError
+from ..protocol import models as m
+from ..protocol.errors import (
+    INVALID_PARAMS,
+    SERVER_NOT_INITIALIZED,
+    ShuttingDownError,
+    SubscriptionNotFoundError,
+    UnauthorizedError,
+)
+from ..protocol.methods import BY_NAME, REQUEST_NAMES
+from ..protocol.models import PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = logging.getLogger("abstractruntime.daemon")
+
+
+def wire_error(e: AbstractRuntimeError) -> JsonRpcException:
+    obj = e.to_error_object()
+    return JsonRpcException(code=obj["code"], message=obj["message"], data=obj["data"])
+
+
+class DaemonProtocol(LanguageServerProtocol):
+    session: Session
+
+    def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
+        if method_name != lsp.INITIALIZE and not self.session.initialized:
+            self._send_response(
+                msg_id,
+                None,
+                lsp.ResponseError(
+                    code=SERVER_NOT_INITIALIZED, message=f"server not initialized: send initialize before {method_name}"
+                ),
+            )
+            return
+        super()._handle_request(msg_id, method_name, params)
+
+    @lsp_method(lsp.INITIALIZE)
+    def lsp_initialize(self, params: lsp.InitializeParams):  # type: ignore[override]
+        self.session.authorize(params.initialization_options)
+        result = yield from super().lsp_initialize(params)
+        result.capabilities.experimental = {
+            "abstractruntime": {
+                "protocolVersion": PROTOCOL_VERSION,
+                "version": __version__,
+                "methods": list(REQUEST_NAMES),
+                "notifications": ["runtime/event"],
+            }
+        }
+        self.session.initialized = True
+        return result
+
+    @lsp_method(lsp.EXIT)
+    def lsp_exit(self, *args: Any) -> None:  # type: ignore[override]
+        # This connection ends; the daemon and its other clients carry on (stdio: the one
+        # client is gone, so the session's owner stops the daemon).
+        self.session.close()
+
+
+class Session:
+    def __init__(self, hub: Hub, *, token: Optional[str], on_close: Callable[[Session], None]) -> None:
+        self.hub = hub
+        self.token = token
+        self.initialized = False
+        self.closed = False
+        self._on_close = on_close
+        self.subscriptions: Set[str] = set()
+        self.loop = asyncio.get_running_loop()
+        self.server = LanguageServer("abstractruntime", __version__, protocol_cls=DaemonProtocol, max_workers=4)
+        self.protocol: DaemonProtocol = self.server.protocol  # type: ignore[assignment]
+        self.protocol.session = self
+        self._register()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def authorize(self, options: Any) -> None:
+        if self.token is None:
+            return
+        given = options.get("token") if isinstance(options, dict) else None
+        if not isinstance(given, str) or not hmac.compare_digest(given, self.token):
+            raise wire_error(
+                UnauthorizedError("this daemon needs the token from its token file in initializationOptions.token")
+            )
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for sub in list(self.subscriptions):
+            self.hub.unsubscribe(sub)
+        self.subscriptions.clear()
+        writer = self.protocol.writer
+        if writer is not None:
+            try:
+                res = writer.close()
+                if asyncio.iscoroutine(res):
+                    asyncio.ensure_future(res)
+            except Exception:  # isolation boundary: a broken pipe on close is the client's business
+                log.debug("closing a client's writer failed", exc_info=True)
+        self._on_close(self)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        handlers: Dict[str, Callable[[Any], Any]] = {
+            "runtime/start": self.start,
+            "runtime/resume": self.resume,
+            "runtime/state": self.state,
+            "runtime/ledger": self.ledger,
+            "runtime/runs": self.runs,
+            "runtime/cancel": self.cancel,
+            "runtime/emitEvent": self.emit_event,
+            "runtime/subscribe": self.subscribe,
+            "runtime/unsubscribe": self.unsubscribe,
+            "workflows/list": self.workflows,
+            "daemon/status": self.status,
+            "daemon/shutdown": self.shutdown_daemon,
+        }
+        assert set(handlers) == set(REQUEST_NAMES), "the method table and the handlers disagree"
+        for name, fn in handlers.items():
+            self.server.feature(name)(self._wrap(name, fn))
+
+    def _wrap(self, name: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        method = BY_NAME[name]
+
+        async def handler(raw: Any) -> Any:
+            if self.hub.stopping and name != "daemon/status":
+                raise wire_error(ShuttingDownError("the daemon is shutting down"))
+            params = _validate(method.params, name, raw)
+            try:
+                result = await fn(params)
+            except AbstractRuntimeError as e:
+                raise wire_error(e) from None
+            if result is None or method.result is None:
+                return None
+            return method.result.model_validate(result).model_dump(mode="json")
+
+        handler.__name__ = f"handle_{name.replace('/', '_')}"
+        return handler
+
+    # -- methods -----------------------------------------------------------------------------------
+
+    def _workflow(self, workflow_id: str):
+        wf = self.hub.registry.get(workflow_id)
+        if wf is None:
+            known = ", ".join(self.hub.registry.list_ids()) or "none"
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} (serving: {known})", workflow_id=workflow_id)
+        return wf
+
+    async def start(self, p: m.StartParams) -> Dict[str, Any]:
+        wf = self._workflow(p.workflow_id)
+        rt = self.hub.runtime
+
+        def work():
+            run_id = rt.start(workflow=wf, vars=p.vars, session_id=p.session_id, actor_id=p.actor_id)
+            return {"run_id": run_id, "state": rt.tick(workflow=wf, run_id=run_id).to_dict()}
+
+        return await self.hub.call(work)
+
+    async def resume(self, p: m.ResumeParams) -> Dict[str, Any]:
+        rt = self.hub.runtime
+
+        def work():
+            run = rt.get_state(p.run_id)
+            wf = self._workflow(run.workflow_id)
+            key = p.wait_key if p.wait_key is not None else (run.waiting.wait_key if run.waiting else None)
+            return {"state": rt.resume(workflow=wf, run_id=p.run_id, wait_key=key, payload=p.payload).to_dict()}
+
+        return await self.hub.call(work)
+
+    async def state(self, p: m.RunIdParams) -> Dict[str, Any]:
+        return {"state": (await self.hub.call(self.hub.runtime.get_state, p.run_id)).to_dict()}
+
+    async def ledger(self, p: m.LedgerParams) -> Dict[str, Any]:
+        def work():
+            self.hub.runtime.get_state(p.run_id)  # a clear "run not found" instead of an empty page
+            recs = self.hub.ledger_store.list_after(p.run_id, p.after, p.limit + 1)
+            more = len(recs) > p.limit
+            recs = recs[: p.limit]
+            return {"records": recs, "next": recs[-1]["seq"] if more and recs else None}
+
+        return await self.hub.call(work)
+
+    async def runs(self, p: m.RunsParams) -> Dict[str, Any]:
+        def work():
+            got = self.hub.run_store.list_run_summaries(
+                status=p.status, workflow_id=p.workflow_id, limit=p.limit + 1, after=p.cursor
+            )
+            more = len(got) > p.limit
+            got = got[: p.limit]
+            return {"runs": [s.to_dict() for s in got], "next": got[-1].run_id if more and got else None}
+
+        return await self.hub.call(work)
+
+    async def cancel(self, p: m.CancelParams) -> Dict[str, Any]:
+        return {"state": (await self.hub.call(self.hub.runtime.cancel_run, p.run_id, reason=p.reason)).to_dict()}
+
+    async def emit_event(self, p: m.EmitEventParams) -> Dict[str, Any]:
+        resumed = await self.hub.call(
+            self.hub.runtime.emit_event, name=p.name, payload=p.payload, scope=p.scope, session_id=p.session_id
+        )
+        return {"resumed": resumed}
+
+    async def subscribe(self, p: m.SubscribeParams) -> Dict[str, Any]:
+        queue: list = []
+        ready = False
+
+        def send(event: Dict[str, Any]) -> None:
+            if not self.closed:
+                self.protocol.notify("runtime/event", {"subscription_id": sub_id, **event})
+
+        def deliver(event: Dict[str, Any]) -> None:
+            # Called under the hub's lock from any thread: only schedule, in order.
+            self.loop.call_soon_threadsafe(lambda: send(event) if ready else queue.append(event))
+
+        sub_id, cursor, backlog = self.hub.subscribe(p.run_id, p.after, deliver)
+        self.subscriptions.add(sub_id)
+
+        def flush(_: Any) -> None:
+            # After the response has been written: the backlog, then whatever arrived meanwhile.
+            nonlocal ready
+            for e in backlog + queue:
+                send(e)
+            queue.clear()
+            ready = True
+
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(flush)
+        return {"subscription_id": sub_id, "cursor": cursor}
+
+    async def unsubscribe(self, p: m.UnsubscribeParams) -> None:
+        if p.subscription_id not in self.subscriptions or not self.hub.unsubscribe(p.subscription_id):
+            raise SubscriptionNotFoundError(
+                f"no subscription {p.subscription_id!r} on this connection", subscription_id=p.subscription_id
+            )
+        self.subscriptions.discard(p.subscription_id)
+        return None
+
+    async def workflows(self, p: m.Empty) -> Dict[str, Any]:
+        return {
+            "workflows": [
+                {
+                    "workflow_id": wf.workflow_id,
+                    "entry_node": wf.entry_node,
+                    "nodes": list(wf.nodes),
+                    "source": wf.source,
+                    "version": wf.version,
+                }
+                for wf in self.hub.registry
+            ]
+        }
+
+    async def status(self, p: m.Empty) -> Dict[str, Any]:
+        out = await self.hub.call(self.hub.status)
+        out["protocol_version"] = PROTOCOL_VERSION
+        return out
+
+    async def shutdown_daemon(self, p: m.Empty) -> None:
+        self.loop.call_soon(self.hub.request_stop)
+        return None
+
+
+def _validate(model: Any, name: str, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JsonRpcException(
+            code=INVALID_PARAMS, message=f"{name}: params must be an object", data={"got": type(raw).__name__}
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        detail = json.loads(e.json(include_url=False, include_context=False, include_input=False))
+        first = detail[0] if detail else {}
+        where = ".".join(str(x) for x in first.get("loc", ())) or "params"
+        raise JsonRpcException(
+            code=INVALID_PARAMS,
+            message=f"{name}: invalid params: {where}: {first.get('msg', 'invalid')}",
+            data={"name": "invalid_params", "errors": detail},
+        ) from None

@@ -1,0 +1,75 @@
+"""Error codes on the wire: JSON-RPC's own, LSP's `ServerNotInitialized`, and ours.
+
+Application codes come from the kernel's typed errors (`core.errors`, 1000 and up) plus the
+few only the daemon raises. Each error's `data.name` is the stable name clients switch on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from ..core.errors import ERROR_TYPES, AbstractRuntimeError
+from ..storage._durable import InvalidRunIdError
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+SERVER_NOT_INITIALIZED = -32002
+
+
+class DaemonError(AbstractRuntimeError):
+    CODE = 1100
+    NAME = "daemon_error"
+
+
+class UnauthorizedError(DaemonError):
+    CODE = 1101
+    NAME = "unauthorized"
+
+
+class SubscriptionNotFoundError(DaemonError):
+    CODE = 1102
+    NAME = "subscription_not_found"
+
+
+class CursorExpiredError(DaemonError):
+    CODE = 1103
+    NAME = "cursor_expired"
+
+
+class ShuttingDownError(DaemonError):
+    CODE = 1104
+    NAME = "shutting_down"
+
+
+APP_ERRORS = list(ERROR_TYPES) + [
+    InvalidRunIdError,
+    DaemonError,
+    UnauthorizedError,
+    SubscriptionNotFoundError,
+    CursorExpiredError,
+    ShuttingDownError,
+]
+
+STANDARD = {
+    "parse_error": (PARSE_ERROR, "The frame's body is not JSON."),
+    "invalid_request": (INVALID_REQUEST, "The JSON is not a JSON-RPC 2.0 request or notification."),
+    "method_not_found": (METHOD_NOT_FOUND, "No such method."),
+    "invalid_params": (
+        INVALID_PARAMS,
+        "The params do not match the method's schema; data.errors has pydantic's detail.",
+    ),
+    "internal_error": (INTERNAL_ERROR, "A bug in the daemon; the daemon keeps serving."),
+    "server_not_initialized": (SERVER_NOT_INITIALIZED, "A request came before `initialize`."),
+}
+
+
+def error_table() -> Dict[str, Dict[str, Any]]:
+    """Every error a client can see, by name: {code, description}."""
+    table = {name: {"code": code, "description": desc} for name, (code, desc) in STANDARD.items()}
+    for cls in APP_ERRORS:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        table[cls.NAME] = {"code": cls.CODE, "description": doc[0] if doc else cls.NAME.replace("_", " ") + "."}
+    return table

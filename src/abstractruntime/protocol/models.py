@@ -1,0 +1,246 @@
+"""The wire contract: one pydantic model per method's params and result.
+
+Plain data only. The daemon validates every incoming params object against these models
+(a failure is a JSON-RPC invalid-params error carrying pydantic's detail), the OpenRPC spec
+under `protocol/` and `docs/protocol.md` are generated from them, and the TypeScript types
+are generated from that spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = "1.0"
+
+# Ids become file names in the stores: letters, digits and _.:- only.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+
+RunId = Field(pattern=ID_PATTERN, description="A run id.")
+WorkflowId = Field(pattern=ID_PATTERN, description="A workflow id.")
+
+Status = Literal["running", "waiting", "completed", "failed", "cancelled"]
+WaitReasonName = Literal["user", "until", "event", "job", "subworkflow"]
+
+
+class Params(BaseModel):
+    """Params objects reject unknown fields: a typo is an error, not a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Result(BaseModel):
+    """Results may gain fields in later versions; clients must ignore what they do not know."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Empty(Params):
+    pass
+
+
+# -- shared shapes -----------------------------------------------------------------------------
+
+
+class WaitStateModel(Result):
+    reason: WaitReasonName
+    wait_key: Optional[str] = None
+    until: Optional[str] = Field(None, description="ISO-8601 time, for `until` waits.")
+    resume_to_node: Optional[str] = None
+    result_key: Optional[str] = None
+    prompt: Optional[str] = None
+    choices: Optional[List[str]] = None
+    allow_free_text: bool = True
+    details: Optional[Dict[str, Any]] = Field(
+        None, description="For `job` waits: the effect to execute outside the daemon (`details.effect`)."
+    )
+
+
+class RunStateModel(Result):
+    """A run's checkpoint, as `RunState.to_dict()` writes it."""
+
+    run_id: str
+    workflow_id: str
+    status: Status
+    current_node: str
+    vars: Dict[str, Any] = Field(default_factory=dict)
+    waiting: Optional[WaitStateModel] = None
+    output: Optional[Dict[str, Any]] = None
+    error: Optional[str] = None
+    created_at: str
+    updated_at: str
+    actor_id: Optional[str] = None
+    session_id: Optional[str] = None
+    parent_run_id: Optional[str] = None
+    workflow_version: Optional[str] = None
+    steps: int = 0
+
+
+class RunSummaryModel(Result):
+    """What listings show of a run: no vars, but the wait's prompt and choices."""
+
+    run_id: str
+    workflow_id: str
+    status: Status
+    current_node: str
+    created_at: str
+    updated_at: str
+    wait_reason: Optional[WaitReasonName] = None
+    wait_key: Optional[str] = None
+    until: Optional[str] = None
+    prompt: Optional[str] = None
+    choices: Optional[List[str]] = None
+    allow_free_text: bool = True
+    parent_run_id: Optional[str] = None
+    session_id: Optional[str] = None
+    error: Optional[str] = None
+    workflow_version: Optional[str] = None
+
+
+class LedgerRecordModel(Result):
+    """One ledger record. `seq` counts from 1 per run; `record_hash` chains to `prev_hash`."""
+
+    run_id: str
+    step_id: str
+    node_id: str
+    status: Literal["started", "completed", "waiting", "failed", "cancelled"]
+    seq: int
+    effect: Optional[Dict[str, Any]] = None
+    result: Optional[Dict[str, Any]] = None
+    error: Optional[str] = None
+    traceback: Optional[str] = None
+    started_at: str
+    ended_at: Optional[str] = None
+    attempt: int = 1
+    idempotency_key: Optional[str] = None
+    workflow_version: Optional[str] = None
+    actor_id: Optional[str] = None
+    session_id: Optional[str] = None
+    prev_hash: Optional[str] = None
+    record_hash: str
+    signature: Optional[str] = None
+
+
+# -- runtime/* -----------------------------------------------------------------------------------
+
+
+class StartParams(Params):
+    workflow_id: str = WorkflowId
+    vars: Dict[str, Any] = Field(default_factory=dict, description="The run's initial variables.")
+    session_id: Optional[str] = None
+    actor_id: Optional[str] = None
+
+
+class StartResult(Result):
+    run_id: str
+    state: RunStateModel = Field(description="The run after it ran until it waits or ends.")
+
+
+class ResumeParams(Params):
+    run_id: str = RunId
+    payload: Dict[str, Any] = Field(description='Written to the wait\'s result_key; e.g. {"text": "yes"}.')
+    wait_key: Optional[str] = Field(None, description="Defaults to the key the run waits on now.")
+
+
+class RunIdParams(Params):
+    run_id: str = RunId
+
+
+class StateResult(Result):
+    state: RunStateModel
+
+
+class LedgerParams(Params):
+    run_id: str = RunId
+    after: int = Field(0, ge=0, description="Return records with seq greater than this.")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class LedgerResult(Result):
+    records: List[LedgerRecordModel]
+    next: Optional[int] = Field(description="Pass as `after` for the next page; null at the end.")
+
+
+class RunsParams(Params):
+    status: Optional[Status] = None
+    workflow_id: Optional[str] = None
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: Optional[str] = Field(None, description="The `next` of the previous page.")
+
+
+class RunsResult(Result):
+    runs: List[RunSummaryModel]
+    next: Optional[str] = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class CancelParams(Params):
+    run_id: str = RunId
+    reason: Optional[str] = None
+
+
+class EmitEventParams(Params):
+    name: str = Field(min_length=1)
+    payload: Any = None
+    scope: Optional[Literal["global", "session", "run"]] = None
+    session_id: Optional[str] = None
+
+
+class EmitEventResult(Result):
+    resumed: List[str] = Field(description="Ids of the runs the event resumed.")
+
+
+class SubscribeParams(Params):
+    run_id: Optional[str] = Field(None, pattern=ID_PATTERN, description="Omit for every run.")
+    after: Optional[int] = Field(
+        None, ge=0, description="Replay every event with a greater cursor first; omit for live events only."
+    )
+
+
+class SubscribeResult(Result):
+    subscription_id: str
+    cursor: int = Field(description="The newest cursor at the time of subscribing.")
+
+
+class UnsubscribeParams(Params):
+    subscription_id: str
+
+
+class EventNotification(Result):
+    """`runtime/event`: one per ledger append (`kind` record) and per run status change (`kind` state)."""
+
+    subscription_id: str
+    cursor: int
+    run_id: str
+    kind: Literal["record", "state"]
+    record: Optional[LedgerRecordModel] = None
+    state: Optional[RunSummaryModel] = None
+
+
+# -- workflows/* and daemon/* ---------------------------------------------------------------------
+
+
+class WorkflowInfo(Result):
+    workflow_id: str
+    entry_node: str
+    nodes: List[str]
+    source: Optional[str] = Field(None, description="The file that defines it.")
+    version: Optional[str] = Field(None, description="A hash of the defining module's source.")
+
+
+class WorkflowsListResult(Result):
+    workflows: List[WorkflowInfo]
+
+
+class DaemonStatusResult(Result):
+    version: str
+    protocol_version: str
+    pid: int
+    uptime_s: float
+    store: str
+    data_dir: str
+    runs: Dict[str, int] = Field(description="Number of runs by status.")
+    clients: int
+    subscriptions: int
+    scheduler: Dict[str, Any]
+    cursor: int = Field(description="The newest event cursor.")
