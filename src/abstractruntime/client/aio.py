@@ -100,18 +100,24 @@ class AsyncClient:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def connect(self) -> AsyncClient:
+        if self.conn is not None and not self.conn.closed.is_set():
+            return self  # already connected (e.g. `with` on a connected client)
         self.conn = await self.target.open()
         self.conn.on_notification("runtime/event", self._on_event)
-        init = await self.conn.request(
-            "initialize",
-            {
-                "processId": os.getpid(),
-                "rootUri": None,
-                "capabilities": {},
-                "clientInfo": {"name": "abstractruntime-python"},
-                "initializationOptions": {"token": self.target.token} if self.target.token else None,
-            },
-        )
+        try:
+            init = await self.conn.request(
+                "initialize",
+                {
+                    "processId": os.getpid(),
+                    "rootUri": None,
+                    "capabilities": {},
+                    "clientInfo": {"name": "abstractruntime-python"},
+                    "initializationOptions": {"token": self.target.token} if self.target.token else None,
+                },
+            )
+        except BaseException:
+            await self.conn.close()  # a refused handshake leaves nothing open behind
+            raise
         self.server_info = init
         self.conn.notify("initialized", {})
         return self
@@ -225,16 +231,20 @@ class AsyncClient:
             queue = self._queues[sub]
             get = asyncio.ensure_future(queue.get())
             lost = asyncio.ensure_future(self.conn.closed.wait())
-            done, _ = await asyncio.wait({get, lost}, return_when=asyncio.FIRST_COMPLETED)
-            if get in done:
+            try:
+                done, _ = await asyncio.wait({get, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # The consumer may stop iterating at any await: leave no task behind.
                 lost.cancel()
+                if not get.done():
+                    get.cancel()
+            if get in done:
                 event = m.EventNotification.model_validate(get.result())
                 if last is not None and event.cursor <= last:
                     continue
                 last = event.cursor
                 yield event
                 continue
-            get.cancel()
             if not reconnect:
                 return
             await self._reconnect(reconnect_timeout)

@@ -10,7 +10,8 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from ..core.errors import AbstractRuntimeError, error_for_code
+from ..core.errors import AbstractRuntimeError
+from ..protocol.errors import APP_ERRORS
 
 
 class ProtocolError(AbstractRuntimeError):
@@ -32,7 +33,12 @@ class ConnectionLost(ConnectionError):
 def to_error(err: Dict[str, Any]) -> Exception:
     code, message, data = err.get("code"), err.get("message", ""), err.get("data")
     if isinstance(code, int) and code >= 1000:
-        return error_for_code(code, message, data if isinstance(data, dict) else None)
+        extra = dict(data) if isinstance(data, dict) else {}
+        extra.pop("name", None)
+        for cls in APP_ERRORS:
+            if cls.CODE == code:
+                return cls(message, **extra)
+        return AbstractRuntimeError(message, **extra)
     return ProtocolError(code if isinstance(code, int) else -32603, message, data)
 
 
@@ -158,11 +164,11 @@ class Connection:
             fut.set_result(msg.get("result"))
 
     async def close(self) -> None:
-        if not self.closed.is_set():
-            try:
-                self._writer.close()
-            except Exception:  # isolation boundary: closing a broken pipe
-                pass
+        try:
+            self._writer.close()
+            await self._writer.wait_closed()
+        except (OSError, RuntimeError):
+            pass  # the daemon already closed its end
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 2)

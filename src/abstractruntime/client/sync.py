@@ -47,15 +47,26 @@ class Client:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout)  # type: ignore[arg-type]
 
     def connect(self) -> Client:
-        self._run(self._inner.connect())
+        try:
+            self._run(self._inner.connect())
+        except BaseException:
+            self._stop_loop()
+            raise
         return self
 
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
     def close(self) -> None:
+        if self._loop.is_closed():
+            return
         try:
             self._run(self._inner.close())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+            self._stop_loop()
 
     def __enter__(self) -> Client:
         return self.connect()
@@ -128,3 +139,7 @@ class Client:
                 yield item
         finally:
             fut.cancel()
+            try:
+                fut.result(5)  # let the cancellation run before the caller closes the loop
+            except BaseException:  # noqa: B036 - cancelled or ended: either way it is over
+                pass

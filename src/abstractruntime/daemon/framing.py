@@ -127,7 +127,14 @@ def _check_envelope(data: Any) -> Optional[str]:
 
 
 def _reply_error(protocol: Any, msg_id: Any, code: int, message: str) -> None:
-    protocol._send_response(msg_id, None, ResponseError(code=code, message=message))
+    if msg_id is not None:
+        protocol._send_response(msg_id, None, ResponseError(code=code, message=message))
+        return
+    # Written by hand: pygls's serializer drops an `id` of null, which JSON-RPC requires
+    # on errors about a message whose id could not be read.
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}).encode()
+    if protocol.writer is not None:
+        protocol.writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
 
 class StreamWriterAdapter:

@@ -88,6 +88,9 @@ class Hub:
         self._cursor_file = os.path.join(self.data_dir, "cursor")
         self._cursor = self._reserve_first_block()
         self._first_cursor = self._cursor + 1
+        # The last cursor the previous daemon handed out, if it stopped cleanly: a client that
+        # saw up to it missed nothing across the restart. After a crash it is unknown.
+        self._previous_last = self._take_previous_last()
         self._last_seen: Dict[str, Tuple[str, Optional[str]]] = {}
         self.ledger_store.add_listener(self._on_records)
         self.run_store.add_listener(self._on_summary)
@@ -115,6 +118,7 @@ class Hub:
         self.executor.shutdown(wait=True)
         self.run_store.close()
         self.ledger_store.close()
+        atomic_write(self._cursor_file + ".last", str(self._cursor).encode(), durable=True, dir_fd=self._dir_fd)
         os.close(self._dir_fd)
 
     def reload_workflows(self) -> None:
@@ -142,6 +146,16 @@ class Hub:
         self._block_end = start + CURSOR_BLOCK
         self._save_cursor_block(self._block_end)
         return start
+
+    def _take_previous_last(self) -> Optional[int]:
+        path = self._cursor_file + ".last"
+        try:
+            with open(path) as f:
+                value = int(f.read().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        os.unlink(path)  # only the next start may use it: after a later crash it would lie
+        return value
 
     def _save_cursor_block(self, value: int) -> None:
         # Durable before any cursor of the block is handed out: after a crash the next
@@ -190,7 +204,10 @@ class Hub:
             backlog: List[Event] = []
             if after is not None and after < self._cursor:
                 oldest = self._events[0][0] if self._events else self._cursor + 1
-                if after + 1 < oldest:
+                caught_up = (
+                    after < self._first_cursor and self._previous_last is not None and after >= self._previous_last
+                )
+                if after + 1 < oldest and not (caught_up and oldest == self._first_cursor):
                     raise CursorExpiredError(
                         f"events after cursor {after} are no longer kept (oldest kept: {oldest}); "
                         "re-read the runs you follow, then subscribe without `after`",

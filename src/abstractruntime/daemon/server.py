@@ -64,8 +64,12 @@ class Daemon:
 
     def _install_stop(self) -> None:
         loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
-        self.hub.on_stop(lambda: loop.call_soon_threadsafe(self._stopped.set))  # type: ignore[union-attr]
+        stopped = self._stopped = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(stopped.set)
+
+        self.hub.on_stop(wake)
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.hub.request_stop)

@@ -131,9 +131,16 @@ class JsonFileRunStore(RunStore):
         return os.path.join(self.base_dir, f"run_{check_run_id(run_id)}.json")
 
     def save(self, run: RunState) -> None:
-        self._write(run, dumps(run.to_dict()))
+        self._publish(self._write(run, dumps(run.to_dict())))
 
-    def _write(self, run: RunState, text: str) -> None:
+    def _publish(self, s: RunSummary) -> None:
+        self._index.put(s)
+        if self._log.needs_compaction(len(self._index)):
+            self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=10**12)])
+
+    def _write(self, run: RunState, text: str) -> RunSummary:
+        """Write the checkpoint; the caller publishes the summary (index, listeners) once
+        everything the commit writes is written, so listeners hear of records first."""
         path = self.path_for(run.run_id)
         s = RunSummary.from_state(run)
         old = self._index.get(run.run_id)
@@ -147,9 +154,7 @@ class JsonFileRunStore(RunStore):
         data = text.encode()
         if self._pool is None or not pooled_atomic_write(self._pool, path, data, dir_fd=self._dir_fd):
             atomic_write(path, data, durable=self.durable, dir_fd=self._dir_fd)
-        self._index.put(s)
-        if changed and self._log.needs_compaction(len(self._index)):
-            self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=10**12)])
+        return s
 
     def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
         if not isinstance(ledger, JsonlLedgerStore) or ledger.base_dir != self.base_dir:
@@ -163,8 +168,9 @@ class JsonFileRunStore(RunStore):
             # Every ledger line not yet known to be on disk rides in the checkpoint: once the
             # checkpoint is renamed into place the step is durable, whatever the ledger file holds.
             d["_ledger_tail"] = ledger.unsynced_lines(run.run_id) + [line for _, line in chained]
-            self._write(run, dumps(d))
+            summary = self._write(run, dumps(d))
             ledger.write(run.run_id, chained, lazy=True)
+        self._publish(summary)
         return [rec for rec, _ in chained]
 
     def load(self, run_id: str) -> Optional[RunState]:
