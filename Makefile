@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test check lint typecheck bench install clean
+.PHONY: serve test check lint typecheck bench install clean protocol
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,17 +14,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Runs the main job. Until the daemon lands this is the example run over examples/workflows/
-# with file stores under ./.abstractruntime/ (the daemon's default place).
+# Runs the main job: the daemon, on its default unix socket, with file stores under
+# ./.abstractruntime/ and the workflows of examples/workflows/ (Ctrl-C stops it cleanly).
 serve: $(STAMP)
-	@$(PY) examples/serve_example.py
+	@$(VENV)/bin/abstractruntime serve --workflows examples/workflows
 
-# Every tier: lint, types, kernel unit tests and store conformance, then the subprocess tier.
+# Every tier: lint, types, generated files current, kernel unit tests and store conformance,
+# then the subprocess tier (daemon on every transport, crash loops).
 test: $(STAMP)
 	@$(PY) -m ruff check src tests bench examples
 	@$(PY) -m mypy
+	@$(PY) -m abstractruntime.protocol.spec --check
 	@$(PY) -m pytest tests/unit -q
-	@$(PY) -m pytest tests/e2e -q
+	@$(PY) -m pytest tests/e2e -q --timeout 300
+
+# Regenerate protocol/openrpc.json, protocol/golden.json and docs/protocol.md.
+protocol: $(STAMP)
+	@$(PY) -m abstractruntime.protocol.spec
 
 check: lint typecheck
 lint: $(STAMP)

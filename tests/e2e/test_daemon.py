@@ -307,3 +307,28 @@ def test_tcp_refuses_a_remote_address_without_allow_remote(tmp_path):
         env=env_with_package(), capture_output=True, text=True, timeout=30,
     )
     assert p.returncode != 0 and "--allow-remote" in p.stderr
+
+
+def test_golden_requests_against_a_daemon(tmp_path):
+    """Replay protocol/golden.json (the same file the TypeScript tests read) on a real daemon."""
+    from abstractruntime.protocol import BY_NAME
+    from conftest import ROOT
+
+    golden = json.loads((ROOT / "protocol" / "golden.json").read_text())["messages"]
+    with daemon(tmp_path, "unix", workflows=ROOT / "examples" / "workflows") as d:
+        c = d.client()
+        started = c.call("runtime/start", golden["runtime/start"]["request"]["params"])
+        rid = started["run_id"]
+        for name, msgs in golden.items():
+            if BY_NAME[name].notification or name in ("daemon/shutdown", "runtime/unsubscribe"):
+                continue
+            params = json.loads(json.dumps(msgs["request"]["params"]).replace(golden["runtime/resume"]["request"]["params"]["run_id"], rid))
+            if name == "runtime/subscribe":
+                params = {}
+            try:
+                result = c.call(name, params)
+            except Exception as e:  # noqa: BLE001 - reported with the method name
+                pytest.fail(f"{name} {params}: {e}")
+            if BY_NAME[name].result is not None:
+                BY_NAME[name].result.model_validate(result)
+        c.close()

@@ -14,6 +14,8 @@ from typing import Any, Dict, Optional
 
 
 class AbstractRuntimeError(Exception):
+    """Any error of the runtime (the root of the taxonomy)."""
+
     CODE = 1000
     NAME = "runtime_error"
 
@@ -30,21 +32,29 @@ class AbstractRuntimeError(Exception):
 
 
 class RunNotFoundError(AbstractRuntimeError, KeyError):
+    """No run has this id."""
+
     CODE = 1001
     NAME = "run_not_found"
 
 
 class WorkflowNotFoundError(AbstractRuntimeError, KeyError):
+    """No workflow with this id is registered (served)."""
+
     CODE = 1002
     NAME = "workflow_not_found"
 
 
 class RunNotWaitingError(AbstractRuntimeError, ValueError):
+    """The run is not waiting, so it cannot be resumed."""
+
     CODE = 1003
     NAME = "run_not_waiting"
 
 
 class WaitKeyMismatchError(AbstractRuntimeError, ValueError):
+    """The run waits on another key than the one given; nothing changed."""
+
     CODE = 1004
     NAME = "wait_key_mismatch"
 
@@ -57,11 +67,15 @@ class RunFinishedError(RunNotWaitingError):
 
 
 class InvalidWorkflowError(AbstractRuntimeError, ValueError):
+    """A workflow definition is invalid, or lacks the node a run needs."""
+
     CODE = 1006
     NAME = "invalid_workflow"
 
 
 class NotJsonSerializableError(AbstractRuntimeError, TypeError):
+    """A value that must be stored is not JSON-serializable (the message names it)."""
+
     CODE = 1007
     NAME = "not_json_serializable"
 
@@ -74,11 +88,15 @@ class RunBusyError(AbstractRuntimeError):
 
 
 class WorkflowMismatchError(AbstractRuntimeError, ValueError):
+    """The run belongs to another workflow than the one given."""
+
     CODE = 1009
     NAME = "workflow_mismatch"
 
 
 class EffectHandlerMissingError(AbstractRuntimeError):
+    """No handler is registered for an effect type."""
+
     CODE = 1010
     NAME = "effect_handler_missing"
 

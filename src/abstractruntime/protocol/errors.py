@@ -20,26 +20,36 @@ SERVER_NOT_INITIALIZED = -32002
 
 
 class DaemonError(AbstractRuntimeError):
+    """An error of the daemon itself."""
+
     CODE = 1100
     NAME = "daemon_error"
 
 
 class UnauthorizedError(DaemonError):
+    """`initialize` without the right TCP token."""
+
     CODE = 1101
     NAME = "unauthorized"
 
 
 class SubscriptionNotFoundError(DaemonError):
+    """This connection has no subscription with that id."""
+
     CODE = 1102
     NAME = "subscription_not_found"
 
 
 class CursorExpiredError(DaemonError):
+    """Events after that cursor are no longer kept (data.oldest): re-read, then subscribe afresh."""
+
     CODE = 1103
     NAME = "cursor_expired"
 
 
 class ShuttingDownError(DaemonError):
+    """The daemon is stopping and takes no new work."""
+
     CODE = 1104
     NAME = "shutting_down"
 

@@ -15,6 +15,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 
 
 class InvalidRunIdError(AbstractRuntimeError, ValueError):
+    """A run id with characters a store cannot use as a file name."""
+
     CODE = 1011
     NAME = "invalid_run_id"
 

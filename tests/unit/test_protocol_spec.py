@@ -1,0 +1,36 @@
+"""The generated protocol files are current, and the golden messages match the models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from abstractruntime.protocol import METHODS
+from abstractruntime.protocol.spec import outputs
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in outputs(ROOT)))
+def test_generated_file_is_current(path):
+    want = outputs(ROOT)[ROOT / path]
+    have = (ROOT / path).read_text()
+    assert have == want, f"{path} is stale: run `python -m abstractruntime.protocol.spec`"
+
+
+def test_golden_messages_match_the_models():
+    golden = json.loads((ROOT / "protocol" / "golden.json").read_text())["messages"]
+    assert set(golden) == {m.name for m in METHODS}
+    for m in METHODS:
+        msg = golden[m.name] if m.notification else golden[m.name]["request"]
+        assert msg["method"] == m.name
+        m.params.model_validate(msg["params"])
+        if not m.notification and m.result is not None:
+            m.result.model_validate(golden[m.name]["response"]["result"])
+
+
+def test_spec_lists_every_method_and_error():
+    spec = json.loads((ROOT / "protocol" / "openrpc.json").read_text())
+    assert [x["name"] for x in spec["methods"]] == [m.name for m in METHODS]
+    codes = {e["code"] for e in spec["components"]["x-errors"].values()}
+    assert {-32700, -32600, -32601, -32602, -32002, 1001, 1003, 1004, 1005} <= codes
