@@ -25,7 +25,7 @@ class Method:
     notification: bool = False  # sent by the daemon, not answered
 
 
-_STATE = {
+_STATE: Dict[str, Any] = {
     "run_id": "7b0f6c1e-2a57-4c1b-9d52-0c7e8f6b1a23",
     "workflow_id": "approval",
     "status": "waiting",

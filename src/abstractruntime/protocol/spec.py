@@ -28,7 +28,7 @@ REF = "#/components/schemas/{model}"
 
 
 def _schemas() -> Dict[str, Any]:
-    models = []
+    models: List[Tuple[Any, Any]] = []
     for mth in METHODS:
         models.append((mth.params, "validation"))
         if mth.result is not None:
