@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--workflows", action="append", metavar="DIR", help="a workflow folder; repeatable (default: ./workflows)"
     )
-    s.add_argument("--store", choices=["files", "sqlite"], default="files", help="run store backend (default: files)")
+    s.add_argument(
+        "--store",
+        choices=["files", "sqlite", "memory"],
+        default="files",
+        help="run store backend (default: files; memory keeps nothing, for tests and benchmarks)",
+    )
     s.add_argument("--relaxed", action="store_true", help="skip fsync: safe against a process crash, not a power loss")
     s.add_argument("--allow-remote", action="store_true", help="allow --tcp on a non-loopback address")
     s.add_argument("--workers", type=int, default=32, help="threads that run nodes and effects (default: 32)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -63,7 +62,15 @@ class DaemonProcess:
 
     def _ready(self) -> bool:
         if self.transport == "unix":
-            return os.path.exists(self.socket)
+            # Connect, not just look: a killed daemon leaves its socket file behind.
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.socket)
+                return True
+            except OSError:
+                return False
+            finally:
+                probe.close()
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                 return (self.data / "daemon.token").exists()

@@ -25,7 +25,15 @@ from .. import __version__
 from ..core.runtime import Runtime
 from ..protocol.errors import CursorExpiredError
 from ..scheduler import Scheduler, WorkflowRegistry
-from ..storage import JsonFileRunStore, JsonlLedgerStore, SqliteDatabase, SqliteLedgerStore, SqliteRunStore
+from ..storage import (
+    InMemoryLedgerStore,
+    InMemoryRunStore,
+    JsonFileRunStore,
+    JsonlLedgerStore,
+    SqliteDatabase,
+    SqliteLedgerStore,
+    SqliteRunStore,
+)
 from ..storage._durable import atomic_write, open_dir_fd
 from ..storage.base import RunSummary
 from .loader import load_workflow_dirs
@@ -64,11 +72,13 @@ class Hub:
             runs_dir = os.path.join(self.data_dir, "runs")
             self.run_store: Any = JsonFileRunStore(runs_dir, durable=durable)
             self.ledger_store: Any = JsonlLedgerStore(runs_dir, durable=durable)
+        elif store == "memory":  # for tests and benchmarks: nothing survives the process
+            self.run_store, self.ledger_store = InMemoryRunStore(), InMemoryLedgerStore()
         elif store == "sqlite":
             db = SqliteDatabase(os.path.join(self.data_dir, "runtime.sqlite3"), durable=durable)
             self.run_store, self.ledger_store = SqliteRunStore(db), SqliteLedgerStore(db)
         else:
-            raise ValueError(f"unknown store {store!r} (expected files or sqlite)")
+            raise ValueError(f"unknown store {store!r} (expected files, sqlite or memory)")
         self.registry = WorkflowRegistry()
         self.workflow_dirs = [os.path.abspath(d) for d in workflow_dirs]
         self.load_errors: List[Dict[str, Any]] = []
@@ -111,11 +121,15 @@ class Hub:
             for fn in self._stop_callbacks:
                 fn()
 
-    def close(self) -> None:
-        """Finish in-flight steps (they commit), stop timers, flush and close the stores."""
+    def drain(self) -> None:
+        """Stop taking work and wait for in-flight steps to finish (they commit)."""
         self.stopping = True
         self.scheduler.stop()
         self.executor.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Drain, then flush and close the stores."""
+        self.drain()
         self.run_store.close()
         self.ledger_store.close()
         atomic_write(self._cursor_file + ".last", str(self._cursor).encode(), durable=True, dir_fd=self._dir_fd)

@@ -77,9 +77,14 @@ class Daemon:
                 pass
 
     async def _finish(self) -> None:
+        loop = asyncio.get_running_loop()
+        # In-flight steps finish and commit first, and their clients get their answers (the
+        # loop keeps running while the hub drains); only then do connections close.
+        await loop.run_in_executor(None, self.hub.drain)
+        await asyncio.sleep(0.05)
         for s in list(self.sessions):
             s.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.hub.close)
+        await loop.run_in_executor(None, self.hub.close)
 
     async def serve_unix(self, path: str) -> None:
         self._install_stop()
