@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 from lsprotocol.types import ResponseError
 from pygls.exceptions import JsonRpcException
-from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 
 from ..protocol.errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
 from ..protocol.methods import BY_NAME
@@ -61,7 +60,7 @@ async def read_frames(reader: Any, session: Any, *, max_frame: int = MAX_FRAME) 
             )
             continue
         body = await reader.readexactly(length)
-        dispatch(protocol, body)
+        dispatch(session, body)
 
 
 async def _skip(reader: Any, n: int) -> None:
@@ -70,7 +69,8 @@ async def _skip(reader: Any, n: int) -> None:
         n -= len(chunk)
 
 
-def dispatch(protocol: Any, body: bytes) -> None:
+def dispatch(session: Any, body: bytes) -> None:
+    protocol = session.protocol
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -83,18 +83,13 @@ def dispatch(protocol: Any, body: bytes) -> None:
     if problem:
         _reply_error(protocol, msg_id, INVALID_REQUEST, f"invalid request: {problem}")
         return
+    if data.get("method") in BY_NAME and "id" in data:
+        session.handle_request(data["id"], data["method"], data.get("params"))
+        return
+    if data.get("method") in BY_NAME:
+        return  # our methods are all requests: a notification of one has nothing to do
     try:
-        if data.get("method") in BY_NAME:
-            # Our own methods keep their params as plain JSON: the session validates them
-            # with the protocol's pydantic models (pygls would wrap them in its own types).
-            if "id" in data:
-                message: Any = JsonRPCRequestMessage(
-                    id=data["id"], method=data["method"], jsonrpc="2.0", params=data.get("params")
-                )
-            else:
-                message = JsonRPCNotification(method=data["method"], jsonrpc="2.0", params=data.get("params"))
-        else:
-            message = protocol.structure_message(data)
+        message = protocol.structure_message(data)
     except JsonRpcException as e:
         if msg_id is not None:
             code = e.code if e.code != INTERNAL_ERROR else INVALID_PARAMS

@@ -25,13 +25,14 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ._durable import (
+    GroupCommitter,
     TempPool,
     atomic_write,
     check_run_id,
     open_dir_fd,
-    pooled_atomic_write,
     shared_flusher,
     write_all,
+    write_temp,
 )
 from ._index import RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
@@ -53,6 +54,7 @@ class JsonFileRunStore(RunStore):
         self._dir_fd = open_dir_fd(self.base_dir)
         self._flusher = shared_flusher()
         self._pool = TempPool(os.path.join(self.base_dir, "_tmp")) if durable else None
+        self._committer = GroupCommitter()
         self._index = RunIndex()
         self._log = IndexLog(self.base_dir, durable=durable)
         # Loading builds one object per run and no cycles: pausing the cyclic GC meanwhile
@@ -152,8 +154,11 @@ class JsonFileRunStore(RunStore):
             # written since the log last reached the disk.
             self._log.append([s])
         data = text.encode()
-        if self._pool is None or not pooled_atomic_write(self._pool, path, data, dir_fd=self._dir_fd):
-            atomic_write(path, data, durable=self.durable, dir_fd=self._dir_fd)
+        if self.durable:
+            # Concurrent commits share their syncs (see GroupCommitter); a lone one does not wait.
+            self._committer.replace(write_temp(path, data, self._pool), path, self._dir_fd)
+        else:
+            atomic_write(path, data, durable=False, dir_fd=self._dir_fd)
         return s
 
     def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:

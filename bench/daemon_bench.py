@@ -1,0 +1,237 @@
+"""The daemon's speed targets, each measured against its physical floor in the same run.
+
+1. `runtime/resume` round trip over the unix socket (in-memory store, a workflow that asks
+   again after every answer), p50 - against a raw asyncio JSON echo between two processes
+   (the same framing, no runtime): the ratio is what the daemon itself adds.
+2. 32 concurrent clients, each start -> pause -> resume -> complete on the fsync'd file
+   stores: runs/s.
+3. A subscriber's delay: event received minus the record's commit-side timestamp (`ended_at`,
+   set just before the commit, so this slightly overstates the delay), p50/p99.
+4. `initialize` answered after the daemon process is spawned (stdio), median of 5.
+
+    python bench/daemon_bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import HERE, ROOT, median, pct, save  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "src"))
+from abstractruntime.client.aio import AsyncClient, Target  # noqa: E402
+from abstractruntime.client.connection import Connection, env_with_package  # noqa: E402
+
+WORKFLOWS = HERE / "daemon_workflows"
+
+ECHO_SERVER = r"""
+import asyncio, json, sys
+async def handle(r, w):
+    while True:
+        length = None
+        while True:
+            line = await r.readline()
+            if not line:
+                return
+            if line == b"\r\n":
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        msg = json.loads(await r.readexactly(length))
+        body = json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": msg["params"]}).encode()
+        w.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await w.drain()
+async def main():
+    srv = await asyncio.start_unix_server(handle, path=sys.argv[1])
+    print("ready", flush=True)
+    async with srv:
+        await srv.serve_forever()
+asyncio.run(main())
+"""
+
+
+def spawn_daemon(tmp: Path, *extra: str) -> tuple:
+    sock = str(tmp / "d.sock")
+    argv = [sys.executable, "-m", "abstractruntime", "serve", "--data", str(tmp / "data"), "--workflows", str(WORKFLOWS),
+            "--socket", sock, "--log-level", "warning", *extra]
+    proc = subprocess.Popen(argv, env=env_with_package(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while not os.path.exists(sock):
+        if time.time() > deadline or proc.poll() is not None:
+            raise RuntimeError("daemon did not start")
+        time.sleep(0.02)
+    time.sleep(0.1)
+    return proc, sock
+
+
+async def rtt_daemon(sock: str, n: int) -> list:
+    c = AsyncClient(Target("unix", path=sock))
+    await c.connect()
+    rid = (await c.start("again")).run_id
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await c.call("runtime/resume", {"run_id": rid, "payload": {"text": "x"}})
+        out.append(time.perf_counter() - t)
+    await c.close()
+    return out
+
+
+async def rtt_echo(sock: str, n: int) -> list:
+    conn = await Connection.unix(sock)
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await conn.request("echo", {"run_id": "x", "payload": {"text": "x"}})
+        out.append(time.perf_counter() - t)
+    await conn.close()
+    return out
+
+
+def bench_rtt(n: int, rounds: int) -> dict:
+    res = {"daemon_p50_us": [], "echo_p50_us": [], "ratio": []}
+    for _ in range(rounds):
+        tmp = Path(tempfile.mkdtemp(prefix="ar_rtt_"))
+        proc, sock = spawn_daemon(tmp, "--store", "memory")
+        esock = str(tmp / "echo.sock")
+        echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, esock], stdout=subprocess.PIPE, text=True)
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+        try:
+            asyncio.run(rtt_daemon(sock, 200))  # warm-up
+            d = median(asyncio.run(rtt_daemon(sock, n))) * 1e6
+            e = median(asyncio.run(rtt_echo(esock, n))) * 1e6
+        finally:
+            proc.terminate()
+            echo.terminate()
+            proc.wait()
+            echo.wait()
+            shutil.rmtree(tmp, ignore_errors=True)
+        res["daemon_p50_us"].append(d)
+        res["echo_p50_us"].append(e)
+        res["ratio"].append(d / e)
+    return {k: median(v) for k, v in res.items()} | {"ratio_range": [min(res["ratio"]), max(res["ratio"])]}
+
+
+async def _client_loop(sock: str, per_client: int) -> int:
+    c = AsyncClient(Target("unix", path=sock))
+    await c.connect()
+    done = 0
+    for _ in range(per_client):
+        rid = (await c.start("ask")).run_id
+        st = await c.resume(rid, {"text": "yes"})
+        done += st.status == "completed"
+    await c.close()
+    return done
+
+
+def bench_concurrent(clients: int, per_client: int, store: str) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="ar_conc_"))
+    proc, sock = spawn_daemon(tmp, "--store", store)
+    try:
+        async def main():
+            t = time.perf_counter()
+            done = await asyncio.gather(*[_client_loop(sock, per_client) for _ in range(clients)])
+            return sum(done), time.perf_counter() - t
+
+        asyncio.run(_client_loop(sock, 5))
+        n, took = asyncio.run(main())
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"clients": clients, "runs": n, "seconds": took, "runs_s": n / took, "store": store}
+
+
+def bench_subscriber(n_runs: int) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="ar_sub_"))
+    proc, sock = spawn_daemon(tmp)
+    delays = []
+    try:
+        async def main():
+            watcher = AsyncClient(Target("unix", path=sock))
+            await watcher.connect()
+            driver = AsyncClient(Target("unix", path=sock))
+            await driver.connect()
+            want = n_runs * 3
+
+            async def watch():
+                async for ev in watcher.subscribe():
+                    if ev.kind == "record" and ev.record is not None:
+                        ended = datetime.fromisoformat(ev.record.ended_at or ev.record.started_at).timestamp()
+                        delays.append(time.time() - ended)
+                        if len(delays) >= want:
+                            return
+
+            task = asyncio.ensure_future(watch())
+            await asyncio.sleep(0.2)
+            for _ in range(n_runs):
+                rid = (await driver.start("ask")).run_id
+                await driver.resume(rid, {"text": "y"})
+                await asyncio.sleep(0.005)
+            await asyncio.wait_for(task, 30)
+            await watcher.close()
+            await driver.close()
+
+        asyncio.run(main())
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"events": len(delays), "p50_ms": pct(delays, 50) * 1e3, "p99_ms": pct(delays, 99) * 1e3}
+
+
+def bench_initialize(repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        tmp = Path(tempfile.mkdtemp(prefix="ar_init_"))
+        argv = [sys.executable, "-m", "abstractruntime", "serve", "--stdio", "--data", str(tmp / "data"), "--workflows", str(WORKFLOWS)]
+
+        async def main():
+            t = time.perf_counter()
+            conn = await Connection.spawn(argv, env=env_with_package())
+            await conn.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}})
+            took = time.perf_counter() - t
+            await conn.request("shutdown", None)
+            conn.notify("exit", None)
+            await conn.close()
+            return took
+
+        times.append(asyncio.run(main()))
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"median_s": median(times), "max_s": max(times)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    out = {}
+    out["rtt"] = bench_rtt(1000 if a.quick else 3000, 1 if a.quick else 3)
+    print(f"resume RTT p50: daemon {out['rtt']['daemon_p50_us']:.0f} us, raw echo {out['rtt']['echo_p50_us']:.0f} us, "
+          f"ratio {out['rtt']['ratio']:.2f}x (target <= 3x)", flush=True)
+    out["concurrent"] = bench_concurrent(32, 20 if a.quick else 60, "files")
+    print(f"32 clients on fsync'd file stores: {out['concurrent']['runs_s']:.0f} runs/s "
+          f"({out['concurrent']['runs']} runs in {out['concurrent']['seconds']:.1f}s; target >= 1000)", flush=True)
+    out["subscriber"] = bench_subscriber(100 if a.quick else 300)
+    print(f"subscriber delay: p50 {out['subscriber']['p50_ms']:.2f} ms, p99 {out['subscriber']['p99_ms']:.2f} ms "
+          f"over {out['subscriber']['events']} records (target p99 <= 5 ms)", flush=True)
+    out["initialize"] = bench_initialize(5)
+    print(f"initialize after spawn: median {out['initialize']['median_s'] * 1e3:.0f} ms, max "
+          f"{out['initialize']['max_s'] * 1e3:.0f} ms (target < 500 ms)", flush=True)
+    save("daemon", out)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
