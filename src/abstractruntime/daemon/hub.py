@@ -188,7 +188,7 @@ class Hub:
         if self._cursor >= self._block_end:
             self._block_end += CURSOR_BLOCK
             self._save_cursor_block(self._block_end)
-        event = {"cursor": self._cursor, "run_id": run_id, "kind": kind, kind: body}
+        event = {"cursor": self._cursor, "run_id": run_id, "kind": kind, kind: body, "committed_at": time.time()}
         self._events.append((self._cursor, event))
         for sub in self._subs.values():
             if sub.run_id is None or sub.run_id == run_id:

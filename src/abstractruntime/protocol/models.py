@@ -215,6 +215,9 @@ class EventNotification(Result):
     kind: Literal["record", "state"]
     record: Optional[LedgerRecordModel] = None
     state: Optional[RunSummaryModel] = None
+    committed_at: Optional[float] = Field(
+        None, description="When the daemon published the event, right after the commit (epoch seconds)."
+    )
 
 
 # -- workflows/* and daemon/* ---------------------------------------------------------------------
