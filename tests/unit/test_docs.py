@@ -24,8 +24,40 @@ def _cases():
 @pytest.mark.parametrize("code", list(_cases()))
 def test_doc_block_runs(code, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    daemon = None
+    if "Client.discover" in code:  # the block talks to the project's daemon: run one, as `make serve` does
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "abstractruntime", "serve", "--workflows", str(ROOT / "examples" / "workflows")],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_for_daemon(tmp_path)
+    try:
+        p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(30)
     assert p.returncode == 0, p.stderr
+
+
+def _wait_for_daemon(cwd) -> None:
+    import socket
+    import time
+
+    from abstractruntime.protocol import discovery
+
+    path = discovery.default_socket(str(cwd / ".abstractruntime"))
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(path)
+            return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            s.close()
+    raise AssertionError("the daemon did not start")
 
 
 def test_examples_run(tmp_path):
