@@ -201,7 +201,7 @@ def bench_initialize(repeats: int) -> dict:
         tmp = Path(tempfile.mkdtemp(prefix="ar_init_"))
         argv = [sys.executable, "-m", "abstractruntime", "serve", "--stdio", "--data", str(tmp / "data"), "--workflows", str(WORKFLOWS)]
 
-        async def main():
+        async def main(argv=argv):
             t = time.perf_counter()
             conn = await Connection.spawn(argv, env=env_with_package())
             await conn.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}})
