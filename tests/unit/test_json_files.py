@@ -172,3 +172,19 @@ def test_many_runs_compact_the_index(tmp_path):
     assert "snapshot.json" in files and len([f for f in files if f.startswith("log.")]) == 1
     rs2 = JsonFileRunStore(tmp_path)
     assert rs2.count_by_status() == {"waiting": 40}
+
+
+def test_unclean_open_forgets_a_start_that_never_landed(tmp_path):
+    rs, ls, rt = _open(tmp_path)
+    rid = rt.start(workflow=ASK)
+    ghost = rs.load(rid)
+    ghost.run_id = "ghost-run"
+    from abstractruntime.storage.base import RunSummary
+
+    rs._log.append([RunSummary.from_state(ghost)])  # index line written, then the crash: no checkpoint
+    rs2 = JsonFileRunStore(tmp_path)
+    assert [s.run_id for s in rs2.list_run_summaries()] == [rid]
+    assert rs2.load("ghost-run") is None
+    rs2.close()
+    rs3 = JsonFileRunStore(tmp_path)  # the tombstone keeps it gone on later opens too
+    assert [s.run_id for s in rs3.list_run_summaries()] == [rid]

@@ -84,6 +84,19 @@ class RunIndex:
                     self._timers.append((due, s.run_id))
             heapq.heapify(self._timers)
 
+    def remove(self, run_id: str) -> None:
+        """Forget a run (its checkpoint never landed)."""
+        with self._lock:
+            old = self._entries.pop(run_id, None)
+            if old is None:
+                return
+            self._by_status.get(old.status, {}).pop(run_id, None)
+            if old.wait_key:
+                keyed = self._by_wait_key.get(old.wait_key)
+                if keyed is not None:
+                    keyed.discard(run_id)
+            self._due_epoch.pop(run_id, None)
+
     def add_listener(self, fn: RunListener) -> None:
         with self._lock:
             self._listeners = self._listeners + [fn]

@@ -74,7 +74,10 @@ class IndexLog:
             log_rows = _read_rows(path)
             self.lines += len(log_rows)
             for row in log_rows:
-                rows[row[0]] = row  # the newest line of a run wins
+                if len(row) == 1:
+                    rows.pop(row[0], None)  # a tombstone: that run's checkpoint never landed
+                else:
+                    rows[row[0]] = row  # the newest line of a run wins
             recent.extend(row[0] for row in log_rows[-VERIFY_TAIL:])
         # Summaries are built once per run, after the newest line of each is known.
         entries = {rid: from_row(row) for rid, row in rows.items()}
@@ -90,8 +93,10 @@ class IndexLog:
         if self.durable:
             os.fsync(self._dir_fd)
 
-    def append(self, summaries: Iterable[RunSummary]) -> None:
-        data = "".join(json.dumps(to_row(s), separators=(",", ":")) + "\n" for s in summaries).encode()
+    def append(self, summaries: Iterable[RunSummary], *, gone: Iterable[str] = ()) -> None:
+        """Append summaries, and tombstones (`[run_id]`) for runs that do not exist."""
+        rows = [to_row(s) for s in summaries] + [[rid] for rid in gone]
+        data = "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows).encode()
         with self.lock:
             assert self.fd is not None
             write_all(self.fd, data)

@@ -110,7 +110,7 @@ class JsonFileRunStore(RunStore):
         return out
 
     def _verify(self, run_ids: List[str]) -> None:
-        fixed = []
+        fixed, gone = [], []
         for rid in dict.fromkeys(reversed(run_ids)):
             try:
                 run = self.load(rid)
@@ -118,14 +118,19 @@ class JsonFileRunStore(RunStore):
                 run = None
             s = self._index.get(rid)
             if run is None:
-                continue  # a start that never landed: its summary stays, loads return None
+                if s is not None:
+                    # Its index line was written ahead of a checkpoint that never landed (a
+                    # start cut short by the crash): the run does not exist.
+                    self._index.remove(rid)
+                    gone.append(rid)
+                continue
             real = RunSummary.from_state(run)
             if s is None or _key(s) != _key(real):
                 self._index.put(real, notify=False)
                 fixed.append(real)
-        if fixed:
-            log.info("index: %d run(s) were mid-save at the last stop; corrected from their files", len(fixed))
-            self._log.append(fixed)
+        if fixed or gone:
+            log.info("index: %d run(s) were mid-save at the last stop; corrected from their files", len(fixed) + len(gone))
+            self._log.append(fixed, gone=gone)
 
     # -- RunStore -------------------------------------------------------------------------
 
