@@ -1,9 +1,9 @@
 """The LSP base protocol on a byte stream: `Content-Length` headers, then a JSON body.
 
 pygls's own reader drops malformed frames silently; this loop answers them as JSON-RPC
-requires (parse error, invalid request), refuses frames over a size limit (and skips their
-body to stay in sync), and hands every well-formed message to the connection's pygls
-protocol. Nothing a client sends can end the daemon: at worst its own connection closes.
+requires (parse error, invalid request, with `"id": null` when the id cannot be read),
+refuses frames over a size limit (and skips their body to stay in sync), and hands every
+well-formed message to the connection's session. Nothing a client sends can end the daemon: at worst its own connection closes.
 """
 
 from __future__ import annotations
@@ -13,11 +13,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from lsprotocol.types import ResponseError
-from pygls.exceptions import JsonRpcException
-
-from ..protocol.errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
-from ..protocol.methods import BY_NAME
+from ..protocol.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
 
 log = logging.getLogger("abstractruntime.daemon")
 
@@ -30,7 +26,6 @@ class FrameError(Exception):
 
 
 async def read_frames(reader: Any, session: Any, *, max_frame: int = MAX_FRAME) -> None:
-    protocol = session.protocol
     while not session.closed:
         length: Optional[int] = None
         while True:
@@ -55,8 +50,8 @@ async def read_frames(reader: Any, session: Any, *, max_frame: int = MAX_FRAME) 
             raise FrameError("a frame without Content-Length")
         if length > max_frame:
             await _skip(reader, length)
-            _reply_error(
-                protocol, None, INVALID_REQUEST, f"frame of {length} bytes exceeds the limit of {max_frame} bytes"
+            session.reply_error(
+                None, INVALID_REQUEST, f"frame of {length} bytes exceeds the limit of {max_frame} bytes"
             )
             continue
         body = await reader.readexactly(length)
@@ -70,37 +65,29 @@ async def _skip(reader: Any, n: int) -> None:
 
 
 def dispatch(session: Any, body: bytes) -> None:
-    protocol = session.protocol
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        _reply_error(protocol, None, PARSE_ERROR, f"parse error: {e}")
+        session.reply_error(None, PARSE_ERROR, f"parse error: {e}")
         return
     msg_id = data.get("id") if isinstance(data, dict) else None
     if not isinstance(msg_id, (str, int)) or isinstance(msg_id, bool):
         msg_id = None
     problem = _check_envelope(data)
     if problem:
-        _reply_error(protocol, msg_id, INVALID_REQUEST, f"invalid request: {problem}")
-        return
-    if data.get("method") in BY_NAME and "id" in data:
-        session.handle_request(data["id"], data["method"], data.get("params"))
-        return
-    if data.get("method") in BY_NAME:
-        return  # our methods are all requests: a notification of one has nothing to do
-    try:
-        message = protocol.structure_message(data)
-    except JsonRpcException as e:
-        if msg_id is not None:
-            code = e.code if e.code != INTERNAL_ERROR else INVALID_PARAMS
-            _reply_error(protocol, msg_id, code, f"invalid params for {data.get('method')}: {e.message or e}")
+        session.reply_error(msg_id, INVALID_REQUEST, f"invalid request: {problem}")
         return
     try:
-        protocol.handle_message(message)
-    except Exception as e:  # isolation boundary: one request's failure is its own
+        if "method" not in data:
+            session.handle_response(data)
+        elif "id" in data:
+            session.handle_request(data["id"], data["method"], data.get("params"))
+        else:
+            session.handle_notification(data["method"], data.get("params"))
+    except Exception as e:  # isolation boundary: one message's failure is its own
         log.exception("handling %s failed", data.get("method"))
-        if msg_id is not None:
-            _reply_error(protocol, msg_id, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
+        if msg_id is not None and "method" in data:
+            session.reply_error(msg_id, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
 
 
 def _check_envelope(data: Any) -> Optional[str]:
@@ -119,17 +106,6 @@ def _check_envelope(data: Any) -> Optional[str]:
     if "id" in data and ("result" in data or "error" in data):
         return None  # a response to a request of ours
     return "neither a request, a notification nor a response"
-
-
-def _reply_error(protocol: Any, msg_id: Any, code: int, message: str) -> None:
-    if msg_id is not None:
-        protocol._send_response(msg_id, None, ResponseError(code=code, message=message))
-        return
-    # Written by hand: pygls's serializer drops an `id` of null, which JSON-RPC requires
-    # on errors about a message whose id could not be read.
-    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}).encode()
-    if protocol.writer is not None:
-        protocol.writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
 
 class StreamWriterAdapter:

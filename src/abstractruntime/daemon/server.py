@@ -44,7 +44,7 @@ class Daemon:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self.hub, token=self.token, on_close=self._closed)
-        session.protocol.set_writer(StreamWriterAdapter(writer))
+        session.writer = StreamWriterAdapter(writer)
         self.sessions.add(session)
         self.hub.clients = len(self.sessions)
         try:
@@ -130,7 +130,7 @@ class Daemon:
             self.hub.request_stop()  # stdio serves exactly the client that spawned us
 
         session = Session(self.hub, token=None, on_close=gone)
-        session.protocol.set_writer(StreamWriterAdapter(writer))
+        session.writer = StreamWriterAdapter(writer)
         self.sessions.add(session)
         self.hub.clients = 1
         conn = asyncio.ensure_future(self._stdio_loop(reader, session))

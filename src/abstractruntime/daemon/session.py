@@ -1,9 +1,11 @@
-"""One client connection: its own pygls server and protocol objects, bound to the shared hub.
+"""One client connection, bound to the shared hub.
 
-pygls's own TCP server shares a single protocol object between connections and stops the
-process when a client leaves; here every connection gets a fresh `LanguageServer` (so its
-own protocol state, writer and `initialize` handshake), and `exit` closes that connection
-only. Requests before `initialize` get LSP's "server not initialized" error.
+The session answers the LSP lifecycle (`initialize`, `initialized`, `shutdown`, `exit`) and
+the protocol's own methods itself; `exit` closes this connection only, and requests before
+`initialize` get LSP's "server not initialized" error. Any other LSP message (the editor
+features) goes to a pygls `LanguageServer` of this connection's own, created on first need
+(see `lsp.py`): importing pygls and lsprotocol costs ~0.3 s, which scripts and non-editor
+hosts never pay, and pygls's per-message serialization was most of the daemon's CPU.
 """
 
 from __future__ import annotations
@@ -14,17 +16,15 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set
 
-from lsprotocol import types as lsp
 from pydantic import ValidationError
-from pygls.exceptions import JsonRpcException
-from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from .. import __version__
 from ..core.errors import AbstractRuntimeError, WorkflowNotFoundError
 from ..protocol import models as m
 from ..protocol.errors import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     SERVER_NOT_INITIALIZED,
     ShuttingDownError,
     SubscriptionNotFoundError,
@@ -39,46 +39,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("abstractruntime.daemon")
 
 
-def wire_error(e: AbstractRuntimeError) -> JsonRpcException:
+class WireError(Exception):
+    """An error to answer a request with: a JSON-RPC code, a message, optional data."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+    def to_json(self) -> Dict[str, Any]:
+        err: Dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+def wire_error(e: AbstractRuntimeError) -> WireError:
     obj = e.to_error_object()
-    return JsonRpcException(code=obj["code"], message=obj["message"], data=obj["data"])
-
-
-class DaemonProtocol(LanguageServerProtocol):
-    session: Session
-
-    def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
-        if method_name != lsp.INITIALIZE and not self.session.initialized:
-            self._send_response(
-                msg_id,
-                None,
-                lsp.ResponseError(
-                    code=SERVER_NOT_INITIALIZED, message=f"server not initialized: send initialize before {method_name}"
-                ),
-            )
-            return
-        super()._handle_request(msg_id, method_name, params)
-
-    @lsp_method(lsp.INITIALIZE)
-    def lsp_initialize(self, params: lsp.InitializeParams):  # type: ignore[override]
-        self.session.authorize(params.initialization_options)
-        result = yield from super().lsp_initialize(params)
-        result.capabilities.experimental = {
-            "abstractruntime": {
-                "protocolVersion": PROTOCOL_VERSION,
-                "version": __version__,
-                "methods": list(REQUEST_NAMES),
-                "notifications": ["runtime/event"],
-            }
-        }
-        self.session.initialized = True
-        return result
-
-    @lsp_method(lsp.EXIT)
-    def lsp_exit(self, *args: Any) -> None:  # type: ignore[override]
-        # This connection ends; the daemon and its other clients carry on (stdio: the one
-        # client is gone, so the session's owner stops the daemon).
-        self.session.close()
+    return WireError(obj["code"], obj["message"], obj["data"])
 
 
 class Session:
@@ -88,11 +65,12 @@ class Session:
         self.initialized = False
         self.closed = False
         self._on_close = on_close
+        self.shut_down = False
         self.subscriptions: Set[str] = set()
         self.loop = asyncio.get_running_loop()
-        self.server = LanguageServer("abstractruntime", __version__, protocol_cls=DaemonProtocol, max_workers=4)
-        self.protocol: DaemonProtocol = self.server.protocol  # type: ignore[assignment]
-        self.protocol.session = self
+        self.writer: Any = None  # set by the transport
+        self.init_params: Dict[str, Any] = {}
+        self._lsp: Any = None
         self._register()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -113,7 +91,7 @@ class Session:
         for sub in list(self.subscriptions):
             self.hub.unsubscribe(sub)
         self.subscriptions.clear()
-        writer = self.protocol.writer
+        writer = self.writer
         if writer is not None:
             try:
                 res = writer.close()
@@ -126,33 +104,95 @@ class Session:
     # -- dispatch -------------------------------------------------------------------------------
 
     def send(self, obj: Dict[str, Any]) -> None:
-        """Write one message. Our methods and events skip pygls's cattrs serialization, which
-        profiling showed to be most of the daemon's per-request CPU."""
-        writer = self.protocol.writer
+        """Write one message (a JSON dump and a Content-Length header)."""
+        writer = self.writer
         if writer is None or self.closed:
             return
         body = json.dumps(obj, separators=(",", ":")).encode()
         writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
+    def reply_error(self, msg_id: Any, code: int, message: str, data: Any = None) -> None:
+        self.send({"jsonrpc": "2.0", "id": msg_id, "error": WireError(code, message, data).to_json()})
+
     def handle_request(self, msg_id: Any, method: str, params: Any) -> None:
-        """A request for one of the protocol's own methods (the LSP ones go through pygls)."""
-        if not self.initialized:
-            self.send({"jsonrpc": "2.0", "id": msg_id, "error": {
-                "code": SERVER_NOT_INITIALIZED, "message": f"server not initialized: send initialize before {method}"}})
+        if method == "initialize":
+            self._initialize(msg_id, params)
             return
-        asyncio.ensure_future(self._serve(msg_id, method, params))
+        if not self.initialized:
+            self.reply_error(msg_id, SERVER_NOT_INITIALIZED, f"server not initialized: send initialize before {method}")
+            return
+        if self.shut_down:
+            self.reply_error(msg_id, INVALID_REQUEST, f"{method} after shutdown: only exit is accepted")
+            return
+        if method == "shutdown":
+            self.shut_down = True
+            self.send({"jsonrpc": "2.0", "id": msg_id, "result": None})
+            return
+        if method in self._handlers:
+            asyncio.ensure_future(self._serve(msg_id, method, params))
+            return
+        self.lsp().request(msg_id, method, params)
+
+    def handle_notification(self, method: str, params: Any) -> None:
+        if method == "exit":
+            self.close()
+        elif method in ("initialized", "$/cancelRequest", "$/setTrace") or method in self._handlers:
+            pass  # nothing to do (our methods are all requests)
+        elif self.initialized:
+            self.lsp().notification(method, params)
+
+    def handle_response(self, msg: Dict[str, Any]) -> None:
+        if self._lsp is not None:
+            self._lsp.response(msg)  # an answer to a request the editor features sent
+
+    def _initialize(self, msg_id: Any, params: Any) -> None:
+        if self.initialized:
+            self.reply_error(msg_id, INVALID_REQUEST, "initialize was already sent on this connection")
+            return
+        params = params if isinstance(params, dict) else {}
+        try:
+            self.authorize(params.get("initializationOptions"))
+        except WireError as e:
+            self.send({"jsonrpc": "2.0", "id": msg_id, "error": e.to_json()})
+            return
+        self.init_params = params
+        self.initialized = True
+        self.send(
+            {
+                "jsonrpc": "2.0",
+                "id": msg_id,
+                "result": {
+                    "capabilities": {
+                        "experimental": {
+                            "abstractruntime": {
+                                "protocolVersion": PROTOCOL_VERSION,
+                                "version": __version__,
+                                "methods": list(REQUEST_NAMES),
+                                "notifications": ["runtime/event"],
+                            }
+                        }
+                    },
+                    "serverInfo": {"name": "abstractruntime", "version": __version__},
+                },
+            }
+        )
+
+    def lsp(self) -> Any:
+        """This connection's pygls server, created (and told about `initialize`) on first need."""
+        if self._lsp is None:
+            from .lsp import LspBridge  # deferred on purpose: see the module docstring
+
+            self._lsp = LspBridge(self)
+        return self._lsp
 
     async def _serve(self, msg_id: Any, method: str, params: Any) -> None:
         try:
             result = await self._handlers[method](params)
-        except JsonRpcException as e:
-            err: Dict[str, Any] = {"code": e.code, "message": e.message or str(e)}
-            if e.data is not None:
-                err["data"] = e.data
-            self.send({"jsonrpc": "2.0", "id": msg_id, "error": err})
+        except WireError as e:
+            self.send({"jsonrpc": "2.0", "id": msg_id, "error": e.to_json()})
         except Exception as e:  # isolation boundary: one request's bug is its own
             log.exception("%s failed", method)
-            self.send({"jsonrpc": "2.0", "id": msg_id, "error": {"code": -32603, "message": f"internal error: {type(e).__name__}: {e}"}})
+            self.reply_error(msg_id, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
         else:
             self.send({"jsonrpc": "2.0", "id": msg_id, "result": result})
 
@@ -318,17 +358,15 @@ def _validate(model: Any, name: str, raw: Any) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise JsonRpcException(
-            code=INVALID_PARAMS, message=f"{name}: params must be an object", data={"got": type(raw).__name__}
-        )
+        raise WireError(INVALID_PARAMS, f"{name}: params must be an object", {"got": type(raw).__name__})
     try:
         return model.model_validate(raw)
     except ValidationError as e:
         detail = json.loads(e.json(include_url=False, include_context=False, include_input=False))
         first = detail[0] if detail else {}
         where = ".".join(str(x) for x in first.get("loc", ())) or "params"
-        raise JsonRpcException(
-            code=INVALID_PARAMS,
-            message=f"{name}: invalid params: {where}: {first.get('msg', 'invalid')}",
-            data={"name": "invalid_params", "errors": detail},
+        raise WireError(
+            INVALID_PARAMS,
+            f"{name}: invalid params: {where}: {first.get('msg', 'invalid')}",
+            {"name": "invalid_params", "errors": detail},
         ) from None

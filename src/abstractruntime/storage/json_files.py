@@ -129,7 +129,9 @@ class JsonFileRunStore(RunStore):
                 self._index.put(real, notify=False)
                 fixed.append(real)
         if fixed or gone:
-            log.info("index: %d run(s) were mid-save at the last stop; corrected from their files", len(fixed) + len(gone))
+            log.info(
+                "index: %d run(s) were mid-save at the last stop; corrected from their files", len(fixed) + len(gone)
+            )
             self._log.append(fixed, gone=gone)
 
     # -- RunStore -------------------------------------------------------------------------
