@@ -242,7 +242,7 @@ class Runtime:
     def resume(
         self,
         *,
-        workflow: WorkflowSpec,
+        workflow: Optional[WorkflowSpec],
         run_id: str,
         wait_key: Optional[str],
         payload: Dict[str, Any],
@@ -251,7 +251,8 @@ class Runtime:
         """Answer a waiting run: write `payload` to the wait's `result_key` and continue.
 
         A wrong `wait_key`, or a run that is not waiting, raises a typed error and changes
-        nothing. `wait_key=None` accepts whatever the run waits on.
+        nothing. `wait_key=None` accepts whatever the run waits on. `workflow=None` looks the
+        run's workflow up in the `workflow_registry`.
         """
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
@@ -261,6 +262,8 @@ class Runtime:
         t = _Tick()
         with self._guard(run_id):
             run = self.get_state(run_id)
+            if workflow is None:  # hosts with a registry may let the run name its workflow
+                workflow = self._workflow_for(run)
             _check_workflow(workflow, run)
             if run.status.is_terminal:
                 raise RunFinishedError(

@@ -255,10 +255,8 @@ class Session:
         rt = self.hub.runtime
 
         def work():
-            run = rt.get_state(p.run_id)
-            wf = self._workflow(run.workflow_id)
-            key = p.wait_key if p.wait_key is not None else (run.waiting.wait_key if run.waiting else None)
-            return {"state": rt.resume(workflow=wf, run_id=p.run_id, wait_key=key, payload=p.payload).to_dict()}
+            # wait_key None: whatever the run waits on now (checked under the run's lock).
+            return {"state": rt.resume(workflow=None, run_id=p.run_id, wait_key=p.wait_key, payload=p.payload).to_dict()}
 
         return await self.hub.call(work)
 
