@@ -118,6 +118,11 @@ class StreamWriterAdapter:
         if not self._w.is_closing():
             self._w.write(data)
 
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the client."""
+        transport = self._w.transport
+        return transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
+
     def close(self) -> None:
         if not self._w.is_closing():
             self._w.close()

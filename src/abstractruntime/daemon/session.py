@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("abstractruntime.daemon")
 
+MAX_UNREAD = 64 * 1024 * 1024
+
 
 class WireError(Exception):
     """An error to answer a request with: a JSON-RPC code, a message, optional data."""
@@ -110,6 +112,11 @@ class Session:
             return
         body = json.dumps(obj, separators=(",", ":")).encode()
         writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        if writer.buffered() > MAX_UNREAD:
+            # A client that stopped reading (a stuck subscriber) must not make the daemon
+            # buffer without bound: close it; it can reconnect with its cursor and miss nothing.
+            log.warning("closing a client with %d unread bytes", writer.buffered())
+            self.close()
 
     def reply_error(self, msg_id: Any, code: int, message: str, data: Any = None) -> None:
         self.send({"jsonrpc": "2.0", "id": msg_id, "error": WireError(code, message, data).to_json()})
