@@ -193,12 +193,43 @@ class Runtime:
         run_id: Optional[str] = None,
     ) -> str:
         """Create and durably store a new run at the workflow's entry node; returns its id."""
+        run = self._new_run(workflow, vars, actor_id, session_id, parent_run_id, run_id)
+        self._run_store.commit(run, [], self._ledger_store)
+        return run.run_id
+
+    def start_and_tick(
+        self,
+        *,
+        workflow: WorkflowSpec,
+        vars: Optional[Dict[str, Any]] = None,
+        actor_id: Optional[str] = None,
+        session_id: Optional[str] = None,
+        max_steps: int = 100,
+    ) -> RunState:
+        """`start` then `tick`, with one commit instead of two: the run is stored when it first
+        waits or ends. A crash before that leaves no run at all (the caller got no id)."""
+        run = self._new_run(workflow, vars, actor_id, session_id, None, None)
+        t = _Tick()
+        with self._guard(run.run_id):
+            state = self._advance(workflow, run, max_steps, t)
+        self._run_after(t)
+        return state
+
+    def _new_run(
+        self,
+        workflow: WorkflowSpec,
+        vars: Optional[Dict[str, Any]],
+        actor_id: Optional[str],
+        session_id: Optional[str],
+        parent_run_id: Optional[str],
+        run_id: Optional[str],
+    ) -> RunState:
         if vars is not None and not isinstance(vars, dict):
             raise TypeError(f"vars must be a dict, got {type(vars).__name__}")
         bad = find_unserializable(vars or {})
         if bad:
             raise NotJsonSerializableError(f"cannot start {workflow.workflow_id!r}: {bad} is not JSON-serializable")
-        run = RunState.new(
+        return RunState.new(
             workflow_id=workflow.workflow_id,
             entry_node=workflow.entry_node,
             vars=vars,
@@ -208,8 +239,6 @@ class Runtime:
             run_id=run_id,
             workflow_version=workflow.version,
         )
-        self._run_store.commit(run, [], self._ledger_store)
-        return run.run_id
 
     def get_state(self, run_id: str) -> RunState:
         run = self._run_store.load(run_id)

@@ -253,8 +253,8 @@ class Session:
         rt = self.hub.runtime
 
         def work():
-            run_id = rt.start(workflow=wf, vars=p.vars, session_id=p.session_id, actor_id=p.actor_id)
-            return {"run_id": run_id, "state": rt.tick(workflow=wf, run_id=run_id).to_dict()}
+            state = rt.start_and_tick(workflow=wf, vars=p.vars, session_id=p.session_id, actor_id=p.actor_id)
+            return {"run_id": state.run_id, "state": state.to_dict()}
 
         return await self.hub.call(work)
 
@@ -263,7 +263,9 @@ class Session:
 
         def work():
             # wait_key None: whatever the run waits on now (checked under the run's lock).
-            return {"state": rt.resume(workflow=None, run_id=p.run_id, wait_key=p.wait_key, payload=p.payload).to_dict()}
+            return {
+                "state": rt.resume(workflow=None, run_id=p.run_id, wait_key=p.wait_key, payload=p.payload).to_dict()
+            }
 
         return await self.hub.call(work)
 

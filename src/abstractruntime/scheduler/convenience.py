@@ -33,8 +33,10 @@ class ScheduledRuntime:
     ) -> Tuple[str, RunState]:
         """Start a run and tick it until it waits or ends."""
         self.registry.register(workflow)
-        run_id = self.runtime.start(workflow=workflow, vars=vars, actor_id=actor_id, session_id=session_id)
-        return run_id, self.runtime.tick(workflow=workflow, run_id=run_id, max_steps=max_steps)
+        state = self.runtime.start_and_tick(
+            workflow=workflow, vars=vars, actor_id=actor_id, session_id=session_id, max_steps=max_steps
+        )
+        return state.run_id, state
 
     def start(
         self,

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.jsonutil import dumps
@@ -55,6 +56,10 @@ class JsonFileRunStore(RunStore):
         self._flusher = shared_flusher()
         self._pool = TempPool(os.path.join(self.base_dir, "_tmp")) if durable else None
         self._committer = GroupCommitter()
+        # The newest checkpoints as written: the next tick of a run reads back what this store
+        # wrote moments ago, and one process owns the folder, so no file read is needed.
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_lock = threading.Lock()
         self._index = RunIndex()
         self._log = IndexLog(self.base_dir, durable=durable)
         # Loading builds one object per run and no cycles: pausing the cyclic GC meanwhile
@@ -161,11 +166,17 @@ class JsonFileRunStore(RunStore):
             # written since the log last reached the disk.
             self._log.append([s])
         data = text.encode()
+        with self._recent_lock:
+            self._recent.pop(run.run_id, None)  # a failed write below must not leave a stale copy
         if self.durable:
             # Concurrent commits share their syncs (see GroupCommitter); a lone one does not wait.
             self._committer.replace(write_temp(path, data, self._pool), path, self._dir_fd)
         else:
             atomic_write(path, data, durable=False, dir_fd=self._dir_fd)
+        with self._recent_lock:
+            self._recent[run.run_id] = data
+            if len(self._recent) > 4096:
+                self._recent.popitem(last=False)
         return s
 
     def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
@@ -186,11 +197,14 @@ class JsonFileRunStore(RunStore):
         return [rec for rec, _ in chained]
 
     def load(self, run_id: str) -> Optional[RunState]:
-        try:
-            with open(self.path_for(run_id), "rb") as f:
-                d = json.loads(f.read())
-        except FileNotFoundError:
-            return None
+        raw = self._recent.get(run_id)
+        if raw is None:
+            try:
+                with open(self.path_for(run_id), "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:
+                return None
+        d = json.loads(raw)
         d.pop("_ledger_tail", None)
         return RunState.from_dict(d)
 
