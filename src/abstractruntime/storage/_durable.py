@@ -35,15 +35,12 @@ def open_dir_fd(path: str) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
-def atomic_write(
-    path: str, data: bytes, *, durable: bool, dir_fd: Optional[int] = None, also_sync_fd: Optional[int] = None
-) -> None:
+def atomic_write(path: str, data: bytes, *, durable: bool, dir_fd: Optional[int] = None) -> None:
     """Replace `path` with `data` so a crash leaves the old file or the new one, never a mix.
 
     Survives a process crash at any instant (rename is atomic). With `durable`, also a power
     loss: the data is fsync'd before the rename makes it visible, and the folder after it so
-    the rename itself is on disk. `also_sync_fd` (an index log written ahead of this file) is
-    synced before the rename for the same reason.
+    the rename itself is on disk.
     """
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -57,14 +54,25 @@ def atomic_write(
     finally:
         os.close(fd)
     try:
-        if durable and also_sync_fd is not None:
-            os.fdatasync(also_sync_fd)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quiet(tmp)
         raise
     if durable and dir_fd is not None:
         os.fsync(dir_fd)
+
+
+def sync_path(path: str, *, whole_fs: bool = False) -> None:
+    """fdatasync one file by name, or (`whole_fs`) syncfs the filesystem holding it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if whole_fs and _syncfs is not None:
+            if _syncfs(fd) != 0:
+                raise OSError(f"syncfs failed on the filesystem of {path}")
+        else:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -93,10 +101,6 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
-
-
-def syncfs_available() -> bool:
-    return _syncfs is not None
 
 
 class Flusher:
@@ -152,12 +156,7 @@ class Flusher:
                 except FileNotFoundError:
                     continue
             for path in by_dev.values():
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    if _syncfs(fd) != 0:
-                        raise OSError("syncfs failed")
-                finally:
-                    os.close(fd)
+                sync_path(path, whole_fs=True)
         else:
             folders = set()
             for path in dirty:
@@ -307,24 +306,6 @@ class TempPool:
                 free.clear()
 
 
-def pooled_atomic_write(pool: TempPool, path: str, data: bytes, *, dir_fd: int) -> bool:
-    """`atomic_write(durable=True)` through a pool file; False when none fits (then the
-    caller takes the plain path)."""
-    got = pool.take(len(data) + 1)
-    if got is None:
-        return False
-    tmp, size = got
-    fd = os.open(tmp, os.O_WRONLY)
-    try:
-        write_all(fd, data + b" " * (size - len(data) - 1) + b"\n")
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    os.fsync(dir_fd)
-    return True
-
-
 class _Replace:
     __slots__ = ("tmp", "path", "dir_fd", "done", "error")
 
@@ -386,19 +367,10 @@ class GroupCommitter:
     def _run(self, batch: list) -> None:
         try:
             if len(batch) > 1 and _syncfs is not None:
-                fd = os.open(batch[0].tmp, os.O_RDONLY)
-                try:
-                    if _syncfs(fd) != 0:
-                        raise OSError("syncfs failed")
-                finally:
-                    os.close(fd)
+                sync_path(batch[0].tmp, whole_fs=True)
             else:
                 for it in batch:
-                    fd = os.open(it.tmp, os.O_RDONLY)
-                    try:
-                        os.fdatasync(fd)
-                    finally:
-                        os.close(fd)
+                    sync_path(it.tmp)
             folders: dict = {}
             for it in batch:
                 os.replace(it.tmp, it.path)

@@ -186,18 +186,16 @@ class RunIndex:
         return out
 
     def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
-        with self._lock:
-            now_m = time.monotonic()
-            if not self._lease_free(run_id, owner, now_m):
-                return False
-            self._leases[run_id] = (owner, now_m + lease_s)
-            return True
+        return self._take(run_id, owner, lease_s, renew=True)
 
     def claim(self, run_id: str, owner: str, lease_s: float) -> bool:
         """Lease a run nobody holds (a claim never renews, unlike `try_lease`)."""
+        return self._take(run_id, owner, lease_s, renew=False)
+
+    def _take(self, run_id: str, owner: str, lease_s: float, *, renew: bool) -> bool:
         with self._lock:
             now_m = time.monotonic()
-            if not self._lease_free(run_id, None, now_m):
+            if not self._lease_free(run_id, owner if renew else None, now_m):
                 return False
             self._leases[run_id] = (owner, now_m + lease_s)
             return True

@@ -32,6 +32,7 @@ from ._durable import (
     check_run_id,
     open_dir_fd,
     shared_flusher,
+    sync_path,
     write_all,
     write_temp,
 )
@@ -307,20 +308,12 @@ class JsonlLedgerStore(LedgerStore):
                     last = json.loads(raw[raw.rfind(b"\n", 0, len(raw) - 1) + 1 :])
                     head = (int(last["seq"]), last["record_hash"])
             if self.durable:
-                self._fdatasync(path)  # what a crashed process left in the page cache is now on disk
+                sync_path(path)  # what a crashed process left in the page cache is now on disk
         except FileNotFoundError:
             pass
         head = self._catch_up(run_id, head)
         self._heads[run_id] = head
         return head
-
-    @staticmethod
-    def _fdatasync(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
 
     def _catch_up(self, run_id: str, head: Tuple[int, Optional[str]]) -> Tuple[int, Optional[str]]:
         """Append lines a checkpoint carries that the ledger file lacks (a crash landed
@@ -340,7 +333,7 @@ class JsonlLedgerStore(LedgerStore):
                 missing.append((rec, line))
         if missing:
             log.warning("ledger %s: restoring %d record(s) kept in its checkpoint", run_id, len(missing))
-            self._append_lines(run_id, missing, sync=self.durable)
+            self._append_raw(run_id, [line for _, line in missing], sync=self.durable)
             head = (missing[-1][0]["seq"], missing[-1][0]["record_hash"])
         return head
 
@@ -358,7 +351,7 @@ class JsonlLedgerStore(LedgerStore):
             if len(pending) <= 64:
                 return [line for _, line in pending]
         # A long backlog would bloat every checkpoint: sync it now instead.
-        self._fdatasync(self.path_for(run_id))
+        sync_path(self.path_for(run_id))
         self._synced(run_id, pending[-1][0])
         return self.unsynced_lines(run_id)
 
@@ -413,9 +406,6 @@ class JsonlLedgerStore(LedgerStore):
             chained = self.prepare(run_id, records)
             self.write(run_id, chained)
         return [d for d, _ in chained]
-
-    def _append_lines(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]], *, sync: bool) -> None:
-        self._append_raw(run_id, [line for _, line in chained], sync=sync)
 
     def _append_raw(self, run_id: str, lines: List[str], *, sync: bool) -> None:
         # Opened per append rather than cached: a shared descriptor cache would let one
