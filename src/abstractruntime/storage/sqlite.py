@@ -49,6 +49,25 @@ CREATE TABLE IF NOT EXISTS ledger (
 """
 
 
+class _Job:
+    """One writer's part of a group commit."""
+
+    __slots__ = ("run", "run_id", "records", "state_text", "summary", "chained", "done", "error")
+
+    def __init__(
+        self,
+        run: Optional[RunState],
+        run_id: str,
+        records: List[StepRecord],
+        state_text: Optional[str],
+        summary: Optional[RunSummary],
+    ) -> None:
+        self.run, self.run_id, self.records, self.state_text, self.summary = run, run_id, records, state_text, summary
+        self.chained: List[Tuple[Dict[str, Any], str]] = []
+        self.done = False
+        self.error: Optional[BaseException] = None
+
+
 class SqliteDatabase:
     """The shared database of a `SqliteRunStore` and a `SqliteLedgerStore`."""
 
@@ -66,6 +85,9 @@ class SqliteDatabase:
         self.ord = int(row[0])
         self.run_listeners: List[RunListener] = []
         self.ledger_listeners: List[LedgerListener] = []
+        self._cond = threading.Condition()
+        self._pending: List[_Job] = []
+        self._leading = False
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self.heads.get(run_id)
@@ -79,35 +101,90 @@ class SqliteDatabase:
         return h
 
     def write(self, run: Optional[RunState], run_id: str, records: List[StepRecord]) -> List[Dict[str, Any]]:
-        """Insert records and upsert the checkpoint in one transaction."""
+        """Insert records and upsert the checkpoint in one transaction.
+
+        Group commit: concurrent writers join a batch that the first of them commits as one
+        transaction, so one WAL fsync covers them all (each writer's part sits in a savepoint:
+        one that fails leaves the others intact). A lone writer commits alone, at once.
+        """
         state_text = dumps(run.to_dict()) if run is not None else None  # fails before anything is written
-        summary = RunSummary.from_state(run) if run is not None else None
-        with self.lock:
-            chained = chain_records(records, *self.head(run_id)) if records else []
-            c = self.conn
-            c.execute("BEGIN IMMEDIATE")
+        job = _Job(run, run_id, list(records), state_text, RunSummary.from_state(run) if run is not None else None)
+        with self._cond:
+            self._pending.append(job)
+            leader = not self._leading
+            if leader:
+                self._leading = True
+            else:
+                while not job.done:
+                    self._cond.wait()
+        if leader:
             try:
-                if chained:
-                    c.executemany(
-                        "INSERT INTO ledger (run_id, seq, record) VALUES (?, ?, ?)",
-                        [(run_id, d["seq"], line) for d, line in chained],
-                    )
-                if run is not None and summary is not None:
-                    self._upsert(run, summary, state_text or "")
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            if chained:
-                self.heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
-        stored = [d for d, _ in chained]
+                while True:
+                    with self._cond:
+                        batch, self._pending = self._pending, []
+                        if not batch:
+                            self._leading = False
+                            self._cond.notify_all()
+                            break
+                    self._commit_batch(batch)
+                    with self._cond:
+                        self._cond.notify_all()
+            finally:
+                with self._cond:
+                    if self._leading and not self._pending:
+                        self._leading = False
+                        self._cond.notify_all()
+        if job.error is not None:
+            raise job.error
+        stored = [d for d, _ in job.chained]
         if stored:
             for fn in self.ledger_listeners:
                 fn(run_id, stored)
-        if summary is not None:
+        if job.summary is not None:
             for rl in self.run_listeners:
-                rl(summary)
+                rl(job.summary)
         return stored
+
+    def _commit_batch(self, batch: List[_Job]) -> None:
+        with self.lock:
+            c = self.conn
+            ok: List[_Job] = []
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                for i, job in enumerate(batch):
+                    try:
+                        job.chained = chain_records(job.records, *self.head(job.run_id)) if job.records else []
+                    except (TypeError, ValueError) as e:
+                        job.error = e
+                        continue
+                    c.execute(f"SAVEPOINT j{i}")
+                    try:
+                        if job.chained:
+                            c.executemany(
+                                "INSERT INTO ledger (run_id, seq, record) VALUES (?, ?, ?)",
+                                [(job.run_id, d["seq"], line) for d, line in job.chained],
+                            )
+                        if job.run is not None and job.summary is not None:
+                            self._upsert(job.run, job.summary, job.state_text or "")
+                        c.execute(f"RELEASE j{i}")
+                        ok.append(job)
+                    except sqlite3.Error as e:
+                        c.execute(f"ROLLBACK TO j{i}")
+                        c.execute(f"RELEASE j{i}")
+                        job.error = e
+                c.execute("COMMIT")
+            except BaseException as e:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                for job in batch:
+                    if job.error is None:
+                        job.error = e if isinstance(e, Exception) else RuntimeError(str(e))
+                ok = []
+            for job in ok:
+                if job.chained:
+                    self.heads[job.run_id] = (job.chained[-1][0]["seq"], job.chained[-1][0]["record_hash"])
+        for job in batch:
+            job.done = True
 
     def _upsert(self, run: RunState, s: RunSummary, state_text: str) -> None:
         due = None
