@@ -103,6 +103,53 @@ def _load_syncfs():
 _syncfs = _load_syncfs()
 
 
+def _load_exchange():
+    """renameat2(..., RENAME_EXCHANGE) through libc's syscall(), where the kernel has it."""
+    import ctypes
+    import platform
+
+    nr = {"x86_64": 316, "aarch64": 276}.get(platform.machine())
+    if nr is None:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    syscall = libc.syscall
+    at_fdcwd, rename_exchange = -100, 2
+
+    def exchange(a: str, b: str) -> None:
+        if syscall(nr, at_fdcwd, a.encode(), at_fdcwd, b.encode(), rename_exchange) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), b)
+
+    return exchange
+
+
+_exchange = _load_exchange()
+
+
+def exchange_works(folder: str) -> bool:
+    """Whether this kernel and filesystem swap two names atomically (checked once per store)."""
+    if _exchange is None:
+        return False
+    a, b = os.path.join(folder, f".x{uuid.uuid4().hex[:8]}"), os.path.join(folder, f".y{uuid.uuid4().hex[:8]}")
+    try:
+        for p in (a, b):
+            with open(p, "wb"):
+                pass
+        _exchange(a, b)
+        return True
+    except OSError:
+        return False
+    finally:
+        for p in (a, b):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+
 class Flusher:
     """Group commit for files whose content is already durable elsewhere.
 
@@ -252,6 +299,19 @@ class TempPool:
                 return path, cls
         return None
 
+    def give_back(self, path: str) -> None:
+        """Take a file displaced by an exchange back into the pool: it is allocated and
+        synced at a class size, so the next checkpoint written into it changes no metadata."""
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return
+        if size in self._free and not self._closed:
+            with self._lock:
+                self._free[size].append(path)
+        else:
+            os.unlink(path)  # a checkpoint written outside the pool (exact size): not reusable
+
     def _loop(self) -> None:
         while not self._closed:
             self._wake.wait()
@@ -307,10 +367,10 @@ class TempPool:
 
 
 class _Replace:
-    __slots__ = ("tmp", "path", "dir_fd", "done", "error")
+    __slots__ = ("tmp", "path", "dir_fd", "swap", "done", "error")
 
-    def __init__(self, tmp: str, path: str, dir_fd: int) -> None:
-        self.tmp, self.path, self.dir_fd = tmp, path, dir_fd
+    def __init__(self, tmp: str, path: str, dir_fd: int, swap: bool) -> None:
+        self.tmp, self.path, self.dir_fd, self.swap = tmp, path, dir_fd, swap
         self.done = False
         self.error: Optional[OSError] = None
 
@@ -327,15 +387,20 @@ class GroupCommitter:
     visible, and the rename on disk before the commit returns.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool: Optional[TempPool] = None, *, exchange: bool = False) -> None:
+        # With `exchange`, a replace over an existing file swaps the two names instead
+        # (renameat2 RENAME_EXCHANGE): the displaced old checkpoint becomes a pool file for a
+        # later write, so no inode is created or freed per checkpoint. Atomic all the same.
+        self._pool = pool
+        self._exchange = exchange and pool is not None and _exchange is not None
         self._cond = threading.Condition()
         self._pending: list = []
         self._leading = False
         self.batches = 0
         self.commits = 0
 
-    def replace(self, tmp: str, path: str, dir_fd: int) -> None:
-        item = _Replace(tmp, path, dir_fd)
+    def replace(self, tmp: str, path: str, dir_fd: int, *, exists: bool = False) -> None:
+        item = _Replace(tmp, path, dir_fd, self._exchange and exists)
         with self._cond:
             self._pending.append(item)
             if self._leading:
@@ -373,10 +438,21 @@ class GroupCommitter:
                     sync_path(it.tmp)
             folders: dict = {}
             for it in batch:
-                os.replace(it.tmp, it.path)
+                if it.swap:
+                    try:
+                        _exchange(it.tmp, it.path)  # type: ignore[misc]
+                    except FileNotFoundError:
+                        it.swap = False  # the target is gone after all: a plain rename
+                        os.replace(it.tmp, it.path)
+                else:
+                    os.replace(it.tmp, it.path)
                 folders[it.dir_fd] = True
             for dfd in folders:
                 os.fsync(dfd)
+            if self._pool is not None:
+                for it in batch:
+                    if it.swap:
+                        self._pool.give_back(it.tmp)
             err: Optional[OSError] = None
         except OSError as e:
             err = e

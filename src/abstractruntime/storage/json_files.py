@@ -30,6 +30,7 @@ from ._durable import (
     TempPool,
     atomic_write,
     check_run_id,
+    exchange_works,
     open_dir_fd,
     shared_flusher,
     sync_path,
@@ -56,7 +57,7 @@ class JsonFileRunStore(RunStore):
         self._dir_fd = open_dir_fd(self.base_dir)
         self._flusher = shared_flusher()
         self._pool = TempPool(os.path.join(self.base_dir, "_tmp")) if durable else None
-        self._committer = GroupCommitter()
+        self._committer = GroupCommitter(self._pool, exchange=durable and exchange_works(self.base_dir))
         # The newest checkpoints as written: the next tick of a run reads back what this store
         # wrote moments ago, and one process owns the folder, so no file read is needed.
         self._recent: OrderedDict[str, bytes] = OrderedDict()
@@ -171,7 +172,7 @@ class JsonFileRunStore(RunStore):
             self._recent.pop(run.run_id, None)  # a failed write below must not leave a stale copy
         if self.durable:
             # Concurrent commits share their syncs (see GroupCommitter); a lone one does not wait.
-            self._committer.replace(write_temp(path, data, self._pool), path, self._dir_fd)
+            self._committer.replace(write_temp(path, data, self._pool), path, self._dir_fd, exists=old is not None)
         else:
             atomic_write(path, data, durable=False, dir_fd=self._dir_fd)
         with self._recent_lock:
