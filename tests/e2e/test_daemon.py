@@ -332,3 +332,22 @@ def test_golden_requests_against_a_daemon(tmp_path):
             if BY_NAME[name].result is not None:
                 BY_NAME[name].result.model_validate(result)
         c.close()
+
+
+def test_a_broken_workflow_file_is_reported_and_the_rest_served(tmp_path):
+    import shutil
+
+    from conftest import ROOT
+
+    wf_dir = tmp_path / "wfs"
+    shutil.copytree(ROOT / "examples" / "workflows", wf_dir)
+    (wf_dir / "broken.py").write_text("from abstractruntime import WorkflowSpec\n\nx = 1\nraise RuntimeError('oops at import')\n")
+    (wf_dir / "bad_spec.py").write_text("from abstractruntime import WorkflowSpec\n\nw = WorkflowSpec(workflow_id='w', entry_node='nope', nodes={'a': print})\n")
+    (tmp_path / "d").mkdir()
+    with daemon(tmp_path / "d", "unix", workflows=wf_dir) as d, d.client() as c:
+        res = c.call("workflows/list")
+        assert {w["workflow_id"] for w in res["workflows"]} == {"approval", "greeting"}
+        errors = {os.path.basename(e["file"]): e for e in res["load_errors"]}
+        assert errors["broken.py"]["line"] == 4 and "RuntimeError: oops at import" in errors["broken.py"]["message"]
+        assert errors["bad_spec.py"]["line"] == 3 and "entry_node 'nope'" in errors["bad_spec.py"]["message"]
+        assert c.start("greeting").state.status == "waiting"

@@ -11,7 +11,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from ..core.errors import AbstractRuntimeError
-from ..protocol.errors import APP_ERRORS
+from ..protocol.errors import from_wire
 
 
 class ProtocolError(AbstractRuntimeError):
@@ -33,12 +33,7 @@ class ConnectionLost(ConnectionError):
 def to_error(err: Dict[str, Any]) -> Exception:
     code, message, data = err.get("code"), err.get("message", ""), err.get("data")
     if isinstance(code, int) and code >= 1000:
-        extra = dict(data) if isinstance(data, dict) else {}
-        extra.pop("name", None)
-        for cls in APP_ERRORS:
-            if cls.CODE == code:
-                return cls(message, **extra)
-        return AbstractRuntimeError(message, **extra)
+        return from_wire(code, message, data)
     return ProtocolError(code if isinstance(code, int) else -32603, message, data)
 
 

@@ -10,7 +10,7 @@ keep working.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 
 class AbstractRuntimeError(Exception):
@@ -114,13 +114,3 @@ ERROR_TYPES = (
     WorkflowMismatchError,
     EffectHandlerMissingError,
 )
-
-
-def error_for_code(code: int, message: str, data: Optional[Dict[str, Any]] = None) -> AbstractRuntimeError:
-    """Rebuild a typed error from a wire error object (used by clients)."""
-    for cls in ERROR_TYPES:
-        if cls.CODE == code:
-            payload = dict(data or {})
-            payload.pop("name", None)
-            return cls(message, **payload)
-    return AbstractRuntimeError(message, **(data or {}))

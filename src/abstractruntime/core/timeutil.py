@@ -11,7 +11,3 @@ def iso_to_epoch(value: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
-
-
-def epoch_to_iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat()

@@ -348,7 +348,8 @@ class Session:
                     "version": wf.version,
                 }
                 for wf in self.hub.registry
-            ]
+            ],
+            "load_errors": self.hub.load_errors,
         }
 
     async def status(self, p: m.Empty) -> Dict[str, Any]:

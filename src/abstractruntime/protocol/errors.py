@@ -83,3 +83,13 @@ def error_table() -> Dict[str, Dict[str, Any]]:
         doc = (cls.__doc__ or "").strip().splitlines()
         table[cls.NAME] = {"code": cls.CODE, "description": doc[0] if doc else cls.NAME.replace("_", " ") + "."}
     return table
+
+
+def from_wire(code: Any, message: str, data: Any) -> AbstractRuntimeError:
+    """The typed error a client raises for an application error object (code >= 1000)."""
+    extra = dict(data) if isinstance(data, dict) else {}
+    extra.pop("name", None)
+    for cls in APP_ERRORS:
+        if cls.CODE == code:
+            return cls(message, **extra)
+    return AbstractRuntimeError(message, **extra)

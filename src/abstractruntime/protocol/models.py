@@ -231,8 +231,17 @@ class WorkflowInfo(Result):
     version: Optional[str] = Field(None, description="A hash of the defining module's source.")
 
 
+class LoadError(Result):
+    file: str
+    line: Optional[int] = None
+    message: str
+
+
 class WorkflowsListResult(Result):
     workflows: List[WorkflowInfo]
+    load_errors: List[LoadError] = Field(
+        default_factory=list, description="Workflow files that failed to load: the file, the line, the error."
+    )
 
 
 class DaemonStatusResult(Result):
