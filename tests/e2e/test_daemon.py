@@ -351,3 +351,21 @@ def test_a_broken_workflow_file_is_reported_and_the_rest_served(tmp_path):
         assert errors["broken.py"]["line"] == 4 and "RuntimeError: oops at import" in errors["broken.py"]["message"]
         assert errors["bad_spec.py"]["line"] == 3 and "entry_node 'nope'" in errors["bad_spec.py"]["message"]
         assert c.start("greeting").state.status == "waiting"
+
+
+def test_a_second_daemon_on_the_same_data_folder_refuses_to_start(tmp_path):
+    import subprocess
+    import sys
+
+    from abstractruntime.client.connection import env_with_package
+
+    with daemon(tmp_path, "unix") as d:
+        p = subprocess.run(
+            [sys.executable, "-m", "abstractruntime", "serve", "--data", str(d.data), "--workflows", str(d.workflows),
+             "--socket", str(tmp_path / "other.sock")],
+            env=env_with_package(), capture_output=True, text=True, timeout=30,
+        )
+        assert p.returncode == 1
+        assert f"pid {d.proc.pid}" in p.stderr and d.socket in p.stderr
+        with d.client() as c:
+            assert c.status().pid == d.proc.pid

@@ -11,6 +11,7 @@ use, so a daemon that restarts after a crash starts past anything it handed out.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .. import __version__
 from ..core.runtime import Runtime
+from ..protocol import discovery
 from ..protocol.errors import CursorExpiredError
 from ..scheduler import Scheduler, WorkflowRegistry
 from ..storage import (
@@ -66,6 +68,7 @@ class Hub:
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self._lock_fd = _lock_data_dir(self.data_dir)
         self.store_kind = store
         self.started = time.time()
         if store == "files":
@@ -134,6 +137,7 @@ class Hub:
         self.ledger_store.close()
         atomic_write(self._cursor_file + ".last", str(self._cursor).encode(), durable=True, dir_fd=self._dir_fd)
         os.close(self._dir_fd)
+        os.close(self._lock_fd)  # releases the folder for the next daemon
 
     def reload_workflows(self) -> None:
         specs, errors = load_workflow_dirs(self.workflow_dirs)
@@ -254,3 +258,23 @@ class Hub:
             "scheduler": self.scheduler.stats.to_dict(),
             "cursor": self._cursor,
         }
+
+
+class DataFolderInUse(RuntimeError):
+    pass
+
+
+def _lock_data_dir(data_dir: str) -> int:
+    """One daemon per data folder: two writers would corrupt the stores' indexes."""
+    fd = os.open(os.path.join(data_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        info = discovery.read_discovery(data_dir) or {}
+        where = info.get("socket") or info.get("tcp") or "unknown address"
+        raise DataFolderInUse(
+            f"{data_dir} is in use by another daemon (pid {info.get('pid', '?')}, at {where}); "
+            "stop it first, or pass another --data folder"
+        ) from None
+    return fd

@@ -24,7 +24,7 @@ from .. import __version__
 from ..protocol import discovery as paths
 from ..storage._durable import atomic_write
 from .framing import FrameError, StreamWriterAdapter, read_frames
-from .hub import Hub
+from .hub import DataFolderInUse, Hub
 from .session import Session
 
 log = logging.getLogger("abstractruntime.daemon")
@@ -205,7 +205,11 @@ def run(args: Any) -> int:
         logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
     data = paths.data_dir(args.data)
     workflows = args.workflows or ["workflows"]
-    hub = Hub(data_dir=data, workflow_dirs=workflows, store=args.store, durable=not args.relaxed, workers=args.workers)
+    try:
+        hub = Hub(data_dir=data, workflow_dirs=workflows, store=args.store, durable=not args.relaxed, workers=args.workers)
+    except DataFolderInUse as e:
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 1
     hub.start()
     daemon = Daemon(hub, max_frame=args.max_frame)
     try:
