@@ -3,7 +3,8 @@
 pygls's own reader drops malformed frames silently; this loop answers them as JSON-RPC
 requires (parse error, invalid request, with `"id": null` when the id cannot be read),
 refuses frames over a size limit (and skips their body to stay in sync), and hands every
-well-formed message to the connection's session. Nothing a client sends can end the daemon: at worst its own connection closes.
+well-formed message to the connection's session. Nothing a client sends can end the daemon:
+at worst its own connection closes.
 """
 
 from __future__ import annotations
