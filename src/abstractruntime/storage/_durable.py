@@ -7,7 +7,7 @@ import os
 import re
 import threading
 import uuid
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from ..core.errors import AbstractRuntimeError
 
@@ -366,6 +366,48 @@ class TempPool:
                 free.clear()
 
 
+class Batcher:
+    """Leader/follower group commit, shared by the file and SQLite stores.
+
+    `submit(item)` queues an item (which has a `done` flag) and returns once a batch that
+    holds it has run. The first submitter while no batch runs becomes the leader: it runs
+    `run_batch` on everything queued, again and again until the queue is empty, so writers
+    arriving during a batch share the next one. `run_batch` must set `done` on every item
+    (and record any error on it); a lone submitter runs its batch of one at once.
+    """
+
+    def __init__(self, run_batch: Callable[[list], None]) -> None:
+        self._run_batch = run_batch
+        self._cond = threading.Condition()
+        self._pending: list = []
+        self._leading = False
+
+    def submit(self, item: Any) -> None:
+        with self._cond:
+            self._pending.append(item)
+            if self._leading:
+                while not item.done:
+                    self._cond.wait()
+                return
+            self._leading = True
+        try:
+            while True:
+                with self._cond:
+                    batch, self._pending = self._pending, []
+                    if not batch:
+                        self._leading = False
+                        self._cond.notify_all()
+                        return
+                self._run_batch(batch)
+                with self._cond:
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                if self._leading and not self._pending:
+                    self._leading = False
+                    self._cond.notify_all()
+
+
 class _Replace:
     __slots__ = ("tmp", "path", "dir_fd", "swap", "done", "error")
 
@@ -393,39 +435,13 @@ class GroupCommitter:
         # later write, so no inode is created or freed per checkpoint. Atomic all the same.
         self._pool = pool
         self._exchange = exchange and pool is not None and _exchange is not None
-        self._cond = threading.Condition()
-        self._pending: list = []
-        self._leading = False
+        self._batcher = Batcher(self._run)
         self.batches = 0
         self.commits = 0
 
     def replace(self, tmp: str, path: str, dir_fd: int, *, exists: bool = False) -> None:
         item = _Replace(tmp, path, dir_fd, self._exchange and exists)
-        with self._cond:
-            self._pending.append(item)
-            if self._leading:
-                while not item.done:
-                    self._cond.wait()
-                if item.error is not None:
-                    raise item.error
-                return
-            self._leading = True
-        try:
-            while True:
-                with self._cond:
-                    batch, self._pending = self._pending, []
-                    if not batch:
-                        self._leading = False
-                        self._cond.notify_all()
-                        break
-                self._run(batch)
-                with self._cond:
-                    self._cond.notify_all()
-        finally:
-            with self._cond:
-                if self._leading and not self._pending:
-                    self._leading = False
-                    self._cond.notify_all()
+        self._batcher.submit(item)
         if item.error is not None:
             raise item.error
 

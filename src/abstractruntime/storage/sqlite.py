@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ..core.timeutil import iso_to_epoch
+from ._durable import Batcher
 from ._index import RunIndex
 from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, _reason_value, _status_value
 from .ledger_chain import chain_records
@@ -85,9 +86,7 @@ class SqliteDatabase:
         self.ord = int(row[0])
         self.run_listeners: List[RunListener] = []
         self.ledger_listeners: List[LedgerListener] = []
-        self._cond = threading.Condition()
-        self._pending: List[_Job] = []
-        self._leading = False
+        self._batcher = Batcher(self._commit_batch)
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self.heads.get(run_id)
@@ -109,31 +108,7 @@ class SqliteDatabase:
         """
         state_text = dumps(run.to_dict()) if run is not None else None  # fails before anything is written
         job = _Job(run, run_id, list(records), state_text, RunSummary.from_state(run) if run is not None else None)
-        with self._cond:
-            self._pending.append(job)
-            leader = not self._leading
-            if leader:
-                self._leading = True
-            else:
-                while not job.done:
-                    self._cond.wait()
-        if leader:
-            try:
-                while True:
-                    with self._cond:
-                        batch, self._pending = self._pending, []
-                        if not batch:
-                            self._leading = False
-                            self._cond.notify_all()
-                            break
-                    self._commit_batch(batch)
-                    with self._cond:
-                        self._cond.notify_all()
-            finally:
-                with self._cond:
-                    if self._leading and not self._pending:
-                        self._leading = False
-                        self._cond.notify_all()
+        self._batcher.submit(job)
         if job.error is not None:
             raise job.error
         stored = [d for d, _ in job.chained]
