@@ -15,6 +15,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.jsonutil import dumps
@@ -87,6 +88,10 @@ class SqliteDatabase:
         self.run_listeners: List[RunListener] = []
         self.ledger_listeners: List[LedgerListener] = []
         self._batcher = Batcher(self._commit_batch)
+        # The newest checkpoints as committed. A tick reads back the state it committed
+        # moments ago, and reading through the connection would wait behind the batch
+        # leader's lock for a whole commit (its fsync); one daemon owns the database.
+        self.recent: OrderedDict[str, str] = OrderedDict()
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self.heads.get(run_id)
@@ -158,6 +163,11 @@ class SqliteDatabase:
             for job in ok:
                 if job.chained:
                     self.heads[job.run_id] = (job.chained[-1][0]["seq"], job.chained[-1][0]["record_hash"])
+                if job.state_text is not None:
+                    self.recent[job.run_id] = job.state_text
+                    self.recent.move_to_end(job.run_id)
+                    if len(self.recent) > 4096:
+                        self.recent.popitem(last=False)
         for job in batch:
             job.done = True
 
@@ -223,6 +233,9 @@ class SqliteRunStore(RunStore):
         return super().commit(run, records, ledger)
 
     def load(self, run_id: str) -> Optional[RunState]:
+        cached = self.db.recent.get(run_id)
+        if cached is not None:
+            return RunState.from_dict(json.loads(cached))
         with self.db.lock:
             row = self.db.conn.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return RunState.from_dict(json.loads(row[0])) if row else None
