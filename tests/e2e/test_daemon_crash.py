@@ -43,10 +43,19 @@ def test_sigkill_under_load_then_every_run_finishes(tmp_path):
         assert len(errors) == 8  # every client saw its connection drop
 
         d.start()  # restart on the same data folder
+        def all_runs(c):
+            out, cursor = [], None
+            while True:
+                page = c.runs(limit=1000, cursor=cursor)
+                out += page.runs
+                if page.next is None:
+                    return out
+                cursor = page.next
+
         with d.client() as c:
             deadline = time.time() + 60
             while time.time() < deadline:
-                runs = c.runs(limit=1000).runs
+                runs = all_runs(c)
                 pending = [r for r in runs if r.status != "completed"]
                 if not pending:
                     break
@@ -57,7 +66,7 @@ def test_sigkill_under_load_then_every_run_finishes(tmp_path):
                         except Exception:  # noqa: BLE001 - a racing scheduler tick may answer first
                             pass
                 time.sleep(0.1)
-            runs = c.runs(limit=1000).runs
+            runs = all_runs(c)
         d.stop()
 
     # Nothing a client was told is lost; every run finished exactly once; ledgers verify.
