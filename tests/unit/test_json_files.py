@@ -106,6 +106,7 @@ def test_unclean_open_corrects_an_index_that_leads(tmp_path):
     from abstractruntime.storage.base import RunSummary
 
     rs._log.append([RunSummary.from_state(run)])
+    rs._log.flush()  # the line reached the file; then the process died
     # (no close: the OPEN marker stays, as after a crash)
     rs2 = JsonFileRunStore(tmp_path)
     assert [s.run_id for s in rs2.list_run_summaries(status="waiting")] == [rid]
@@ -182,6 +183,7 @@ def test_unclean_open_forgets_a_start_that_never_landed(tmp_path):
     from abstractruntime.storage.base import RunSummary
 
     rs._log.append([RunSummary.from_state(ghost)])  # index line written, then the crash: no checkpoint
+    rs._log.flush()
     rs2 = JsonFileRunStore(tmp_path)
     assert [s.run_id for s in rs2.list_run_summaries()] == [rid]
     assert rs2.load("ghost-run") is None

@@ -49,6 +49,7 @@ class IndexLog:
         self.gen = 0
         self.lines = 0
         self.fd: Optional[int] = None
+        self._queued: List[list] = []
 
     def load(self) -> tuple[Dict[str, RunSummary], List[str], bool]:
         """Return (summaries, run ids of the newest lines, whether any index existed)."""
@@ -94,13 +95,22 @@ class IndexLog:
             os.fsync(self._dir_fd)
 
     def append(self, summaries: Iterable[RunSummary], *, gone: Iterable[str] = ()) -> None:
-        """Append summaries, and tombstones (`[run_id]`) for runs that do not exist."""
+        """Queue summaries, and tombstones (`[run_id]`) for runs that do not exist; `flush`
+        writes them. Queued, not written: a write can stall behind writeback of the same
+        file, and this sits on every status change's path. Lines lost to a crash are
+        recovered by the unclean-open scan (every run file written since the log's last
+        write is re-read)."""
         rows = [to_row(s) for s in summaries] + [[rid] for rid in gone]
-        data = "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows).encode()
         with self.lock:
-            assert self.fd is not None
-            write_all(self.fd, data)
-            self.lines += data.count(b"\n")
+            self._queued.extend(rows)
+            self.lines += len(rows)
+
+    def flush(self) -> None:
+        with self.lock:
+            rows, self._queued = self._queued, []
+            if rows:
+                assert self.fd is not None
+                write_all(self.fd, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode())
 
     def path(self) -> str:
         return os.path.join(self.dir, f"log.{self.gen}")
@@ -119,6 +129,7 @@ class IndexLog:
 
     def compact(self, rows_of: Callable[[], List[list]]) -> None:
         """Fold everything into a new snapshot; later lines go to a fresh log generation."""
+        self.flush()
         with self.lock:
             self.gen += 1
             self._open_log()
@@ -131,6 +142,7 @@ class IndexLog:
                 os.unlink(os.path.join(self.dir, n))
 
     def close(self) -> None:
+        self.flush()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

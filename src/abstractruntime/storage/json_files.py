@@ -167,6 +167,7 @@ class JsonFileRunStore(RunStore):
             # not fsync'd: after a power loss the unclean-open scan re-reads every run file
             # written since the log last reached the disk.
             self._log.append([s])
+            self._flusher.mark(self._log.path(), before_sync=self._log.flush)
         data = text.encode()
         with self._recent_lock:
             self._recent.pop(run.run_id, None)  # a failed write below must not leave a stale copy
@@ -188,6 +189,8 @@ class JsonFileRunStore(RunStore):
             self.save(run)
             return []
         with ledger.run_lock(run.run_id):
+            if self._index.get(run.run_id) is None:
+                ledger.know_new(run.run_id)  # a run the index never saw has an empty ledger
             chained = ledger.prepare(run.run_id, records)
             d = run.to_dict()
             # Every ledger line not yet known to be on disk rides in the checkpoint: once the
@@ -283,6 +286,11 @@ class JsonlLedgerStore(LedgerStore):
             return lock
 
     # -- opening a run's ledger: torn tail and catch-up from the checkpoint ----------------
+
+    def know_new(self, run_id: str) -> None:
+        """The run is brand new: its ledger is empty, no need to look at the disk."""
+        if run_id not in self._heads and not os.path.exists(self.path_for(run_id)):
+            self._heads[run_id] = (0, None)
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self._heads.get(run_id)
