@@ -5,11 +5,14 @@ the first log generation it does not include; `log.<gen>` files hold summary lin
 after it. Opening reads the snapshot and replays newer logs: no run file is read, which is
 what keeps re-opening a store of 100,000 runs well under a second.
 
-A summary line is written *before* the checkpoint it describes is renamed into place (and
-synced with it), so after a crash the index can lead a checkpoint but never lag one. On open
-the newest lines' runs are checked against their files, which settles the runs that were
-mid-save when the process died. Compaction writes a new snapshot and drops old logs; a crash
-half-way leaves old logs that the snapshot's generation number makes harmless.
+The index is a cache of what the checkpoints say, so its lines are queued and written (and
+synced) by the store's flusher, off the step's path: after a crash the log may lead a
+checkpoint (a line for a save that never landed) or lag one (lines still queued). An open
+after an unclean stop settles both: it re-checks the runs of the newest lines and every run
+file written since shortly before the log's last write, correcting or dropping entries (a
+tombstone `[run_id]` records a run that never landed). Compaction writes a new snapshot and
+drops old logs; a crash half-way leaves old logs that the snapshot's generation number makes
+harmless.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ class JsonFileRunStore(RunStore):
             s = self._index.get(rid)
             if run is None:
                 if s is not None:
-                    # Its index line was written ahead of a checkpoint that never landed (a
+                    # Its index line was written for a checkpoint that never landed (a
                     # start cut short by the crash): the run does not exist.
                     self._index.remove(rid)
                     gone.append(rid)
@@ -162,10 +162,9 @@ class JsonFileRunStore(RunStore):
         old = self._index.get(run.run_id)
         changed = old is None or _key(old) != _key(s)
         if changed:
-            # Written ahead of the checkpoint, so after a process crash the index may lead a
-            # checkpoint but never lag one. It is a cache of what the checkpoints say, so it is
-            # not fsync'd: after a power loss the unclean-open scan re-reads every run file
-            # written since the log last reached the disk.
+            # The index log is a cache of what the checkpoints say: queued here, written and
+            # synced by the flusher. A crash can lose or reorder its newest lines; the
+            # unclean-open scan re-reads every run file written since the log's last write.
             self._log.append([s])
             self._flusher.mark(self._log.path(), before_sync=self._log.flush)
         data = text.encode()
