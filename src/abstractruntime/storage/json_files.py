@@ -1,16 +1,20 @@
 """File stores: one `run_<run_id>.json` checkpoint and one `ledger_<run_id>.jsonl` per run.
 
-Durable by default: every checkpoint is replaced atomically and fsync'd (file, then folder),
-and every ledger append is fsync'd before the step counts as done. `durable=False` skips the
-fsyncs: a process crash still loses nothing (the page cache survives it), a power loss may.
+Durable by default: every checkpoint is replaced atomically and fsync'd (temp file, fsync,
+rename, fsync of the folder), and every ledger line is on disk before its step counts as
+done. `durable=False` skips the fsyncs: a process crash still loses nothing (the page cache
+survives it), a power loss may.
 
-When both stores share a folder, a step commits in this order:
-  1. the step's ledger lines are chained and placed *inside* the new checkpoint (`_ledger_tail`),
-  2. the checkpoint is written atomically,
-  3. the lines are appended to the ledger file.
-A crash between 2 and 3 leaves the checkpoint ahead of the ledger; the ledger store completes
-the ledger from `_ledger_tail` the next time it opens that run's file. So the checkpoint and
-the ledger move together, and a step is never recorded twice nor half.
+When both stores share a folder, a step commits like this:
+  1. the step's ledger lines are chained and placed *inside* the new checkpoint
+     (`_ledger_tail`, with every earlier line not yet known to be on disk),
+  2. the checkpoint is written atomically (concurrent commits share a group commit),
+  3. the lines are queued for the ledger file, which the flusher appends and syncs in a
+     later batch; the next checkpoints keep carrying them until it has.
+A crash after 2 leaves the checkpoint ahead of the ledger file; the ledger store completes the
+file from `_ledger_tail` the next time it opens that run. So the checkpoint and the ledger move
+together, and a step is never recorded twice nor half. Host effects' records (`append_many`)
+are written and fsync'd at once, before the effect runs and before the run moves on.
 """
 
 from __future__ import annotations
