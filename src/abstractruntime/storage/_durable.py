@@ -175,12 +175,15 @@ class Flusher:
         self._thread.start()
 
     def mark(self, path: str, on_synced=None, *, before_sync=None, urgent: bool = False) -> None:
-        """`before_sync()` runs in the flusher just before the batch is synced (to write
-        what was queued for `path`); `on_synced()` after it."""
+        """`before_sync()` runs in the flusher just before the batch is synced, to write what
+        was queued for `path`: one per path and batch is enough (it writes everything queued),
+        so later ones for a path already marked are dropped. `on_synced()` runs after it."""
         with self._lock:
-            entry = self._dirty.setdefault(path, ([], []))
-            if before_sync is not None:
-                entry[0].append(before_sync)
+            entry = self._dirty.get(path)
+            if entry is None:
+                entry = self._dirty[path] = [before_sync, []]
+            elif entry[0] is None:
+                entry[0] = before_sync
             if on_synced is not None:
                 entry[1].append(on_synced)
         if urgent:
@@ -193,8 +196,8 @@ class Flusher:
         if not dirty:
             return
         for before, _ in dirty.values():
-            for fn in before:
-                fn()
+            if before is not None:
+                before()
         if _syncfs is not None:
             by_dev: dict = {}
             for path in dirty:

@@ -291,7 +291,9 @@ class JsonlLedgerStore(LedgerStore):
     # -- opening a run's ledger: torn tail and catch-up from the checkpoint ----------------
 
     def know_new(self, run_id: str) -> None:
-        """The run is brand new: its ledger is empty, no need to look at the disk."""
+        """The run is brand new: its ledger is empty. One stat (an orphan file from a start cut
+        short by a crash would still be read) instead of opening the ledger and re-reading the
+        run file for a catch-up."""
         if run_id not in self._heads and not os.path.exists(self.path_for(run_id)):
             self._heads[run_id] = (0, None)
 
