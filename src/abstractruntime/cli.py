@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run store backend (default: files; memory keeps nothing, for tests and benchmarks)",
     )
     s.add_argument("--relaxed", action="store_true", help="skip fsync: safe against a process crash, not a power loss")
+    s.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="don't reload workflow files when they change (reload on request: `abstractruntime reload`)",
+    )
     s.add_argument("--allow-remote", action="store_true", help="allow --tcp on a non-loopback address")
     s.add_argument("--workers", type=int, default=32, help="threads that run nodes and effects (default: 32)")
     s.add_argument("--max-frame", type=int, default=16 * 1024 * 1024, help="largest accepted message in bytes")
@@ -120,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="the daemon's version, uptime, store and run counts")
     _connection_args(p)
-    p = sub.add_parser("workflows", help="the workflows the daemon serves")
+    p = sub.add_parser("workflows", help="the workflows the daemon serves, their versions and load errors")
+    _connection_args(p)
+    p = sub.add_parser("reload", help="reload the workflow files that changed (the daemon also watches them)")
+    _connection_args(p)
+    p = sub.add_parser("migrate", help="move a waiting run that a code change stranded on to a node of the new version")
+    p.add_argument("run_id")
+    p.add_argument("--to-node", help="resume there (default: its resume node if it exists, else the entry node)")
     _connection_args(p)
     return parser
 
@@ -245,13 +256,34 @@ def _run_command(args: argparse.Namespace) -> int:
                 f"store: {s.store} at {s.data_dir}\nruns: {json.dumps(s.runs)}\nclients: {s.clients}",
             )
         elif cmd == "workflows":
-            wfs = c.workflows()
-            _out(
-                args,
-                {"workflows": [w.model_dump(mode="json") for w in wfs]},
-                "\n".join(f"{w.workflow_id:<20} {len(w.nodes)} nodes  {w.source or ''}" for w in wfs) or "no workflows",
-            )
+            res = c.workflows_list()
+            rows = [
+                f"{w.workflow_id:<20} {w.version or '-':<12} {len(w.nodes)} nodes  {w.source or ''}"
+                + (f"  ({w.stranded} stranded)" if w.stranded else "")
+                for w in res.workflows
+            ]
+            rows += [f"load error: {_where(e)}: {e.message}" for e in res.load_errors]
+            _out(args, res, "\n".join(rows) or "no workflows")
+        elif cmd == "reload":
+            r = c.reload_workflows()
+            _out(args, r, _describe_reload(r))
+        elif cmd == "migrate":
+            st = c.migrate(args.run_id, args.to_node)
+            _out(args, st, _describe_state(st))
     return 0
+
+
+def _where(e: Any) -> str:
+    return f"{e.file}:{e.line}" if e.line else e.file
+
+
+def _describe_reload(r: Any) -> str:
+    rows = [
+        f"{c.workflow_id}: {c.old_version or 'new'} -> {c.new_version or 'removed'}  ({c.file})" for c in r.changed
+    ] or ["no workflow changed"]
+    rows += [f"load error: {_where(e)}: {e.message}" for e in r.load_errors]
+    rows += [f"stranded: {x.run_id} ({x.workflow_id}) at {x.node_id}: {x.reason.replace('_', ' ')}" for x in r.stranded]
+    return "\n".join(rows)
 
 
 def _answer(c: Any, args: argparse.Namespace) -> int:

@@ -66,6 +66,7 @@ class AsyncClient:
         self.conn: Optional[Connection] = None
         self.server_info: Dict[str, Any] = {}
         self._queues: Dict[str, asyncio.Queue] = {}
+        self._changes: asyncio.Queue = asyncio.Queue(maxsize=100)  # the newest workflows/changed
 
     # -- constructors -------------------------------------------------------------------------------
 
@@ -104,6 +105,7 @@ class AsyncClient:
             return self  # already connected (e.g. `with` on a connected client)
         self.conn = await self.target.open()
         self.conn.on_notification("runtime/event", self._on_event)
+        self.conn.on_notification("workflows/changed", self._on_workflows_changed)
         try:
             init = await self.conn.request(
                 "initialize",
@@ -191,8 +193,28 @@ class AsyncClient:
         p = _drop_none({"name": name, "payload": payload, "scope": scope, "session_id": session_id})
         return m.EmitEventResult.model_validate(await self.call("runtime/emitEvent", p)).resumed
 
+    async def migrate(self, run_id: str, to_node: Optional[str] = None) -> m.RunStateModel:
+        p = _drop_none({"run_id": run_id, "to_node": to_node})
+        return m.StateResult.model_validate(await self.call("runtime/migrate", p)).state
+
     async def workflows(self) -> List[m.WorkflowInfo]:
-        return m.WorkflowsListResult.model_validate(await self.call("workflows/list")).workflows
+        return (await self.workflows_list()).workflows
+
+    async def workflows_list(self) -> m.WorkflowsListResult:
+        """The workflows with their versions, and the files that fail to load."""
+        return m.WorkflowsListResult.model_validate(await self.call("workflows/list"))
+
+    async def reload_workflows(self) -> m.WorkflowsChanged:
+        return m.WorkflowsChanged.model_validate(await self.call("workflows/reload"))
+
+    async def next_workflow_change(self, timeout: Optional[float] = None) -> m.WorkflowsChanged:
+        """The next `workflows/changed` notification (they queue up from connect on)."""
+        return await asyncio.wait_for(self._changes.get(), timeout)
+
+    def _on_workflows_changed(self, params: Any) -> None:
+        if self._changes.full():
+            self._changes.get_nowait()  # nobody reads them: keep the newest
+        self._changes.put_nowait(m.WorkflowsChanged.model_validate(params))
 
     async def status(self) -> m.DaemonStatusResult:
         return m.DaemonStatusResult.model_validate(await self.call("daemon/status"))

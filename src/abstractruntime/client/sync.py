@@ -105,6 +105,18 @@ class Client:
     def workflows(self):
         return self._run(self._inner.workflows())
 
+    def workflows_list(self):
+        return self._run(self._inner.workflows_list())
+
+    def migrate(self, run_id: str, to_node: Optional[str] = None):
+        return self._run(self._inner.migrate(run_id, to_node))
+
+    def reload_workflows(self):
+        return self._run(self._inner.reload_workflows())
+
+    def next_workflow_change(self, timeout: Optional[float] = None):
+        return self._run(self._inner.next_workflow_change(timeout))
+
     def status(self):
         return self._run(self._inner.status())
 

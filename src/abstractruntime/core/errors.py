@@ -101,6 +101,14 @@ class EffectHandlerMissingError(AbstractRuntimeError):
     NAME = "effect_handler_missing"
 
 
+class RunStrandedError(InvalidWorkflowError):
+    """A waiting run's resume node is gone from the workflow's current version (a reload
+    removed it). Nothing changed: restore the node, migrate the run, or cancel it."""
+
+    CODE = 1012
+    NAME = "run_stranded"
+
+
 ERROR_TYPES = (
     AbstractRuntimeError,
     RunNotFoundError,
@@ -113,4 +121,5 @@ ERROR_TYPES = (
     RunBusyError,
     WorkflowMismatchError,
     EffectHandlerMissingError,
+    RunStrandedError,
 )

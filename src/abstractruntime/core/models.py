@@ -180,6 +180,9 @@ class RunState:
     parent_run_id: Optional[str] = None
     # The version of the workflow the run started under (a hash of its source, when known).
     workflow_version: Optional[str] = None
+    # The version its latest step ran under: a daemon that hot-reloads a workflow moves
+    # waiting runs on to the new code, so this can differ from `workflow_version`.
+    last_version: Optional[str] = None
     # Node executions so far. Part of every idempotency key: a step replayed after a crash
     # from the same checkpoint gets the same number, so its recorded effect result is found.
     steps: int = 0
@@ -207,6 +210,7 @@ class RunState:
             session_id=session_id,
             parent_run_id=parent_run_id,
             workflow_version=workflow_version,
+            last_version=workflow_version,
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -225,6 +229,7 @@ class RunState:
             "session_id": self.session_id,
             "parent_run_id": self.parent_run_id,
             "workflow_version": self.workflow_version,
+            "last_version": self.last_version,
             "steps": self.steps,
         }
 
@@ -246,6 +251,7 @@ class RunState:
             session_id=d.get("session_id"),
             parent_run_id=d.get("parent_run_id"),
             workflow_version=d.get("workflow_version"),
+            last_version=d.get("last_version", d.get("workflow_version")),
             steps=int(d.get("steps") or 0),
         )
 
@@ -307,7 +313,7 @@ class StepRecord:
             session_id=run.session_id,
             attempt=attempt,
             idempotency_key=idempotency_key,
-            workflow_version=run.workflow_version,
+            workflow_version=run.last_version or run.workflow_version,
         )
 
     def finish_success(self, result: Optional[Dict[str, Any]] = None) -> StepRecord:

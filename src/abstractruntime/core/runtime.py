@@ -41,6 +41,7 @@ from .errors import (
     RunFinishedError,
     RunNotFoundError,
     RunNotWaitingError,
+    RunStrandedError,
     WaitKeyMismatchError,
     WorkflowMismatchError,
     WorkflowNotFoundError,
@@ -311,6 +312,7 @@ class Runtime:
                     got=wait_key,
                 )
             self._check_resume_target(workflow, run)
+            _bind_version(workflow, run)
             self._apply_resume(run, payload, t)
             state = self._advance(workflow, run, max_steps, t)
         self._run_after(t)
@@ -343,6 +345,62 @@ class Runtime:
         finally:
             self._cancel_requests.pop(run_id, None)
 
+    def migrate_run(
+        self, run_id: str, *, to_node: Optional[str] = None, workflow: Optional[WorkflowSpec] = None
+    ) -> RunState:
+        """Move a waiting run on to the workflow's current version, resuming at `to_node`.
+
+        For runs a code change stranded (their resume node is gone). Without `to_node` the run
+        keeps its resume node if the current version has it, else goes back to the entry node;
+        its vars and its wait are kept, and the ledger records the move.
+        """
+        t = _Tick()
+        with self._guard(run_id):
+            run = self.get_state(run_id)
+            if workflow is None:
+                workflow = self._workflow_for(run)
+            _check_workflow(workflow, run)
+            if run.status.is_terminal:
+                raise RunFinishedError(
+                    f"run {run_id} already {run.status.value}; it cannot be migrated",
+                    run_id=run_id,
+                    status=run.status.value,
+                )
+            w = run.waiting
+            if run.status != RunStatus.WAITING or w is None:
+                raise RunNotWaitingError(
+                    f"run {run_id} is not waiting (status {run.status.value}); only waiting runs migrate",
+                    run_id=run_id,
+                )
+            old_node = w.resume_to_node or run.current_node
+            target = to_node or (old_node if old_node in workflow.nodes else workflow.entry_node)
+            if target not in workflow.nodes:
+                raise InvalidWorkflowError(
+                    f"workflow {workflow.workflow_id!r} version {workflow.version or 'unversioned'} has no node "
+                    f"{target!r} (nodes: {', '.join(workflow.nodes)})",
+                    run_id=run_id,
+                    node_id=target,
+                )
+            old_version = run.last_version or run.workflow_version
+            w.resume_to_node = target
+            _bind_version(workflow, run)
+            rec = self._record(run, run.current_node, None)
+            t.records.append(
+                rec.finish_success(
+                    {
+                        "migrated": {
+                            "from_node": old_node,
+                            "to_node": target,
+                            "from_version": old_version,
+                            "to_version": workflow.version,
+                        }
+                    }
+                )
+            )
+            state = self._commit(run, t)
+        self._run_after(t)
+        return state
+
     def emit_event(
         self,
         *,
@@ -366,7 +424,7 @@ class Runtime:
                 resumed.append(rid)
             except (RunNotWaitingError, WaitKeyMismatchError, RunNotFoundError):
                 continue  # answered by someone else meanwhile
-            except WorkflowNotFoundError as e:
+            except (WorkflowNotFoundError, RunStrandedError) as e:
                 log.warning("event %s: cannot resume run %s: %s", key, rid, e)
         return resumed
 
@@ -387,6 +445,7 @@ class Runtime:
     def _advance(self, workflow: WorkflowSpec, run: RunState, max_steps: int, t: _Tick) -> RunState:
         if run.status.is_terminal:
             return run
+        _bind_version(workflow, run)
         if run.status == RunStatus.WAITING:
             if not self._unblock_if_ready(workflow, run, t):
                 return run
@@ -611,14 +670,17 @@ class Runtime:
         w = run.waiting
         target = (w.resume_to_node if w else None) or run.current_node
         if target not in workflow.nodes:
-            raise InvalidWorkflowError(
-                f"run {run.run_id} would resume at node {target!r}, which workflow {workflow.workflow_id!r} "
-                f"(version {workflow.version or 'unversioned'}) does not have; the run started under version "
-                f"{run.workflow_version or 'unversioned'}",
+            waited_under = run.last_version or run.workflow_version
+            raise RunStrandedError(
+                f"run {run.run_id} is stranded: it would resume at node {target!r}, which workflow "
+                f"{workflow.workflow_id!r} version {workflow.version or 'unversioned'} does not have (the run "
+                f"waits under version {waited_under or 'unversioned'}); restore the node, migrate the run "
+                "to another node, or cancel it",
                 run_id=run.run_id,
+                workflow_id=workflow.workflow_id,
                 node_id=target,
                 workflow_version=workflow.version,
-                run_version=run.workflow_version,
+                run_version=waited_under,
             )
 
     def _apply_resume(self, run: RunState, payload: Dict[str, Any], t: _Tick) -> None:
@@ -814,6 +876,12 @@ def _safe_call(handler: EffectHandler, run: RunState, effect: Effect, nxt: Optio
 
 def _type_key(t: Any) -> str:
     return t.value if isinstance(t, EffectType) else str(t)
+
+
+def _bind_version(workflow: WorkflowSpec, run: RunState) -> None:
+    # Steps record the version they ran under: the run's current code, not its first.
+    if workflow.version is not None:
+        run.last_version = workflow.version
 
 
 def _check_workflow(workflow: WorkflowSpec, run: RunState) -> None:

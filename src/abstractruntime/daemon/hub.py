@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .. import __version__
+from ..core.models import RunStatus
 from ..core.runtime import Runtime
 from ..protocol import discovery
 from ..protocol.errors import CursorExpiredError
@@ -38,7 +39,7 @@ from ..storage import (
 )
 from ..storage._durable import atomic_write, open_dir_fd
 from ..storage.base import RunSummary
-from .loader import load_workflow_dirs
+from .loader import ReloadResult, WorkflowCatalog
 
 log = logging.getLogger("abstractruntime.daemon")
 
@@ -83,8 +84,10 @@ class Hub:
         else:
             raise ValueError(f"unknown store {store!r} (expected files, sqlite or memory)")
         self.registry = WorkflowRegistry()
-        self.workflow_dirs = [os.path.abspath(d) for d in workflow_dirs]
-        self.load_errors: List[Dict[str, Any]] = []
+        self.catalog = WorkflowCatalog(workflow_dirs, self.registry)
+        self.workflow_dirs = self.catalog.dirs
+        self._reload_listeners: List[Callable[[Dict[str, Any]], Any]] = []
+        self._reload_lock = threading.Lock()
         self.runtime = Runtime(
             run_store=self.run_store, ledger_store=self.ledger_store, workflow_registry=self.registry
         )
@@ -108,6 +111,10 @@ class Hub:
         self.ledger_store.add_listener(self._on_records)
         self.run_store.add_listener(self._on_summary)
         self.reload_workflows()
+
+    @property
+    def load_errors(self) -> List[Dict[str, Any]]:
+        return self.catalog.errors()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -139,13 +146,75 @@ class Hub:
         os.close(self._dir_fd)
         os.close(self._lock_fd)  # releases the folder for the next daemon
 
-    def reload_workflows(self) -> None:
-        specs, errors = load_workflow_dirs(self.workflow_dirs)
-        for wf in specs:
-            self.registry.register(wf)
-        self.load_errors = errors
-        for e in errors:
-            log.error("workflow load error: %s:%s: %s", e["file"], e.get("line"), e["message"])
+    # -- workflows ------------------------------------------------------------------------------
+
+    def on_reload(self, fn: Callable[[Dict[str, Any]], Any]) -> None:
+        """`fn(report)` after each reload that changed something (a `workflows/changed`)."""
+        self._reload_listeners.append(fn)
+
+    def reload_workflows(self) -> Dict[str, Any]:
+        """Re-import the workflow files whose source changed; returns the reload report.
+
+        Blocking (it imports user modules): the daemon calls it off the event loop."""
+        with self._reload_lock:
+            t0 = time.monotonic()
+            result = self.catalog.rescan()
+            for e in result.new_errors:
+                log.error("workflow load error: %s:%s: %s", e["file"], e.get("line"), e["message"])
+            report = self._report(result)
+            report["elapsed_ms"] = round((time.monotonic() - t0) * 1000, 3)
+            if result.changes:
+                # A stranded timer may be runnable on the new code (its node came back).
+                self.scheduler.unpark()
+                for c in result.changes:
+                    log.info("workflow %s: %s -> %s (%s)", c.workflow_id, c.old_version, c.new_version, c.file)
+            if report["stranded"]:
+                log.warning("%d waiting run(s) stranded by this reload", len(report["stranded"]))
+        if result.anything:
+            for fn in self._reload_listeners:
+                fn(report)
+        return report
+
+    def _report(self, result: ReloadResult) -> Dict[str, Any]:
+        ids = sorted({c.workflow_id for c in result.changes})
+        return {
+            "changed": [c.to_dict() for c in result.changes],
+            "load_errors": self.catalog.errors(),
+            "new_errors": result.new_errors,
+            "stranded": self.find_stranded(ids),
+            "reloaded_at": time.time(),
+        }
+
+    def find_stranded(self, workflow_ids: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+        """Waiting runs the served code can't resume: their resume node is missing from the
+        workflow's current version, or their workflow is no longer served at all."""
+        out: List[Dict[str, Any]] = []
+        if workflow_ids is None:
+            workflow_ids = sorted({s.workflow_id for s in self._waiting()})
+        for wid in workflow_ids:
+            wf = self.registry.get(wid)
+            for s in self._waiting(wid):
+                node = s.resume_node
+                if node is None:  # a summary written before resume_node existed
+                    st = self.run_store.load(s.run_id)
+                    w = st.waiting if st is not None else None
+                    node = (w.resume_to_node if w else None) or s.current_node
+                if wf is not None and node in wf.nodes:
+                    continue
+                out.append(
+                    {
+                        "run_id": s.run_id,
+                        "workflow_id": wid,
+                        "node_id": node,
+                        "reason": "workflow_removed" if wf is None else "node_missing",
+                        "run_version": s.last_version or s.workflow_version,
+                        "workflow_version": wf.version if wf is not None else None,
+                    }
+                )
+        return out
+
+    def _waiting(self, workflow_id: Optional[str] = None) -> List[RunSummary]:
+        return self.run_store.list_run_summaries(status=RunStatus.WAITING, workflow_id=workflow_id, limit=10**9)
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """Run blocking kernel work off the event loop, so a slow node or effect never

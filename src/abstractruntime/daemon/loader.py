@@ -1,9 +1,20 @@
-"""Loading workflow modules from folders.
+"""Loading workflow modules from folders, and loading them again when they change.
 
-Convention: every `.py` file in a workflow folder is a module; each `WorkflowSpec` bound at
-its module level is a workflow, registered under its `workflow_id`. Modules are imported
-under private names (`_abstractruntime_workflows.<hash>.<stem>`) that never collide with a
-user's own modules, and are not left in `sys.modules`.
+Convention: every `.py` file directly in a workflow folder is a module (files whose name starts
+with `_` or `.` are skipped: helpers, editor temp files). Each `WorkflowSpec` bound at the
+module's top level is a workflow, registered under its `workflow_id`; a workflow id defined by
+two files is an error naming both, and the file loaded first keeps it.
+
+Each load imports the file as a *fresh* module object under a private name
+(`_abstractruntime_workflows.m<path hash>_<version>`) that is removed from `sys.modules` once
+the module has run: a user module can never collide with it, and an edited module never sees
+state left by its previous version (unlike `importlib.reload`, which re-executes into the old
+module's namespace).
+
+A file's version is a hash of its source. A rescan re-imports only files whose source changed,
+and replaces a file's workflows in the registry only if the whole module imported and every
+spec in it is valid: a broken edit leaves the previous version serving and records the error
+(file, line, message) until the file changes again.
 """
 
 from __future__ import annotations
@@ -12,17 +23,30 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
 import traceback
-from typing import Any, Dict, List, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 from ..core.spec import WorkflowSpec
+from ..scheduler.registry import WorkflowRegistry
 
 
-def load_module_specs(path: str) -> List[WorkflowSpec]:
+def source_version(source: bytes) -> str:
+    return hashlib.sha256(source).hexdigest()[:12]
+
+
+def is_workflow_file(name: str) -> bool:
+    base = os.path.basename(name)
+    return base.endswith(".py") and not base.startswith(("_", "."))
+
+
+def load_module_specs(path: str, source: Optional[bytes] = None) -> List[WorkflowSpec]:
     """Import one file as a fresh module and return its WorkflowSpecs (raises on any error)."""
-    with open(path, "rb") as f:
-        source = f.read()
-    version = hashlib.sha256(source).hexdigest()[:12]
+    if source is None:
+        with open(path, "rb") as f:
+            source = f.read()
+    version = source_version(source)
     name = f"_abstractruntime_workflows.m{hashlib.sha1(path.encode()).hexdigest()[:10]}_{version}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -30,51 +54,178 @@ def load_module_specs(path: str) -> List[WorkflowSpec]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look their module up while it executes
     try:
-        spec.loader.exec_module(module)
+        # Compile the bytes we hashed, not whatever is on disk a moment later: the version
+        # then names exactly the code that serves.
+        code = compile(source, path, "exec", dont_inherit=True)
+        exec(code, module.__dict__)
     finally:
         sys.modules.pop(name, None)
-    found = []
+    found: Dict[str, WorkflowSpec] = {}
     for value in vars(module).values():
-        if isinstance(value, WorkflowSpec):
-            value.version = version
-            value.source = path
-            found.append(value)
-    return found
-
-
-def load_workflow_dirs(dirs: List[str]) -> Tuple[List[WorkflowSpec], List[Dict[str, Any]]]:
-    specs: List[WorkflowSpec] = []
-    errors: List[Dict[str, Any]] = []
-    where: Dict[str, str] = {}
-    for d in dirs:
-        if not os.path.isdir(d):
-            errors.append({"file": d, "line": None, "message": "workflow folder does not exist"})
+        if not isinstance(value, WorkflowSpec):
             continue
-        for name in sorted(os.listdir(d)):
-            if not name.endswith(".py") or name.startswith("_"):
-                continue
-            path = os.path.join(d, name)
+        other = found.get(value.workflow_id)
+        if other is not None and other is not value:
+            raise ValueError(f"workflow {value.workflow_id!r} is defined twice in {path}")
+        value.version = version
+        value.source = path
+        found[value.workflow_id] = value
+    return list(found.values())
+
+
+@dataclass
+class _FileState:
+    version: Optional[str] = None  # the source version now serving (None: never loaded)
+    workflow_ids: List[str] = field(default_factory=list)
+    error: Optional[Dict[str, Any]] = None  # the load error of the file's current source
+    error_version: Optional[str] = None
+    # Ids another file held when this one failed to load for defining them too: the same
+    # source is tried again once they are free.
+    conflicts: List[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkflowChange:
+    workflow_id: str
+    file: str
+    old_version: Optional[str]  # None: newly added
+    new_version: Optional[str]  # None: removed
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ReloadResult:
+    changes: List[WorkflowChange] = field(default_factory=list)
+    new_errors: List[Dict[str, Any]] = field(default_factory=list)  # errors this rescan found
+    cleared: List[str] = field(default_factory=list)  # files whose error went away
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.changes or self.new_errors or self.cleared)
+
+
+class WorkflowCatalog:
+    """The workflow files of some folders, and which of their workflows the registry serves."""
+
+    def __init__(self, dirs: List[str], registry: WorkflowRegistry) -> None:
+        self.dirs = [os.path.abspath(d) for d in dirs]
+        self.registry = registry
+        self._files: Dict[str, _FileState] = {}
+        self._owner: Dict[str, str] = {}  # workflow id -> the file that defines it
+        self._missing_dirs: List[str] = []
+        self._lock = threading.Lock()  # one rescan at a time (the watcher and `workflows/reload`)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def errors(self) -> List[Dict[str, Any]]:
+        out = [{"file": d, "line": None, "message": "workflow folder does not exist"} for d in self._missing_dirs]
+        out += [st.error for _, st in sorted(self._files.items()) if st.error is not None]
+        return out
+
+    def file_error(self, path: Optional[str]) -> Optional[Dict[str, Any]]:
+        st = self._files.get(path) if path else None
+        return st.error if st is not None else None
+
+    def existing_dirs(self) -> List[str]:
+        return [d for d in self.dirs if os.path.isdir(d)]
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def rescan(self) -> ReloadResult:
+        with self._lock:
+            return self._rescan()
+
+    def _rescan(self) -> ReloadResult:
+        result = ReloadResult()
+        present: Dict[str, bytes] = {}
+        self._missing_dirs = []
+        for d in self.dirs:
             try:
-                found = load_module_specs(path)
-            except Exception as e:  # isolation boundary: one broken module never stops the others
-                errors.append(_describe(path, e))
+                names = sorted(os.listdir(d))
+            except (FileNotFoundError, NotADirectoryError):
+                self._missing_dirs.append(d)
                 continue
-            for wf in found:
-                if wf.workflow_id in where:
-                    errors.append(
-                        {
-                            "file": path,
-                            "line": None,
-                            "message": f"workflow {wf.workflow_id!r} is defined in both {where[wf.workflow_id]} and {path}",
-                        }
-                    )
+            for name in names:
+                path = os.path.join(d, name)
+                if not is_workflow_file(name):
                     continue
-                where[wf.workflow_id] = path
-                specs.append(wf)
-    return specs, errors
+                try:
+                    with open(path, "rb") as f:
+                        present[path] = f.read()
+                except (FileNotFoundError, IsADirectoryError):
+                    continue  # gone between the listing and the read (an editor's rename)
+
+        # Deleted files first: a workflow moved from one file to another is then free to load.
+        for path in [p for p in self._files if p not in present]:
+            st = self._files.pop(path)
+            for wid in st.workflow_ids:
+                self._unregister(wid, path, st.version, result)
+            if st.error is not None:
+                result.cleared.append(path)
+
+        for path, source in present.items():
+            version = source_version(source)
+            st = self._files.setdefault(path, _FileState())
+            if version == st.version and st.error is None:
+                continue  # unchanged
+            if version == st.error_version and not self._conflict_resolved(path, st):
+                continue  # the same broken source as before: its error stands
+            try:
+                specs = load_module_specs(path, source)
+            except Exception as e:  # isolation boundary: a broken module never stops the others
+                self._failed(st, version, describe_error(path, e), [], result)
+                continue
+            taken = [
+                (wf.workflow_id, self._owner[wf.workflow_id])
+                for wf in specs
+                if self._owner.get(wf.workflow_id, path) != path
+            ]
+            if taken:
+                wid, owner = taken[0]
+                err = {"file": path, "line": None, "message": f"workflow {wid!r} is defined in both {owner} and {path}"}
+                self._failed(st, version, err, [w for w, _ in taken], result)
+                continue
+            if st.error is not None:
+                result.cleared.append(path)
+            st.error = st.error_version = None
+            st.conflicts = []
+            new_ids = [wf.workflow_id for wf in specs]
+            for wid in st.workflow_ids:
+                if wid not in new_ids:
+                    self._unregister(wid, path, st.version, result)
+            for wf in specs:
+                old = self.registry.get(wf.workflow_id)
+                old_version = old.version if old is not None and self._owner.get(wf.workflow_id) == path else None
+                self.registry.register(wf)
+                self._owner[wf.workflow_id] = path
+                if old_version != wf.version:
+                    result.changes.append(WorkflowChange(wf.workflow_id, path, old_version, wf.version))
+            st.version, st.workflow_ids = version, new_ids
+        return result
+
+    def _failed(
+        self, st: _FileState, version: str, error: Dict[str, Any], conflicts: List[str], result: ReloadResult
+    ) -> None:
+        if st.error != error:
+            result.new_errors.append(error)
+        st.error, st.error_version, st.conflicts = error, version, conflicts
+
+    def _conflict_resolved(self, path: str, st: _FileState) -> bool:
+        return bool(st.conflicts) and all(self._owner.get(w, path) == path for w in st.conflicts)
+
+    def _unregister(self, wid: str, path: str, version: Optional[str], result: ReloadResult) -> None:
+        if self._owner.get(wid) != path:
+            return
+        del self._owner[wid]
+        self.registry.unregister(wid)
+        result.changes.append(WorkflowChange(wid, path, version, None))
 
 
-def _describe(path: str, e: BaseException) -> Dict[str, Any]:
+def describe_error(path: str, e: BaseException) -> Dict[str, Any]:
+    """File, line and message of a load error: the line of a syntax error, else the deepest
+    frame of the traceback that is in the file itself."""
     line = getattr(e, "lineno", None) if isinstance(e, SyntaxError) else None
     if line is None:
         for frame in reversed(traceback.extract_tb(e.__traceback__)):

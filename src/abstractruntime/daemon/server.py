@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from .. import __version__
 from ..protocol import discovery as paths
@@ -26,17 +26,29 @@ from ..storage._durable import atomic_write
 from .framing import FrameError, StreamWriterAdapter, read_frames
 from .hub import DataFolderInUse, Hub
 from .session import Session
+from .watch import Watcher
 
 log = logging.getLogger("abstractruntime.daemon")
 
 
 class Daemon:
-    def __init__(self, hub: Hub, *, token: Optional[str] = None, max_frame: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self, hub: Hub, *, token: Optional[str] = None, max_frame: int = 16 * 1024 * 1024, watch: bool = True
+    ) -> None:
         self.hub = hub
         self.token = token
         self.max_frame = max_frame
+        self.watch = watch
         self.sessions: set = set()
         self._stopped: Optional[asyncio.Event] = None
+        self._watcher: Optional[Watcher] = None
+
+    def broadcast(self, method: str, params: Dict[str, Any]) -> None:
+        """A notification to every initialized client (call on the event loop)."""
+        msg = {"jsonrpc": "2.0", "method": method, "params": params}
+        for s in list(self.sessions):
+            if s.initialized and not s.closed:
+                s.send(msg)
 
     def _closed(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -70,6 +82,10 @@ class Daemon:
             loop.call_soon_threadsafe(stopped.set)
 
         self.hub.on_stop(wake)
+        self.hub.on_reload(lambda report: loop.call_soon_threadsafe(self.broadcast, "workflows/changed", report))
+        if self.watch:
+            self._watcher = Watcher(self.hub)
+            self._watcher.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.hub.request_stop)
@@ -78,6 +94,8 @@ class Daemon:
 
     async def _finish(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._watcher is not None:
+            await self._watcher.stop()
         # In-flight steps finish and commit first, and their clients get their answers (the
         # loop keeps running while the hub drains); only then do connections close.
         await loop.run_in_executor(None, self.hub.drain)
@@ -206,12 +224,14 @@ def run(args: Any) -> int:
     data = paths.data_dir(args.data)
     workflows = args.workflows or ["workflows"]
     try:
-        hub = Hub(data_dir=data, workflow_dirs=workflows, store=args.store, durable=not args.relaxed, workers=args.workers)
+        hub = Hub(
+            data_dir=data, workflow_dirs=workflows, store=args.store, durable=not args.relaxed, workers=args.workers
+        )
     except DataFolderInUse as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 1
     hub.start()
-    daemon = Daemon(hub, max_frame=args.max_frame)
+    daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch)
     try:
         if args.stdio:
             asyncio.run(daemon.serve_stdio())

@@ -30,7 +30,7 @@ from ..protocol.errors import (
     SubscriptionNotFoundError,
     UnauthorizedError,
 )
-from ..protocol.methods import BY_NAME, REQUEST_NAMES
+from ..protocol.methods import BY_NAME, NOTIFICATION_NAMES, REQUEST_NAMES
 from ..protocol.models import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ class Session:
                                 "protocolVersion": PROTOCOL_VERSION,
                                 "version": __version__,
                                 "methods": list(REQUEST_NAMES),
-                                "notifications": ["runtime/event"],
+                                "notifications": list(NOTIFICATION_NAMES),
                             }
                         }
                     },
@@ -214,7 +214,9 @@ class Session:
             "runtime/emitEvent": self.emit_event,
             "runtime/subscribe": self.subscribe,
             "runtime/unsubscribe": self.unsubscribe,
+            "runtime/migrate": self.migrate,
             "workflows/list": self.workflows,
+            "workflows/reload": self.reload,
             "daemon/status": self.status,
             "daemon/shutdown": self.shutdown_daemon,
         }
@@ -337,20 +339,37 @@ class Session:
         self.subscriptions.discard(p.subscription_id)
         return None
 
+    async def migrate(self, p: m.MigrateParams) -> Dict[str, Any]:
+        state = await self.hub.call(self.hub.runtime.migrate_run, p.run_id, to_node=p.to_node)
+        return {"state": state.to_dict()}
+
     async def workflows(self, p: m.Empty) -> Dict[str, Any]:
-        return {
-            "workflows": [
-                {
-                    "workflow_id": wf.workflow_id,
-                    "entry_node": wf.entry_node,
-                    "nodes": list(wf.nodes),
-                    "source": wf.source,
-                    "version": wf.version,
-                }
-                for wf in self.hub.registry
-            ],
-            "load_errors": self.hub.load_errors,
-        }
+        hub = self.hub
+
+        def work():
+            stranded: Dict[str, int] = {}
+            for r in hub.find_stranded([wf.workflow_id for wf in hub.registry]):
+                stranded[r["workflow_id"]] = stranded.get(r["workflow_id"], 0) + 1
+            return {
+                "workflows": [
+                    {
+                        "workflow_id": wf.workflow_id,
+                        "entry_node": wf.entry_node,
+                        "nodes": list(wf.nodes),
+                        "source": wf.source,
+                        "version": wf.version,
+                        "load_error": hub.catalog.file_error(wf.source),
+                        "stranded": stranded.get(wf.workflow_id, 0),
+                    }
+                    for wf in sorted(hub.registry, key=lambda wf: wf.workflow_id)
+                ],
+                "load_errors": hub.load_errors,
+            }
+
+        return await hub.call(work)
+
+    async def reload(self, p: m.Empty) -> Dict[str, Any]:
+        return await asyncio.to_thread(self.hub.reload_workflows)
 
     async def status(self, p: m.Empty) -> Dict[str, Any]:
         out = await self.hub.call(self.hub.status)

@@ -50,6 +50,7 @@ _STATE: Dict[str, Any] = {
     "session_id": None,
     "parent_run_id": None,
     "workflow_version": None,
+    "last_version": None,
     "steps": 1,
 }
 
@@ -73,7 +74,7 @@ METHODS: List[Method] = [
             "run_already_finished",
             "wait_key_mismatch",
             "workflow_not_found",
-            "invalid_workflow",
+            "run_stranded",
         ],
         {"run_id": _STATE["run_id"], "payload": {"text": "approve"}},
     ),
@@ -133,7 +134,30 @@ METHODS: List[Method] = [
         ["subscription_not_found"],
         {"subscription_id": "s-1"},
     ),
-    Method("workflows/list", m.Empty, m.WorkflowsListResult, "The workflows the daemon serves.", [], {}),
+    Method(
+        "runtime/migrate",
+        m.MigrateParams,
+        m.StateResult,
+        "Move a waiting run (one a reload stranded) on to the current version, resuming at `to_node`.",
+        ["run_not_found", "run_not_waiting", "run_already_finished", "workflow_not_found", "invalid_workflow"],
+        {"run_id": _STATE["run_id"], "to_node": "ask"},
+    ),
+    Method(
+        "workflows/list",
+        m.Empty,
+        m.WorkflowsListResult,
+        "The workflows the daemon serves, with their versions, load errors and stranded runs.",
+        [],
+        {},
+    ),
+    Method(
+        "workflows/reload",
+        m.Empty,
+        m.WorkflowsChanged,
+        "Re-import the workflow files that changed now (for filesystems without change events).",
+        [],
+        {},
+    ),
     Method(
         "daemon/status",
         m.Empty,
@@ -159,8 +183,26 @@ METHODS: List[Method] = [
         {"subscription_id": "s-1", "cursor": 42, "run_id": _STATE["run_id"], "kind": "state", "state": None},
         notification=True,
     ),
+    Method(
+        "workflows/changed",
+        m.WorkflowsChanged,
+        None,
+        "Notification to every client after a reload changed something: versions, load errors, stranded runs.",
+        [],
+        {
+            "changed": [
+                {"workflow_id": "approval", "file": "/srv/wf/approval.py", "old_version": "3f2a", "new_version": "9c41"}
+            ],
+            "load_errors": [],
+            "new_errors": [],
+            "stranded": [],
+            "reloaded_at": 1795687200.0,
+        },
+        notification=True,
+    ),
 ]
 
 BY_NAME: Dict[str, Method] = {x.name: x for x in METHODS}
 REQUEST_NAMES = [x.name for x in METHODS if not x.notification]
+NOTIFICATION_NAMES = [x.name for x in METHODS if x.notification]
 EXAMPLE_STATE = _STATE

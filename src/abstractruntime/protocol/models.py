@@ -73,7 +73,10 @@ class RunStateModel(Result):
     actor_id: Optional[str] = None
     session_id: Optional[str] = None
     parent_run_id: Optional[str] = None
-    workflow_version: Optional[str] = None
+    workflow_version: Optional[str] = Field(None, description="The workflow version the run started under.")
+    last_version: Optional[str] = Field(
+        None, description="The version its latest step ran under (a hot reload moves waiting runs on to new code)."
+    )
     steps: int = 0
 
 
@@ -96,6 +99,8 @@ class RunSummaryModel(Result):
     session_id: Optional[str] = None
     error: Optional[str] = None
     workflow_version: Optional[str] = None
+    last_version: Optional[str] = None
+    resume_node: Optional[str] = Field(None, description="For waiting runs: the node an answer resumes at.")
 
 
 class LedgerRecordModel(Result):
@@ -114,7 +119,7 @@ class LedgerRecordModel(Result):
     ended_at: Optional[str] = None
     attempt: int = 1
     idempotency_key: Optional[str] = None
-    workflow_version: Optional[str] = None
+    workflow_version: Optional[str] = Field(None, description="The workflow version this step ran under.")
     actor_id: Optional[str] = None
     session_id: Optional[str] = None
     prev_hash: Optional[str] = None
@@ -179,6 +184,16 @@ class CancelParams(Params):
     reason: Optional[str] = None
 
 
+class MigrateParams(Params):
+    run_id: str = RunId
+    to_node: Optional[str] = Field(
+        None,
+        min_length=1,
+        description="The node to resume at under the current version. Default: the run's resume node if the "
+        "current version still has it, else the workflow's entry node.",
+    )
+
+
 class EmitEventParams(Params):
     name: str = Field(min_length=1)
     payload: Any = None
@@ -223,18 +238,49 @@ class EventNotification(Result):
 # -- workflows/* and daemon/* ---------------------------------------------------------------------
 
 
+class LoadError(Result):
+    file: str
+    line: Optional[int] = None
+    message: str
+
+
 class WorkflowInfo(Result):
     workflow_id: str
     entry_node: str
     nodes: List[str]
     source: Optional[str] = Field(None, description="The file that defines it.")
-    version: Optional[str] = Field(None, description="A hash of the defining module's source.")
+    version: Optional[str] = Field(None, description="A hash of the defining module's source (the version serving).")
+    load_error: Optional[LoadError] = Field(
+        None, description="Set when the file's latest edit failed to load: the previous version keeps serving."
+    )
+    stranded: int = Field(0, description="Waiting runs whose resume node this version lacks.")
 
 
-class LoadError(Result):
+class WorkflowChangeModel(Result):
+    workflow_id: str
     file: str
-    line: Optional[int] = None
-    message: str
+    old_version: Optional[str] = Field(description="null: the workflow is new.")
+    new_version: Optional[str] = Field(description="null: the workflow was removed (its file or its spec is gone).")
+
+
+class StrandedRun(Result):
+    run_id: str
+    workflow_id: str
+    node_id: Optional[str] = Field(description="The node the run would resume at.")
+    reason: Literal["node_missing", "workflow_removed"]
+    run_version: Optional[str] = Field(description="The version the run waits under.")
+    workflow_version: Optional[str] = Field(description="The version now serving (null when removed).")
+
+
+class WorkflowsChanged(Result):
+    """`workflows/changed` (and the result of `workflows/reload`): what a reload did."""
+
+    changed: List[WorkflowChangeModel] = Field(description="Workflows added, replaced or removed.")
+    load_errors: List[LoadError] = Field(description="Every file that currently fails to load.")
+    new_errors: List[LoadError] = Field(default_factory=list, description="The load errors this reload found.")
+    stranded: List[StrandedRun] = Field(description="Waiting runs of the changed workflows that can't resume.")
+    reloaded_at: float
+    elapsed_ms: Optional[float] = Field(None, description="How long the reload took, in the daemon.")
 
 
 class WorkflowsListResult(Result):

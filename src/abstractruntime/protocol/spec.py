@@ -60,6 +60,34 @@ def _example_result(mth: Method) -> Any:
     if name in ("runtime/resume", "runtime/cancel"):
         done = dict(EXAMPLE_STATE, status="completed" if name.endswith("resume") else "cancelled", waiting=None)
         return {"state": done}
+    if name == "runtime/migrate":
+        moved = dict(EXAMPLE_STATE, last_version="9c41d07e55aa")
+        return {"state": moved}
+    if name == "workflows/reload":
+        return {
+            "changed": [
+                {
+                    "workflow_id": "approval",
+                    "file": "/home/me/project/workflows/approval.py",
+                    "old_version": "3f9a1c2b7d4e",
+                    "new_version": "9c41d07e55aa",
+                }
+            ],
+            "load_errors": [],
+            "new_errors": [],
+            "stranded": [
+                {
+                    "run_id": EXAMPLE_STATE["run_id"],
+                    "workflow_id": "approval",
+                    "node_id": "cool_off",
+                    "reason": "node_missing",
+                    "run_version": "3f9a1c2b7d4e",
+                    "workflow_version": "9c41d07e55aa",
+                }
+            ],
+            "reloaded_at": 1795687200.0,
+            "elapsed_ms": 4.2,
+        }
     if name == "runtime/runs":
         s = {
             k: EXAMPLE_STATE[k] for k in ("run_id", "workflow_id", "status", "current_node", "created_at", "updated_at")
@@ -104,8 +132,17 @@ def _example_result(mth: Method) -> Any:
                     "nodes": ["ask", "cool_off", "report", "done"],
                     "source": "/home/me/project/workflows/approval.py",
                     "version": "3f9a1c2b7d4e",
+                    "load_error": None,
+                    "stranded": 0,
                 }
-            ]
+            ],
+            "load_errors": [
+                {
+                    "file": "/home/me/project/workflows/draft.py",
+                    "line": 12,
+                    "message": "SyntaxError: invalid syntax",
+                }
+            ],
         }
     if name == "daemon/status":
         return {

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from ..core.errors import AbstractRuntimeError
+from ..core.errors import AbstractRuntimeError, RunStrandedError
 from ..core.models import RunState, RunStatus, WaitReason
 from ..core.runtime import Runtime
 from ..core.timeutil import iso_to_epoch
@@ -69,6 +69,9 @@ class Scheduler:
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._target = float("inf")  # the due time the loop sleeps towards
+        # Due runs whose resume node a code change removed: they keep their claim (so the loop
+        # does not spin on them) until `unpark` after the next reload, a migrate or a cancel.
+        self.parked: Dict[str, str] = {}
         runtime.run_store.add_listener(self._on_saved)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -131,14 +134,33 @@ class Scheduler:
             try:
                 self._tick(rid)
             finally:
-                store.release_lease(rid, self.runtime.owner_id)
+                if rid in self.parked:
+                    # The tick's own guard let go of the run; hold it again so its due timer
+                    # stays out of the heap until `unpark`.
+                    store.try_lease(rid, self.runtime.owner_id, self.lease_s)
+                else:
+                    store.release_lease(rid, self.runtime.owner_id)
         return len(ids)
+
+    def unpark(self) -> List[str]:
+        """Give stranded timers another try (after a reload: their node may be back)."""
+        ids, self.parked = list(self.parked), {}
+        for rid in ids:
+            self.runtime.run_store.release_lease(rid, self.runtime.owner_id)
+        if ids:
+            self._wake.set()
+        return ids
 
     def _tick(self, run_id: str) -> Optional[RunState]:
         try:
             run = self.runtime.get_state(run_id)
             wf = self.registry.get_or_raise(run.workflow_id)
             state = self.runtime.tick(workflow=wf, run_id=run_id)
+        except RunStrandedError as e:
+            if run_id not in self.parked:
+                log.warning("%s", e)
+            self.parked[run_id] = str(e)
+            return None
         except Exception as e:  # isolation boundary: one run's trouble never stops the others
             self.stats.runs_failed += 1
             self.stats.errors.append(f"{run_id}: {type(e).__name__}: {e}")
@@ -147,6 +169,7 @@ class Scheduler:
             if self.on_run_failed:
                 self.on_run_failed(run_id, e)
             return None
+        self.parked.pop(run_id, None)
         self.stats.runs_resumed += 1
         if self.on_run_resumed:
             self.on_run_resumed(state)

@@ -43,6 +43,9 @@ class RunSummary:
     session_id: Optional[str] = None
     error: Optional[str] = None
     workflow_version: Optional[str] = None
+    last_version: Optional[str] = None
+    # Where an answer resumes a waiting run: a reload checks it against the new version.
+    resume_node: Optional[str] = None
 
     @classmethod
     def from_state(cls, run: RunState) -> RunSummary:
@@ -65,6 +68,8 @@ class RunSummary:
             session_id=run.session_id,
             error=(run.error[:500] if run.error else None),
             workflow_version=run.workflow_version,
+            last_version=run.last_version,
+            resume_node=((w.resume_to_node or run.current_node) if waiting and w else None),
         )
 
     def to_dict(self) -> Dict[str, Any]:

@@ -1,0 +1,76 @@
+"""Hot reload: watch the workflow folders and reload what changed.
+
+watchfiles (inotify underneath) reports a batch of changes once the folder has been quiet for
+`STEP_MS`; the batch triggers one rescan, which re-imports only the files whose source hash
+changed. So an editor's save dance (a temp file, a rename, a backup) costs one reload, and a
+change that isn't a workflow file (a `.pyc`, a swap file) costs none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .loader import is_workflow_file
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = logging.getLogger("abstractruntime.daemon")
+
+# Quiet time that closes a batch of changes. Saves are single writes or a rename; 30 ms groups
+# them and keeps save-to-serving latency low. DEBOUNCE_MS caps a batch under a stream of writes.
+STEP_MS = 30
+DEBOUNCE_MS = 1000
+
+
+def _is_workflow_change(_change: Any, path: str) -> bool:
+    return is_workflow_file(path)
+
+
+class Watcher:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._stop = threading.Event()  # watchfiles' worker thread polls it
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        from watchfiles import awatch  # deferred: only a watching daemon pays for the import
+
+        dirs = self.hub.catalog.existing_dirs()
+        if not dirs:
+            log.warning("no workflow folder exists; nothing to watch (workflows/reload still rescans)")
+            return
+        log.info("watching %s for workflow changes", ", ".join(dirs))
+        try:
+            async for _changes in awatch(
+                *dirs,
+                watch_filter=_is_workflow_change,
+                debounce=DEBOUNCE_MS,
+                step=STEP_MS,
+                stop_event=self._stop,
+                recursive=False,
+            ):
+                try:
+                    # Its own thread, not the tick pool: busy nodes never delay a reload.
+                    await asyncio.to_thread(self.hub.reload_workflows)
+                except Exception:  # isolation boundary: a failed reload never stops watching
+                    log.exception("workflow reload failed")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the watcher itself broke (a folder removed): reload on request only
+            log.exception("watching the workflow folders stopped")

@@ -1,0 +1,119 @@
+"""The workflow catalog (loading and reloading modules) and the kernel's side of a code change:
+versions on records, stranded runs, migrate."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from abstractruntime import (
+    Effect,
+    EffectType,
+    InMemoryLedgerStore,
+    InMemoryRunStore,
+    Runtime,
+    StepPlan,
+    WorkflowSpec,
+)
+from abstractruntime.core.errors import InvalidWorkflowError, RunNotWaitingError, RunStrandedError
+from abstractruntime.daemon.loader import WorkflowCatalog
+from abstractruntime.scheduler import WorkflowRegistry
+
+MODULE = """
+from abstractruntime import StepPlan, WorkflowSpec
+
+COUNTER = []
+COUNTER.append(1)
+
+def go(run, ctx):
+    return StepPlan(node_id="go", complete_output={{"tag": {tag!r}, "loads": len(COUNTER)}})
+
+{name} = WorkflowSpec(workflow_id={wid!r}, entry_node="go", nodes={{"go": go}})
+"""
+
+
+def write(path, tag="a", wid="w", name="spec"):
+    path.write_text(MODULE.format(tag=tag, wid=wid, name=name))
+
+
+def run_once(registry, wid="w"):
+    rt = Runtime(run_store=InMemoryRunStore(), ledger_store=InMemoryLedgerStore(), workflow_registry=registry)
+    return rt.start_and_tick(workflow=registry.get_or_raise(wid)).output
+
+
+def test_each_load_is_a_fresh_module_that_never_stays_in_sys_modules(tmp_path):
+    write(tmp_path / "flow.py", "a")
+    reg = WorkflowRegistry()
+    cat = WorkflowCatalog([str(tmp_path)], reg)
+    before = set(sys.modules)
+    r = cat.rescan()
+    assert [(c.workflow_id, c.old_version) for c in r.changes] == [("w", None)]
+    assert run_once(reg) == {"tag": "a", "loads": 1}
+    write(tmp_path / "flow.py", "b")
+    r = cat.rescan()
+    assert r.changes[0].old_version != r.changes[0].new_version
+    # Module state starts over: importlib.reload would have found COUNTER == [1] already.
+    assert run_once(reg) == {"tag": "b", "loads": 1}
+    assert not [m for m in set(sys.modules) - before if "abstractruntime_workflows" in m]
+    assert not cat.rescan().anything  # nothing changed, nothing re-imported
+
+
+def test_skipped_files_and_a_spec_defined_twice_in_one_file(tmp_path):
+    write(tmp_path / "_helpers.py", wid="hidden")
+    write(tmp_path / ".#flow.py", wid="lockfile")
+    (tmp_path / "twice.py").write_text(MODULE.format(tag="a", wid="w", name="one") + MODULE.format(tag="b", wid="w", name="two"))
+    reg = WorkflowRegistry()
+    r = WorkflowCatalog([str(tmp_path)], reg).rescan()
+    assert reg.list_ids() == []
+    assert [e["message"] for e in r.new_errors] == [f"ValueError: workflow 'w' is defined twice in {tmp_path / 'twice.py'}"]
+
+
+def test_a_missing_folder_is_reported_not_fatal(tmp_path):
+    cat = WorkflowCatalog([str(tmp_path / "nope")], WorkflowRegistry())
+    cat.rescan()
+    assert cat.errors() == [{"file": str(tmp_path / "nope"), "line": None, "message": "workflow folder does not exist"}]
+
+
+def _ask(next_node):
+    def ask(run, ctx):
+        return StepPlan(node_id="ask", effect=Effect(EffectType.ASK_USER, {"prompt": "?"}, result_key="a"), next_node=next_node)
+
+    return ask
+
+
+def _end(tag):
+    return lambda run, ctx: StepPlan(node_id="end", complete_output={"tag": tag})
+
+
+def test_records_carry_the_version_their_step_ran_under_and_migrate_moves_a_stranded_run():
+    v1 = WorkflowSpec(workflow_id="w", entry_node="ask", nodes={"ask": _ask("end"), "end": _end("v1")})
+    v1.version = "v1"
+    reg = WorkflowRegistry([v1])
+    rt = Runtime(run_store=InMemoryRunStore(), ledger_store=InMemoryLedgerStore(), workflow_registry=reg)
+    run = rt.start_and_tick(workflow=v1)
+    v2 = WorkflowSpec(workflow_id="w", entry_node="ask", nodes={"ask": _ask("fin"), "fin": _end("v2")})
+    v2.version = "v2"
+    reg.register(v2)
+
+    with pytest.raises(RunStrandedError) as e:
+        rt.resume(workflow=None, run_id=run.run_id, wait_key=None, payload={"text": "x"})
+    assert e.value.data == {
+        "run_id": run.run_id, "workflow_id": "w", "node_id": "end", "workflow_version": "v2", "run_version": "v1",
+    }
+    assert isinstance(e.value, InvalidWorkflowError) and e.value.CODE == 1012
+    assert rt.emit_event(wait_key=run.waiting.wait_key, payload={}) == []  # skipped, not raised
+    assert rt.get_state(run.run_id).status.value == "waiting"
+
+    with pytest.raises(InvalidWorkflowError):
+        rt.migrate_run(run.run_id, to_node="gone")
+    moved = rt.migrate_run(run.run_id)  # `end` is gone: back to the entry node
+    assert moved.waiting.resume_to_node == "ask" and moved.workflow_version == "v1" and moved.last_version == "v2"
+    done = rt.migrate_run(run.run_id, to_node="fin")
+    assert done.waiting.resume_to_node == "fin"
+    final = rt.resume(workflow=None, run_id=run.run_id, wait_key=None, payload={"text": "x"})
+    assert final.output == {"tag": "v2"}
+    assert [r["workflow_version"] for r in rt.get_ledger(run.run_id)] == ["v1", "v2", "v2", "v2", "v2"]
+    with pytest.raises(RunNotWaitingError):
+        rt.migrate_run(run.run_id)
+    assert rt.verify_ledger(run.run_id)["ok"]
