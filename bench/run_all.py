@@ -66,6 +66,8 @@ def main() -> None:
     t = timers(a.quick)
     print("\n== store scale (bench/scale.py)", flush=True)
     s = scale(a.quick)
+    print("\n== hot reload (bench/reload_bench.py)", flush=True)
+    subprocess.run([sys.executable, str(HERE / "reload_bench.py"), "--edits", "20" if a.quick else "50"], check=True)
     save("timers", {"rows": t})
     save("scale", {"rows": s})
     print("\n| timers: runs resumed by the scheduler | p50 lag | p99 lag |")

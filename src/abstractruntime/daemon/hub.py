@@ -161,6 +161,8 @@ class Hub:
             result = self.catalog.rescan()
             for e in result.new_errors:
                 log.error("workflow load error: %s:%s: %s", e["file"], e.get("line"), e["message"])
+            for path in result.cleared:
+                log.info("workflow file loads again: %s", path)
             report = self._report(result)
             report["elapsed_ms"] = round((time.monotonic() - t0) * 1000, 3)
             if result.changes:

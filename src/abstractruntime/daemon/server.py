@@ -221,6 +221,7 @@ def run(args: Any) -> int:
     )
     if args.log_level != "debug":
         logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)  # and every batch of file changes
     data = paths.data_dir(args.data)
     workflows = args.workflows or ["workflows"]
     try:
