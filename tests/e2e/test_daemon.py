@@ -315,14 +315,13 @@ def test_golden_requests_against_a_daemon(tmp_path):
     from conftest import ROOT
 
     golden = json.loads((ROOT / "protocol" / "golden.json").read_text())["messages"]
-    with daemon(tmp_path, "unix", workflows=ROOT / "examples" / "workflows") as d:
-        c = d.client()
-        started = c.call("runtime/start", golden["runtime/start"]["request"]["params"])
-        rid = started["run_id"]
+    example_run = golden["runtime/resume"]["request"]["params"]["run_id"]
+    with daemon(tmp_path, "unix", workflows=ROOT / "examples" / "workflows") as d, d.client() as c:
+        rid = c.call("runtime/start", golden["runtime/start"]["request"]["params"])["run_id"]
         for name, msgs in golden.items():
             if BY_NAME[name].notification or name in ("daemon/shutdown", "runtime/unsubscribe"):
                 continue
-            params = json.loads(json.dumps(msgs["request"]["params"]).replace(golden["runtime/resume"]["request"]["params"]["run_id"], rid))
+            params = json.loads(json.dumps(msgs["request"]["params"]).replace(example_run, rid))
             if name == "runtime/subscribe":
                 params = {}
             try:
@@ -331,7 +330,6 @@ def test_golden_requests_against_a_daemon(tmp_path):
                 pytest.fail(f"{name} {params}: {e}")
             if BY_NAME[name].result is not None:
                 BY_NAME[name].result.model_validate(result)
-        c.close()
 
 
 def test_a_broken_workflow_file_is_reported_and_the_rest_served(tmp_path):

@@ -103,6 +103,14 @@ METHODS: List[Method] = [
         {"status": "waiting", "limit": 50},
     ),
     Method(
+        "runtime/migrate",
+        m.MigrateParams,
+        m.StateResult,
+        "Move a waiting run (one a reload stranded) on to the current version, resuming at `to_node`.",
+        ["run_not_found", "run_not_waiting", "run_already_finished", "workflow_not_found", "invalid_workflow"],
+        {"run_id": _STATE["run_id"], "to_node": "ask"},
+    ),
+    Method(
         "runtime/cancel",
         m.CancelParams,
         m.StateResult,
@@ -133,14 +141,6 @@ METHODS: List[Method] = [
         "Stop a subscription of this connection.",
         ["subscription_not_found"],
         {"subscription_id": "s-1"},
-    ),
-    Method(
-        "runtime/migrate",
-        m.MigrateParams,
-        m.StateResult,
-        "Move a waiting run (one a reload stranded) on to the current version, resuming at `to_node`.",
-        ["run_not_found", "run_not_waiting", "run_already_finished", "workflow_not_found", "invalid_workflow"],
-        {"run_id": _STATE["run_id"], "to_node": "ask"},
     ),
     Method(
         "workflows/list",
