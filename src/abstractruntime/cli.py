@@ -72,6 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-frame", type=int, default=16 * 1024 * 1024, help="largest accepted message in bytes")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
+    p = sub.add_parser(
+        "lsp",
+        help="what an editor runs: join stdio to the project's daemon (starting it if needed)",
+        description="Join this process's stdin/stdout to the project's daemon (LSP framing passes through), "
+        "starting the daemon in the background first if none is running. Point an editor's LSP client at "
+        "this command (see docs/editors.md).",
+    )
+    p.add_argument("--data", help="the daemon's data folder (default: ./.abstractruntime or $ABSTRACTRUNTIME_DATA)")
+    p.add_argument("--socket", help="the daemon's unix socket (default: the project's, found from the data folder)")
+    p.add_argument(
+        "--workflows",
+        action="append",
+        metavar="DIR",
+        help="for a daemon this starts: a workflow folder; repeatable (default: ./workflows)",
+    )
+    p.add_argument("--store", choices=["files", "sqlite"], default="files", help="for a daemon this starts")
+
     p = sub.add_parser("start", help="start a run of a workflow")
     p.add_argument("workflow_id")
     p.add_argument("--vars", default="{}", help="initial variables, a JSON object")
@@ -331,6 +348,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "lsp":
+        from .client.lsp_proxy import run as run_lsp
+
+        return run_lsp(args)
     if args.command == "serve":
         from .daemon.server import run
 

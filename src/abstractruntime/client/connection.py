@@ -4,6 +4,7 @@ stdio): requests matched to responses by id, notifications routed to handlers.""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import json
 import os
@@ -47,6 +48,7 @@ class Connection:
         self._ids = itertools.count(1)
         self._pending: Dict[int, asyncio.Future] = {}
         self._handlers: Dict[str, Callable[[Any], None]] = {}
+        self._request_handlers: Dict[str, Callable[[Any], Any]] = {}
         self._task: Optional[asyncio.Task] = None
         self.closed = asyncio.Event()
 
@@ -88,6 +90,32 @@ class Connection:
 
     def on_notification(self, method: str, handler: Callable[[Any], None]) -> None:
         self._handlers[method] = handler
+
+    def on_request(self, method: str, handler: Callable[[Any], Any]) -> None:
+        """Answer the daemon's requests of `method` with `handler(params)` (a value or an
+        awaitable); requests without a handler are answered with null."""
+        self._request_handlers[method] = handler
+
+    def _answer(self, msg_id: Any, method: str, params: Any) -> None:
+        handler = self._request_handlers.get(method)
+        result = handler(params) if handler is not None else None
+        if inspect.isawaitable(result):
+
+            async def later(pending: Any) -> None:
+                try:
+                    value = await pending
+                except Exception as e:  # the handler failed: the daemon gets an error, not silence
+                    self._reply({"jsonrpc": "2.0", "id": msg_id, "error": {"code": -32603, "message": str(e)}})
+                else:
+                    self._reply({"jsonrpc": "2.0", "id": msg_id, "result": value})
+
+            asyncio.ensure_future(later(result))
+        else:
+            self._reply({"jsonrpc": "2.0", "id": msg_id, "result": result})
+
+    def _reply(self, obj: Dict[str, Any]) -> None:
+        if not self.closed.is_set():
+            self._send(obj)
 
     def _send(self, obj: Dict[str, Any]) -> None:
         if self.closed.is_set():
@@ -143,8 +171,8 @@ class Connection:
 
     def _dispatch(self, msg: Dict[str, Any]) -> None:
         if "method" in msg:
-            if "id" in msg:  # a request from the daemon (editor features): answer "not supported"
-                self._send({"jsonrpc": "2.0", "id": msg["id"], "result": None})
+            if "id" in msg:  # a request from the daemon (editor features)
+                self._answer(msg["id"], msg["method"], msg.get("params"))
                 return
             handler = self._handlers.get(msg["method"])
             if handler is not None:

@@ -38,6 +38,7 @@ class LspBridge:
         self.server = LanguageServer("abstractruntime", __version__, protocol_cls=DaemonProtocol, max_workers=4)
         self.protocol: DaemonProtocol = self.server.protocol  # type: ignore[assignment]
         self.protocol.session = session
+        self.editor: Any = None
         self.protocol.set_writer(session.writer)
         params = {"processId": None, "capabilities": {}, **session.init_params}
         gen = self.protocol.lsp_initialize(self.protocol._converter.structure(params, lsp.InitializeParams))
@@ -46,6 +47,12 @@ class LspBridge:
                 next(gen)  # no user handlers for initialize: nothing to run in between
         except StopIteration:
             pass
+
+    def start_editor_features(self) -> None:
+        if self.editor is None:
+            from .editor import EditorFeatures
+
+            self.editor = EditorFeatures(self.session, self)
 
     def _handle(self, data: Dict[str, Any], msg_id: Any = None) -> None:
         try:

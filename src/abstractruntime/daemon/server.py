@@ -43,12 +43,11 @@ class Daemon:
         self._stopped: Optional[asyncio.Event] = None
         self._watcher: Optional[Watcher] = None
 
-    def broadcast(self, method: str, params: Dict[str, Any]) -> None:
-        """A notification to every initialized client (call on the event loop)."""
-        msg = {"jsonrpc": "2.0", "method": method, "params": params}
+    def workflows_changed(self, report: Dict[str, Any]) -> None:
+        """Tell every initialized client about a reload (call on the event loop)."""
         for s in list(self.sessions):
             if s.initialized and not s.closed:
-                s.send(msg)
+                s.workflows_changed(report)
 
     def _closed(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -82,7 +81,7 @@ class Daemon:
             loop.call_soon_threadsafe(stopped.set)
 
         self.hub.on_stop(wake)
-        self.hub.on_reload(lambda report: loop.call_soon_threadsafe(self.broadcast, "workflows/changed", report))
+        self.hub.on_reload(lambda report: loop.call_soon_threadsafe(self.workflows_changed, report))
         if self.watch:
             self._watcher = Watcher(self.hub)
             self._watcher.start()

@@ -30,7 +30,7 @@ from ..protocol.errors import (
     SubscriptionNotFoundError,
     UnauthorizedError,
 )
-from ..protocol.methods import BY_NAME, NOTIFICATION_NAMES, REQUEST_NAMES
+from ..protocol.methods import BY_NAME, EDITOR_COMMANDS, NOTIFICATION_NAMES, REQUEST_NAMES
 from ..protocol.models import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
@@ -143,14 +143,19 @@ class Session:
     def handle_notification(self, method: str, params: Any) -> None:
         if method == "exit":
             self.close()
-        elif method in ("initialized", "$/cancelRequest", "$/setTrace") or method in self._handlers:
+        elif method == "initialized":
+            if self.initialized and self.is_editor():
+                self.lsp().start_editor_features()
+        elif method in ("$/cancelRequest", "$/setTrace") or method in self._handlers:
             pass  # nothing to do (our methods are all requests)
         elif self.initialized:
             self.lsp().notification(method, params)
 
     def handle_response(self, msg: Dict[str, Any]) -> None:
-        if self._lsp is not None:
-            self._lsp.response(msg)  # an answer to a request the editor features sent
+        if self._lsp is not None:  # an answer to a request the editor features sent
+            if self._lsp.editor is not None and self._lsp.editor.take_response(msg):
+                return
+            self._lsp.response(msg)
 
     def _initialize(self, msg_id: Any, params: Any) -> None:
         if self.initialized:
@@ -170,6 +175,11 @@ class Session:
                 "id": msg_id,
                 "result": {
                     "capabilities": {
+                        # The editor features (daemon/editor.py), served by the connection's
+                        # pygls server once the client says `initialized`.
+                        "textDocumentSync": {"openClose": True, "change": 1},
+                        "codeLensProvider": {"resolveProvider": False},
+                        "executeCommandProvider": {"commands": list(EDITOR_COMMANDS)},
                         "experimental": {
                             "abstractruntime": {
                                 "protocolVersion": PROTOCOL_VERSION,
@@ -177,12 +187,29 @@ class Session:
                                 "methods": list(REQUEST_NAMES),
                                 "notifications": list(NOTIFICATION_NAMES),
                             }
-                        }
+                        },
                     },
                     "serverInfo": {"name": "abstractruntime", "version": __version__},
                 },
             }
         )
+
+    def is_editor(self) -> bool:
+        """An LSP editor (it declares text document capabilities) or a client that opted into
+        prompts: it gets the editor features. Scripts and hosts send neither."""
+        opts = self.init_params.get("initializationOptions")
+        caps = self.init_params.get("capabilities")
+        return bool(
+            (isinstance(caps, dict) and caps.get("textDocument"))
+            or (isinstance(opts, dict) and opts.get("answerPrompts"))
+        )
+
+    def workflows_changed(self, report: Dict[str, Any]) -> None:
+        """After a reload: the notification, and fresh diagnostics and lenses for an editor."""
+        self.send({"jsonrpc": "2.0", "method": "workflows/changed", "params": report})
+        editor = self._lsp.editor if self._lsp is not None else None
+        if editor is not None:
+            editor.workflows_changed(report)
 
     def lsp(self) -> Any:
         """This connection's pygls server, created (and told about `initialize`) on first need."""

@@ -203,6 +203,13 @@ METHODS: List[Method] = [
 ]
 
 BY_NAME: Dict[str, Method] = {x.name: x for x in METHODS}
+# Commands an editor runs with `workspace/executeCommand` (see docs/editors.md).
+EDITOR_COMMANDS = [
+    "abstractruntime.start",
+    "abstractruntime.answer",
+    "abstractruntime.cancel",
+    "abstractruntime.showRun",
+]
 REQUEST_NAMES = [x.name for x in METHODS if not x.notification]
 NOTIFICATION_NAMES = [x.name for x in METHODS if x.notification]
 EXAMPLE_STATE = _STATE

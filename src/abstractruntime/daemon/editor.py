@@ -1,0 +1,420 @@
+"""Editor features over standard LSP, on a connection's pygls server.
+
+What an editor gets, each only when the client's capabilities (or its opt-in) allow it:
+
+- *Prompts*: with `initializationOptions.answerPrompts: true`, every new `ASK_USER` wait (and
+  every event wait that carries a prompt) arrives as `window/showMessageRequest` with the
+  choices as actions; the chosen action resumes the run. The first answer from any client
+  wins: when the run moves on, the other clients' prompts are withdrawn (`$/cancelRequest`
+  and `abstractruntime/promptWithdrawn`) and a late answer gets a "run not waiting" message.
+- *Code lenses* in workflow files: above each node function the number of runs waiting there
+  (an "answer" lens when there are some), above each `WorkflowSpec` a "start" lens; refreshed
+  with `workspace/codeLens/refresh` when waiting runs change.
+- *Commands* (`workspace/executeCommand`): see `EDITOR_COMMANDS`.
+- *Diagnostics*: a workflow module that fails to load shows its error at its line; runs
+  stranded by a reload show a warning at their `WorkflowSpec`.
+- *Progress*: an effect that runs longer than `PROGRESS_AFTER_S` (an LLM call, a tool) shows as
+  work-done progress until its result is recorded.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+from urllib.parse import unquote, urlparse
+
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcException
+
+from ..core.errors import AbstractRuntimeError, RunNotWaitingError, WaitKeyMismatchError
+from ..core.models import RunStatus
+
+if TYPE_CHECKING:
+    from .lsp import LspBridge
+    from .session import Session
+
+log = logging.getLogger("abstractruntime.daemon")
+
+PROGRESS_AFTER_S = 0.3
+LENS_REFRESH_DELAY_S = 0.05
+SOURCE = "abstractruntime"
+
+
+class EditorFeatures:
+    def __init__(self, session: Session, bridge: LspBridge) -> None:
+        self.session = session
+        self.hub = session.hub
+        self.server = bridge.server
+        self.loop = asyncio.get_running_loop()
+        params = session.init_params
+        opts = params.get("initializationOptions") or {}
+        caps = params.get("capabilities") or {}
+        self.answer_prompts = bool(isinstance(opts, dict) and opts.get("answerPrompts"))
+        self.lens_refresh = bool(_get(caps, "workspace", "codeLens", "refreshSupport"))
+        self.progress = bool(_get(caps, "window", "workDoneProgress"))
+        self._prompts: Dict[str, Tuple[Optional[str], str]] = {}  # run id -> (wait key, request id)
+        self._prompt_ids = 0
+        self._awaiting: Dict[str, Tuple[str, Optional[str]]] = {}  # prompt request id -> (run, wait key)
+        self._refresh_pending = False
+        self._diag_uris: Set[str] = set()
+        self._running: Dict[str, Any] = {}  # idempotency key -> progress token or pending timer
+        self._register()
+        self._sub_id, _, _ = self.hub.subscribe(None, None, self._deliver)
+        session.subscriptions.add(self._sub_id)  # the session drops it when it closes
+        self.publish_diagnostics()
+
+    # -- hub events (delivered under the hub's lock, from any thread) -----------------------------
+
+    def _deliver(self, event: Dict[str, Any]) -> None:
+        self.loop.call_soon_threadsafe(self._on_event, event)
+
+    def _on_event(self, event: Dict[str, Any]) -> None:
+        if self.session.closed:
+            return
+        if event["kind"] == "state":
+            self._on_state(event["run_id"], event["state"])
+        elif self.progress:
+            self._on_record(event["record"])
+
+    def _on_state(self, run_id: str, s: Dict[str, Any]) -> None:
+        waiting = s["status"] == RunStatus.WAITING.value
+        key = s.get("wait_key") if waiting else None
+        self._schedule_lens_refresh()  # a run started, moved or ended: counts may have changed
+        pending = self._prompts.get(run_id)
+        if pending is not None and pending[0] != key:
+            self._withdraw(run_id)
+        asks = s.get("wait_reason") == "user" or (s.get("wait_reason") == "event" and s.get("prompt"))
+        if waiting and asks and self.answer_prompts and run_id not in self._prompts:
+            self._prompt(run_id, s)
+
+    # -- prompts ------------------------------------------------------------------------------------
+
+    def _prompt(self, run_id: str, s: Dict[str, Any]) -> None:
+        self._prompt_ids += 1
+        msg_id = f"abstractruntime-prompt-{self._prompt_ids}"
+        key = s.get("wait_key")
+        choices = list(s.get("choices") or [])
+        params = {
+            "type": lsp.MessageType.Info.value,
+            "message": f"{s['workflow_id']}: {s.get('prompt') or 'waiting for an answer'}",
+            "actions": [{"title": c} for c in choices],
+            # Not LSP: what a client of ours needs to answer in its own UI (free text included).
+            "abstractruntime": {
+                "run_id": run_id,
+                "workflow_id": s["workflow_id"],
+                "node_id": s.get("current_node"),
+                "wait_key": key,
+                "prompt": s.get("prompt"),
+                "choices": choices,
+                "allow_free_text": s.get("allow_free_text", True),
+            },
+        }
+        self._prompts[run_id] = (key, msg_id)
+        # Sent as it is, not through pygls: its typed params would drop the extra field.
+        self._awaiting[msg_id] = (run_id, key)
+        self.session.send({"jsonrpc": "2.0", "id": msg_id, "method": lsp.WINDOW_SHOW_MESSAGE_REQUEST, "params": params})
+
+    def take_response(self, msg: Dict[str, Any]) -> bool:
+        """The client's answer to one of our prompts (True), or someone else's response."""
+        pending = self._awaiting.pop(msg.get("id"), None)  # type: ignore[arg-type]
+        if pending is None:
+            return False
+        action = msg.get("result")
+        title = action.get("title") if isinstance(action, dict) else None
+        if title:  # else dismissed, refused or cancelled: the client answers another way, or not
+            asyncio.ensure_future(self._resume_from_prompt(pending[0], pending[1], str(title)))
+        return True
+
+    async def _resume_from_prompt(self, run_id: str, key: Optional[str], title: str) -> None:
+        try:
+            await self.hub.call(
+                self.hub.runtime.resume, workflow=None, run_id=run_id, wait_key=key, payload={"text": title}
+            )
+        except (RunNotWaitingError, WaitKeyMismatchError):
+            self._show(lsp.MessageType.Warning, f"run {run_id} was already answered (run not waiting)")
+        except AbstractRuntimeError as e:
+            self._show(lsp.MessageType.Error, f"run {run_id}: {e}")
+
+    def _withdraw(self, run_id: str) -> None:
+        key, msg_id = self._prompts.pop(run_id)
+        self.session.send({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": msg_id}})
+        self.session.send(
+            {
+                "jsonrpc": "2.0",
+                "method": "abstractruntime/promptWithdrawn",
+                "params": {"run_id": run_id, "wait_key": key},
+            }
+        )
+
+    def _show(self, kind: lsp.MessageType, message: str) -> None:
+        self.server.window_show_message(lsp.ShowMessageParams(type=kind, message=message))
+
+    # -- code lenses --------------------------------------------------------------------------------
+
+    def _schedule_lens_refresh(self) -> None:
+        if not self.lens_refresh or self._refresh_pending:
+            return
+        self._refresh_pending = True
+
+        def refresh() -> None:
+            self._refresh_pending = False
+            if not self.session.closed:
+                self.server.protocol.send_request(lsp.WORKSPACE_CODE_LENS_REFRESH, None)
+
+        self.loop.call_later(LENS_REFRESH_DELAY_S, refresh)
+
+    def code_lenses(self, params: lsp.CodeLensParams) -> List[lsp.CodeLens]:
+        uri = params.text_document.uri
+        try:
+            source = self.server.workspace.get_text_document(uri).source
+        except Exception:  # not open in the client: read it from disk
+            source = _read(uri)
+        found = find_workflows(source or "")
+        lenses: List[lsp.CodeLens] = []
+        for wf in found:
+            counts: Dict[str, int] = {}
+            if wf.workflow_id in self.hub.registry:
+                for s in self.hub.run_store.list_run_summaries(
+                    status=RunStatus.WAITING, workflow_id=wf.workflow_id, limit=10**9
+                ):
+                    counts[s.current_node] = counts.get(s.current_node, 0) + 1
+            lenses.append(_lens(wf.line, f"start {wf.workflow_id}", "abstractruntime.start", [wf.workflow_id]))
+            for node_id, line in wf.node_lines.items():
+                n = counts.get(node_id, 0)
+                title = f"{n} waiting - answer" if n else "0 waiting"
+                args = [{"workflow_id": wf.workflow_id, "node_id": node_id}]
+                lenses.append(_lens(line, title, "abstractruntime.answer", args))
+        return lenses
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        ls = self.server
+
+        @ls.feature(lsp.TEXT_DOCUMENT_CODE_LENS)
+        def code_lens(params: lsp.CodeLensParams) -> List[lsp.CodeLens]:
+            return self.code_lenses(params)
+
+        @ls.command("abstractruntime.start")
+        async def start(*args: Any) -> Any:
+            a = _first_dict(args, "workflow_id")
+            wf = self.hub.registry.get(str(a.get("workflow_id")))
+            if wf is None:
+                raise _error(
+                    f"no workflow {a.get('workflow_id')!r} (serving: {', '.join(self.hub.registry.list_ids())})"
+                )
+            st = await self._call(self.hub.runtime.start_and_tick, workflow=wf, vars=a.get("vars") or {})
+            return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}
+
+        @ls.command("abstractruntime.answer")
+        async def answer(*args: Any) -> Any:
+            a = _first_dict(args, "run_id", "text")
+            run_id = a.get("run_id") or self._oldest_waiting(a.get("workflow_id"), a.get("node_id"))
+            if run_id is None:
+                raise _error(f"no run waits at {a.get('workflow_id')}.{a.get('node_id')}")
+            if a.get("text") is None:
+                st = await self._call(self.hub.runtime.get_state, run_id)
+                w = st.waiting
+                if st.status != RunStatus.WAITING or w is None:
+                    raise _app_error(RunNotWaitingError(f"run {run_id} is not waiting (status {st.status.value})"))
+                if not w.choices:  # free text: the client asks, then calls again with the text
+                    return {"run_id": run_id, "prompt": w.prompt, "choices": [], "needs_text": True}
+                action = await self.server.window_show_message_request_async(
+                    lsp.ShowMessageRequestParams(
+                        type=lsp.MessageType.Info,
+                        message=f"{st.workflow_id}: {w.prompt or 'waiting for an answer'}",
+                        actions=[lsp.MessageActionItem(title=c) for c in w.choices],
+                    )
+                )
+                if action is None:
+                    return {"run_id": run_id, "answered": False}
+                a["text"], a["wait_key"] = action.title, w.wait_key
+            st = await self._call(
+                self.hub.runtime.resume,
+                workflow=None,
+                run_id=run_id,
+                wait_key=a.get("wait_key"),
+                payload={"text": str(a["text"])},
+            )
+            return {"run_id": run_id, "answered": True, "status": st.status.value, "state": st.to_dict()}
+
+        @ls.command("abstractruntime.cancel")
+        async def cancel(*args: Any) -> Any:
+            a = _first_dict(args, "run_id", "reason")
+            st = await self._call(self.hub.runtime.cancel_run, str(a.get("run_id")), reason=a.get("reason"))
+            return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}
+
+        @ls.command("abstractruntime.showRun")
+        async def show_run(*args: Any) -> Any:
+            a = _first_dict(args, "run_id")
+            st = await self._call(self.hub.runtime.get_state, str(a.get("run_id")))
+            return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}
+
+    async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return await self.hub.call(fn, *args, **kw)
+        except AbstractRuntimeError as e:
+            raise _app_error(e) from None
+
+    def _oldest_waiting(self, workflow_id: Any, node_id: Any) -> Optional[str]:
+        if not workflow_id:
+            return None
+        for s in self.hub.run_store.list_run_summaries(status=RunStatus.WAITING, workflow_id=workflow_id, limit=10**9):
+            if node_id is None or s.current_node == node_id:
+                return s.run_id
+        return None
+
+    # -- diagnostics --------------------------------------------------------------------------------
+
+    def publish_diagnostics(self) -> None:
+        by_uri: Dict[str, List[lsp.Diagnostic]] = {}
+        for e in self.hub.load_errors:
+            if not e["file"].endswith(".py"):
+                continue
+            line = max(0, (e.get("line") or 1) - 1)
+            by_uri.setdefault(Path(e["file"]).as_uri(), []).append(
+                _diag(line, e["message"], lsp.DiagnosticSeverity.Error)
+            )
+        stranded: Dict[str, List[Dict[str, Any]]] = {}
+        for r in self.hub.find_stranded():
+            stranded.setdefault(r["workflow_id"], []).append(r)
+        for wid, runs in stranded.items():
+            wf = self.hub.registry.get(wid)
+            if wf is None or not wf.source:
+                continue
+            spec = next((f for f in find_workflows(_read_path(wf.source)) if f.workflow_id == wid), None)
+            nodes = sorted({str(r["node_id"]) for r in runs})
+            msg = (
+                f"{len(runs)} waiting run(s) of {wid!r} are stranded: they resume at "
+                f"{', '.join(repr(n) for n in nodes)}, which this version lacks. Restore the node, "
+                "or migrate or cancel the runs."
+            )
+            by_uri.setdefault(Path(wf.source).as_uri(), []).append(
+                _diag(spec.line if spec else 0, msg, lsp.DiagnosticSeverity.Warning)
+            )
+        for uri in self._diag_uris - set(by_uri):
+            by_uri[uri] = []  # cleared
+        for uri, diags in by_uri.items():
+            self.server.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri=uri, diagnostics=diags))
+        self._diag_uris = {u for u, d in by_uri.items() if d}
+
+    def workflows_changed(self, report: Dict[str, Any]) -> None:
+        self.publish_diagnostics()
+        self._schedule_lens_refresh()
+
+    # -- progress -----------------------------------------------------------------------------------
+
+    def _on_record(self, rec: Dict[str, Any]) -> None:
+        key = rec.get("idempotency_key")
+        if not key or not rec.get("effect"):
+            return
+        if rec["status"] == "started":
+            title = f"{rec['node_id']}: {rec['effect'].get('type')}"
+            self._running[key] = self.loop.call_later(PROGRESS_AFTER_S, self._begin_progress, key, title)
+            return
+        held = self._running.pop(key, None)
+        if isinstance(held, asyncio.TimerHandle):
+            held.cancel()  # done before it was worth showing
+        elif held is not None:
+            self.server.work_done_progress.end(held, lsp.WorkDoneProgressEnd(message=rec["status"]))
+
+    def _begin_progress(self, key: str, title: str) -> None:
+        token = f"abstractruntime-{key}"
+        self._running[key] = token
+
+        def created(_: Any) -> None:
+            if self._running.get(key) == token:
+                self.server.work_done_progress.begin(token, lsp.WorkDoneProgressBegin(title=title, cancellable=False))
+
+        self.server.work_done_progress.create(token, created)
+
+
+# -- finding workflows in a source file ---------------------------------------------------------------
+
+
+class FoundWorkflow:
+    def __init__(self, workflow_id: str, line: int, node_lines: Dict[str, int]) -> None:
+        self.workflow_id, self.line, self.node_lines = workflow_id, line, node_lines
+
+
+def find_workflows(source: str) -> List[FoundWorkflow]:
+    """The `WorkflowSpec(...)` calls of a module with literal ids, and the 0-based line of each
+    node's function (or of its entry in `nodes` when the function is defined elsewhere)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    defs = {n.name: n.lineno - 1 for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        fn = node.func
+        name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else None
+        if name != "WorkflowSpec":
+            continue
+        kw = {k.arg: k.value for k in node.keywords if k.arg}
+        wid = kw.get("workflow_id")
+        if not (isinstance(wid, ast.Constant) and isinstance(wid.value, str)):
+            continue
+        node_lines: Dict[str, int] = {}
+        nodes = kw.get("nodes")
+        if isinstance(nodes, ast.Dict):
+            for k, v in zip(nodes.keys, nodes.values, strict=True):
+                if isinstance(k, ast.Constant) and isinstance(k.value, str):
+                    target = defs.get(v.id) if isinstance(v, ast.Name) else None
+                    node_lines[k.value] = target if target is not None else k.lineno - 1
+        out.append(FoundWorkflow(wid.value, node.lineno - 1, node_lines))
+    return out
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
+
+
+def _first_dict(args: Tuple[Any, ...], *names: str) -> Dict[str, Any]:
+    """Command arguments: one object, or positional values in the order of `names`."""
+    if args and isinstance(args[0], dict):
+        return dict(args[0])
+    return dict(zip(names, args, strict=False))  # fewer args than names: the rest are unset
+
+
+def _error(message: str) -> JsonRpcException:
+    return JsonRpcException(message=message, code=-32602)
+
+
+def _app_error(e: AbstractRuntimeError) -> JsonRpcException:
+    obj = e.to_error_object()
+    return JsonRpcException(message=obj["message"], code=obj["code"], data=obj["data"])
+
+
+def _lens(line: int, title: str, command: str, args: List[Any]) -> lsp.CodeLens:
+    rng = lsp.Range(start=lsp.Position(line=line, character=0), end=lsp.Position(line=line, character=0))
+    return lsp.CodeLens(range=rng, command=lsp.Command(title=title, command=command, arguments=args))
+
+
+def _diag(line: int, message: str, severity: lsp.DiagnosticSeverity) -> lsp.Diagnostic:
+    rng = lsp.Range(start=lsp.Position(line=line, character=0), end=lsp.Position(line=line + 1, character=0))
+    return lsp.Diagnostic(range=rng, message=message, severity=severity, source=SOURCE)
+
+
+def _read(uri: str) -> str:
+    p = urlparse(uri)
+    return _read_path(unquote(p.path)) if p.scheme == "file" else ""
+
+
+def _read_path(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
