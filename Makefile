@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test check lint typecheck bench install clean protocol
+.PHONY: serve test test-deps check lint typecheck bench install clean protocol
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,19 @@ serve: $(STAMP)
 
 # Every tier: lint, types, generated files current, kernel unit tests and store conformance,
 # then the subprocess tier (daemon on every transport, crash loops).
-test: $(STAMP)
+test: $(STAMP) test-deps
 	@$(PY) -m ruff check src tests bench examples
 	@$(PY) -m mypy
 	@$(PY) -m abstractruntime.protocol.spec --check
 	@$(PY) -m pytest tests/unit -q
 	@$(PY) -m pytest tests/e2e -q --timeout 300
+
+# What the editor and TypeScript tiers need beyond Python: Debian's neovim (as root, or with
+# sudo), and the TypeScript client's npm packages.
+APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
+test-deps:
+	@command -v nvim >/dev/null 2>&1 || { echo "installing Debian's neovim"; \
+		($(APT) install -y -q neovim || ($(APT) update -q && $(APT) install -y -q neovim)) >/dev/null; }
 
 # Regenerate protocol/openrpc.json, protocol/golden.json and docs/protocol.md.
 protocol: $(STAMP)

@@ -409,8 +409,8 @@ class Session:
 
 
 def _validate(model: Any, name: str, raw: Any) -> Any:
-    if raw is None:
-        raw = {}
+    if raw is None or raw == []:
+        raw = {}  # no params; some JSON encoders (Lua's) can't tell an empty object from []
     if not isinstance(raw, dict):
         raise WireError(INVALID_PARAMS, f"{name}: params must be an object", {"got": type(raw).__name__})
     try:
