@@ -34,6 +34,7 @@ APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 test-deps:
 	@command -v nvim >/dev/null 2>&1 || { echo "installing Debian's neovim"; \
 		($(APT) install -y -q neovim || ($(APT) update -q && $(APT) install -y -q neovim)) >/dev/null; }
+	@test -d clients/typescript/node_modules || npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error
 
 # Regenerate protocol/openrpc.json, protocol/golden.json and docs/protocol.md.
 protocol: $(STAMP)

@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--relaxed", action="store_true", help="skip fsync: safe against a process crash, not a power loss")
     s.add_argument(
+        "--external",
+        action="append",
+        metavar="EFFECT_TYPE",
+        default=[],
+        help="an effect type a host outside the daemon executes (e.g. tool_calls): the run waits (reason job) "
+        "with the effect until a client resumes it with the result; repeatable",
+    )
+    s.add_argument(
         "--no-watch",
         action="store_true",
         help="don't reload workflow files when they change (reload on request: `abstractruntime reload`)",
@@ -141,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(p)
 
     p = sub.add_parser("status", help="the daemon's version, uptime, store and run counts")
+    _connection_args(p)
+    p = sub.add_parser("stop", help="stop the daemon (in-flight steps finish and are committed first)")
     _connection_args(p)
     p = sub.add_parser("workflows", help="the workflows the daemon serves, their versions and load errors")
     _connection_args(p)
@@ -281,6 +291,10 @@ def _run_command(args: argparse.Namespace) -> int:
             ]
             rows += [f"load error: {_where(e)}: {e.message}" for e in res.load_errors]
             _out(args, res, "\n".join(rows) or "no workflows")
+        elif cmd == "stop":
+            pid = c.status().pid
+            c.shutdown_daemon()
+            _out(args, {"stopped": pid}, f"stopping the daemon (pid {pid})")
         elif cmd == "reload":
             r = c.reload_workflows()
             _out(args, r, _describe_reload(r))

@@ -46,7 +46,7 @@ def test_seed_flow_through_the_daemon(d):
         assert [r.seq for r in led.records] == [1, 2, 3] and led.next is None
         assert [r.seq for r in c.ledger(started.run_id, after=1, limit=1).records] == [2]
         assert c.ledger(started.run_id, limit=2).next == 2
-        assert {w.workflow_id for w in c.workflows()} == {"ask", "slow", "events", "steps"}
+        assert {w.workflow_id for w in c.workflows()} == {"ask", "slow", "events", "steps", "tool"}
         s = c.status()
         assert s.runs == {"completed": 1} and s.clients >= 1 and s.pid > 0
 

@@ -261,8 +261,9 @@ def test_lsp_starts_the_project_daemon_once_and_a_second_daemon_is_refused(tmp_p
         assert again.returncode == 1
         assert f"in use by another daemon (pid {pid}, at {sock})" in again.stderr
     finally:
-        with Client.discover(str(data)) as c:
-            c.shutdown_daemon()
+        stop = subprocess.run([sys.executable, "-m", "abstractruntime", "stop", "--data", str(data)],
+                              env=env_with_package(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0 and f"stopping the daemon (pid {pid})" in stop.stdout, stop.stderr
         deadline = time.time() + 20
         while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
             time.sleep(0.05)

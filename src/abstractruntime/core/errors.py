@@ -102,8 +102,9 @@ class EffectHandlerMissingError(AbstractRuntimeError):
 
 
 class RunStrandedError(InvalidWorkflowError):
-    """A waiting run's resume node is gone from the workflow's current version (a reload
-    removed it). Nothing changed: restore the node, migrate the run, or cancel it."""
+    """A waiting run's resume node is missing from the workflow's current version.
+
+    A reload removed it. Nothing changed: restore the node, migrate the run, or cancel it."""
 
     CODE = 1012
     NAME = "run_stranded"

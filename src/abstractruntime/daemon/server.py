@@ -230,6 +230,8 @@ def run(args: Any) -> int:
     except DataFolderInUse as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 1
+    for effect_type in args.external:
+        hub.runtime.declare_external(effect_type)
     hub.start()
     daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch)
     try:

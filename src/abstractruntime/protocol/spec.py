@@ -171,6 +171,8 @@ def openrpc() -> Dict[str, Any]:
             "summary": mth.summary,
             "paramStructure": "by-name",
             "params": _params(mth, schemas),
+            # The params as one object: generated clients type a call's params with it.
+            "x-params-schema": {"$ref": REF.format(model=mth.params.__name__)},
         }
         if mth.notification:
             entry["x-notification"] = True

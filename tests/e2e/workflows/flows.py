@@ -47,3 +47,15 @@ def _step(run, ctx):
 
 
 steps = WorkflowSpec(workflow_id="steps", entry_node="step", nodes={"step": _step, "ask": _ask, "done": _done})
+
+
+def _use_tool(run, ctx):
+    calls = [{"name": "add", "arguments": {"a": run.vars.get("a", 2), "b": run.vars.get("b", 3)}, "call_id": "c1"}]
+    return StepPlan(node_id="use_tool", effect=Effect(EffectType.TOOL_CALLS, {"tool_calls": calls}, "tools"), next_node="report")
+
+
+def _report(run, ctx):
+    return StepPlan(node_id="report", complete_output={"tools": run.vars["tools"]})
+
+
+tool = WorkflowSpec(workflow_id="tool", entry_node="use_tool", nodes={"use_tool": _use_tool, "report": _report})
