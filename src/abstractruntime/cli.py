@@ -70,6 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="an effect type a host outside the daemon executes (e.g. tool_calls): the run waits (reason job) "
         "with the effect until a client resumes it with the result; repeatable",
     )
+    llm = s.add_argument_group("models (LLM_CALL through AbstractCore; pip install abstractruntime[abstractcore])")
+    llm.add_argument(
+        "--llm-provider", help="an AbstractCore provider: ollama, openai, openai-compatible, anthropic, ..."
+    )
+    llm.add_argument("--llm-model", help="the model, e.g. qwen3:4b")
+    llm.add_argument("--llm-base-url", help="the provider's base URL (default: the provider's own)")
+    llm.add_argument("--llm-timeout", type=float, help="seconds per provider call")
+    llm.add_argument(
+        "--llm-api-key-env",
+        metavar="VAR",
+        help="read the provider's API key from this environment variable (never pass keys as arguments)",
+    )
+    llm.add_argument(
+        "--llm-option", action="append", default=[], metavar="KEY=VALUE", help="another provider option; repeatable"
+    )
+    s.add_argument(
+        "--config",
+        metavar="FILE",
+        help='a JSON file: {"llm": {"provider", "model", "options": {...}, "api_key_env"}, "external": [...]}',
+    )
     s.add_argument(
         "--no-watch",
         action="store_true",
@@ -251,11 +271,19 @@ def _run_command(args: argparse.Namespace) -> int:
             _out(args, r, "\n".join(rows) if rows else "no records")
         elif cmd == "watch":
             n = 0
+            streaming = False
             try:
                 for ev in c.subscribe(args.run_id, after=args.after):
                     if args.json:
                         print(json.dumps(ev.model_dump(mode="json")), flush=True)
+                    elif ev.kind == "progress" and ev.progress:
+                        # A model's answer as it is written: the pieces, on one line.
+                        print(ev.progress.text, end="", flush=True)
+                        streaming = True
                     else:
+                        if streaming:
+                            print()
+                            streaming = False
                         what = (
                             f"{ev.record.node_id} {ev.record.status}"
                             if ev.record

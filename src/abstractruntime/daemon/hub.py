@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .. import __version__
-from ..core.models import RunStatus
+from ..core.models import EffectType, RunStatus
+from ..core.policy import DefaultEffectPolicy
 from ..core.runtime import Runtime
+from ..integrations.abstractcore.factory import DEFAULT_LLM_RETRY
+from ..integrations.abstractcore.llm import not_configured as llm_not_configured
+from ..integrations.abstractcore.tools import ToolCallsHandler, ToolRegistry
 from ..protocol import discovery
 from ..protocol.errors import CursorExpiredError
 from ..scheduler import Scheduler, WorkflowRegistry
@@ -66,6 +70,8 @@ class Hub:
         durable: bool = True,
         workers: int = 32,
         poll_interval_s: float = 1.0,
+        llm: Optional[Dict[str, Any]] = None,
+        external: Optional[List[str]] = None,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
@@ -84,12 +90,19 @@ class Hub:
         else:
             raise ValueError(f"unknown store {store!r} (expected files, sqlite or memory)")
         self.registry = WorkflowRegistry()
-        self.catalog = WorkflowCatalog(workflow_dirs, self.registry)
+        self.tools = ToolRegistry()  # the tools workflow modules define (hot-reloaded with them)
+        self.catalog = WorkflowCatalog(workflow_dirs, self.registry, self.tools)
         self.workflow_dirs = self.catalog.dirs
         self._reload_listeners: List[Callable[[Dict[str, Any]], Any]] = []
         self._reload_lock = threading.Lock()
+        self.llm = dict(llm) if llm else None
         self.runtime = Runtime(
-            run_store=self.run_store, ledger_store=self.ledger_store, workflow_registry=self.registry
+            run_store=self.run_store,
+            ledger_store=self.ledger_store,
+            workflow_registry=self.registry,
+            effect_handlers=self._effect_handlers(set(external or ())),
+            external_effects=external or (),
+            effect_policy=DefaultEffectPolicy(retries={EffectType.LLM_CALL: DEFAULT_LLM_RETRY}),
         )
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ar-tick")
         self.scheduler = Scheduler(runtime=self.runtime, registry=self.registry, poll_interval_s=poll_interval_s)
@@ -115,6 +128,26 @@ class Hub:
     @property
     def load_errors(self) -> List[Dict[str, Any]]:
         return self.catalog.errors()
+
+    def _effect_handlers(self, external: set) -> Dict[Any, Any]:
+        """LLM_CALL through AbstractCore when a model is configured (else a clear failure), and
+        TOOL_CALLS over the workflow modules' tools unless a host executes them (--external)."""
+        handlers: Dict[Any, Any] = {}
+        if EffectType.TOOL_CALLS.value not in external:
+            handlers[EffectType.TOOL_CALLS] = ToolCallsHandler(self.tools)
+        if self.llm:
+            from ..integrations.abstractcore.llm import LLMCallHandler  # the opt-in to AbstractCore
+
+            handlers[EffectType.LLM_CALL] = LLMCallHandler(
+                self.llm["provider"],
+                self.llm["model"],
+                tools=self.tools,
+                provider_options=self.llm.get("options") or {},
+                on_progress=self.publish_progress,
+            )
+        else:
+            handlers[EffectType.LLM_CALL] = llm_not_configured
+        return handlers
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -268,6 +301,12 @@ class Hub:
         for sub in self._subs.values():
             if sub.run_id is None or sub.run_id == run_id:
                 sub.deliver(event)
+
+    def publish_progress(self, run_id: str, node_id: str, text: str) -> None:
+        """A streamed piece of a model's answer: an event for subscribers, not a ledger record
+        (the whole answer is one record when the call completes)."""
+        with self._lock:
+            self._emit(run_id, "progress", {"node_id": node_id, "text": text})
 
     def _on_records(self, run_id: str, records: List[Dict[str, Any]]) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.spec import WorkflowSpec
 from ..scheduler.registry import WorkflowRegistry
@@ -43,6 +43,11 @@ def is_workflow_file(name: str) -> bool:
 
 def load_module_specs(path: str, source: Optional[bytes] = None) -> List[WorkflowSpec]:
     """Import one file as a fresh module and return its WorkflowSpecs (raises on any error)."""
+    return load_module(path, source)[0]
+
+
+def load_module(path: str, source: Optional[bytes] = None) -> Tuple[List[WorkflowSpec], List[Any]]:
+    """Import one file as a fresh module: its WorkflowSpecs and its tools (raises on any error)."""
     if source is None:
         with open(path, "rb") as f:
             source = f.read()
@@ -61,7 +66,11 @@ def load_module_specs(path: str, source: Optional[bytes] = None) -> List[Workflo
     finally:
         sys.modules.pop(name, None)
     found: Dict[str, WorkflowSpec] = {}
+    tools: Dict[str, Any] = {}
     for value in vars(module).values():
+        if getattr(value, "_abstractruntime_tool", False) is True:  # an integrations Tool
+            tools[value.name] = value
+            continue
         if not isinstance(value, WorkflowSpec):
             continue
         other = found.get(value.workflow_id)
@@ -70,13 +79,14 @@ def load_module_specs(path: str, source: Optional[bytes] = None) -> List[Workflo
         value.version = version
         value.source = path
         found[value.workflow_id] = value
-    return list(found.values())
+    return list(found.values()), list(tools.values())
 
 
 @dataclass
 class _FileState:
     version: Optional[str] = None  # the source version now serving (None: never loaded)
     workflow_ids: List[str] = field(default_factory=list)
+    tool_names: List[str] = field(default_factory=list)
     error: Optional[Dict[str, Any]] = None  # the load error of the file's current source
     error_version: Optional[str] = None
     # Ids another file held when this one failed to load for defining them too: the same
@@ -109,9 +119,12 @@ class ReloadResult:
 class WorkflowCatalog:
     """The workflow files of some folders, and which of their workflows the registry serves."""
 
-    def __init__(self, dirs: List[str], registry: WorkflowRegistry) -> None:
+    def __init__(self, dirs: List[str], registry: WorkflowRegistry, tools: Any = None) -> None:
         self.dirs = [os.path.abspath(d) for d in dirs]
         self.registry = registry
+        # A ToolRegistry (integrations) for the tools workflow modules define, or None.
+        self.tools = tools
+        self._tool_owner: Dict[str, str] = {}
         self._files: Dict[str, _FileState] = {}
         self._owner: Dict[str, str] = {}  # workflow id -> the file that defines it
         self._missing_dirs: List[str] = []
@@ -162,6 +175,7 @@ class WorkflowCatalog:
             st = self._files.pop(path)
             for wid in st.workflow_ids:
                 self._unregister(wid, path, st.version, result)
+            self._set_tools(path, st, [])
             if st.error is not None:
                 result.cleared.append(path)
 
@@ -173,9 +187,19 @@ class WorkflowCatalog:
             if version == st.error_version and not self._conflict_resolved(path, st):
                 continue  # the same broken source as before: its error stands
             try:
-                specs = load_module_specs(path, source)
+                specs, tools = load_module(path, source)
             except Exception as e:  # isolation boundary: a broken module never stops the others
                 self._failed(st, version, describe_error(path, e), [], result)
+                continue
+            taken_tool = next((t.name for t in tools if self._tool_owner.get(t.name, path) != path), None)
+            if taken_tool is not None:
+                owner = self._tool_owner[taken_tool]
+                err = {
+                    "file": path,
+                    "line": None,
+                    "message": f"tool {taken_tool!r} is defined in both {owner} and {path}",
+                }
+                self._failed(st, version, err, [], result)
                 continue
             taken = [
                 (wf.workflow_id, self._owner[wf.workflow_id])
@@ -203,7 +227,20 @@ class WorkflowCatalog:
                 if old_version != wf.version:
                     result.changes.append(WorkflowChange(wf.workflow_id, path, old_version, wf.version))
             st.version, st.workflow_ids = version, new_ids
+            self._set_tools(path, st, tools)
         return result
+
+    def _set_tools(self, path: str, st: _FileState, tools: List[Any]) -> None:
+        if self.tools is None:
+            return
+        for name in st.tool_names:
+            if self._tool_owner.get(name) == path:
+                del self._tool_owner[name]
+                self.tools.remove(name)
+        for t in tools:
+            self.tools.add(t)
+            self._tool_owner[t.name] = path
+        st.tool_names = [t.name for t in tools]
 
     def _failed(
         self, st: _FileState, version: str, error: Dict[str, Any], conflicts: List[str], result: ReloadResult

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
 from ..protocol import discovery as paths
@@ -212,6 +212,47 @@ def check_tcp_host(host: str, allow_remote: bool) -> None:
         raise SystemExit(f"refusing to listen on {host}: not a loopback address (pass --allow-remote to allow it)")
 
 
+def llm_config(args: Any) -> Tuple[Optional[Dict[str, Any]], List[str]]:
+    """The model and external effects from --config and the --llm-* flags (flags win). An API
+    key is only ever read from the environment variable named, never from an argument."""
+    cfg: Dict[str, Any] = {}
+    if getattr(args, "config", None):
+        try:
+            with open(args.config) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--config {args.config}: {e}") from None
+    llm = dict(cfg.get("llm") or {})
+    options = dict(llm.get("options") or {})
+    for flag, key in (("llm_provider", "provider"), ("llm_model", "model")):
+        if getattr(args, flag, None):
+            llm[key] = getattr(args, flag)
+    if getattr(args, "llm_base_url", None):
+        options["base_url"] = args.llm_base_url
+    if getattr(args, "llm_timeout", None) is not None:
+        options["timeout"] = args.llm_timeout
+    for item in getattr(args, "llm_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--llm-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    key_env = getattr(args, "llm_api_key_env", None) or llm.get("api_key_env")
+    if key_env:
+        if not os.environ.get(key_env):
+            raise ValueError(f"the environment variable {key_env} (the API key) is not set")
+        options["api_key"] = os.environ[key_env]
+    external = list(cfg.get("external") or []) + list(getattr(args, "external", None) or [])
+    if not llm:
+        return None, external
+    missing = [k for k in ("provider", "model") if not llm.get(k)]
+    if missing:
+        raise ValueError(f"an LLM needs --llm-provider and --llm-model (missing: {', '.join(missing)})")
+    return {"provider": llm["provider"], "model": llm["model"], "options": options}, external
+
+
 def run(args: Any) -> int:
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -224,14 +265,26 @@ def run(args: Any) -> int:
     data = paths.data_dir(args.data)
     workflows = args.workflows or ["workflows"]
     try:
+        llm, external = llm_config(args)
+    except ValueError as e:
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 2
+    try:
         hub = Hub(
-            data_dir=data, workflow_dirs=workflows, store=args.store, durable=not args.relaxed, workers=args.workers
+            data_dir=data,
+            workflow_dirs=workflows,
+            store=args.store,
+            durable=not args.relaxed,
+            workers=args.workers,
+            llm=llm,
+            external=external,
         )
     except DataFolderInUse as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 1
-    for effect_type in args.external:
-        hub.runtime.declare_external(effect_type)
+    if llm:  # never the options: they may hold the API key
+        where = llm["options"].get("base_url")
+        log.info("LLM_CALL: %s model %s%s", llm["provider"], llm["model"], f" at {where}" if where else "")
     hub.start()
     daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch)
     try:

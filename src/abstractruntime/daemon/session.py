@@ -200,7 +200,7 @@ class Session:
         opts = self.init_params.get("initializationOptions")
         caps = self.init_params.get("capabilities")
         return bool(
-            (isinstance(caps, dict) and caps.get("textDocument"))
+            (isinstance(caps, dict) and "textDocument" in caps)
             or (isinstance(opts, dict) and opts.get("answerPrompts"))
         )
 

@@ -221,15 +221,23 @@ class UnsubscribeParams(Params):
     subscription_id: str
 
 
+class ProgressModel(Result):
+    node_id: str
+    text: str = Field(description="The next piece of a model's streamed answer.")
+
+
 class EventNotification(Result):
-    """`runtime/event`: one per ledger append (`kind` record) and per run status change (`kind` state)."""
+    """`runtime/event`: one per ledger append (`kind` record), per run status change (`kind` state),
+    and per streamed piece of a model's answer (`kind` progress: not in the ledger, whose record of
+    the call holds the whole answer)."""
 
     subscription_id: str
     cursor: int
     run_id: str
-    kind: Literal["record", "state"]
+    kind: Literal["record", "state", "progress"]
     record: Optional[LedgerRecordModel] = None
     state: Optional[RunSummaryModel] = None
+    progress: Optional[ProgressModel] = None
     committed_at: Optional[float] = Field(
         None, description="When the daemon published the event, right after the commit (epoch seconds)."
     )
