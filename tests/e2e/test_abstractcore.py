@@ -98,6 +98,18 @@ def test_text_tool_calls_retries_and_failures(llm_server, provider, model, suffi
     assert st.status.value == "failed" and "Connection refused" in st.error and "after 3 attempts" in st.error
 
 
+def test_response_schema_gives_parsed_json(llm_server):
+    rt = runtime(llm_server, "ollama", "qwen3:4b", "")
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    llm_server.add({"text": '```json\n{"city": "Lyon"}\n```'}, {"text": "Lyon, I think"})
+    st = rt.start_and_tick(workflow=one_call({"prompt": "Which city?", "response_schema": schema}))
+    assert st.output["data"] == {"city": "Lyon"}
+    told = json.dumps(llm_server.posts()[-1]["body"])
+    assert "Answer with JSON only" in told and "required" in told  # the model was given the schema
+    st = rt.start_and_tick(workflow=one_call({"prompt": "Which city?", "response_schema": schema}))
+    assert st.status.value == "failed" and "the answer is not JSON" in st.error
+
+
 def test_no_secret_in_state_ledger_or_messages(llm_server):
     rt = runtime(llm_server, "openai-compatible", "test-model", "/v1")
     llm_server.add({"echo_headers": True})  # a provider that prints the key back in its error
