@@ -21,7 +21,7 @@ import traceback as tb
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from .effects import (
     EffectHandler,
@@ -291,19 +291,9 @@ class Runtime:
             raise NotJsonSerializableError(f"{bad} is not JSON-serializable")
         t = _Tick()
         with self._guard(run_id):
-            run = self.get_state(run_id)
-            if workflow is None:  # hosts with a registry may let the run name its workflow
-                workflow = self._workflow_for(run)
-            _check_workflow(workflow, run)
-            if run.status.is_terminal:
-                raise RunFinishedError(
-                    f"run {run_id} already {run.status.value}; it cannot be resumed",
-                    run_id=run_id,
-                    status=run.status.value,
-                )
-            if run.status != RunStatus.WAITING or run.waiting is None:
-                raise RunNotWaitingError(f"run {run_id} is not waiting (status {run.status.value})", run_id=run_id)
+            run, workflow = self._load_waiting(run_id, workflow, "resumed")
             w = run.waiting
+            assert w is not None
             if wait_key is not None and w.wait_key is not None and wait_key != w.wait_key:
                 raise WaitKeyMismatchError(
                     f"run {run_id} waits on {w.wait_key!r}, not {wait_key!r}",
@@ -317,6 +307,22 @@ class Runtime:
             state = self._advance(workflow, run, max_steps, t)
         self._run_after(t)
         return state
+
+    def _load_waiting(self, run_id: str, workflow: Optional[WorkflowSpec], verb: str) -> Tuple[RunState, WorkflowSpec]:
+        """The run (which must be waiting) and its workflow; under the run's guard."""
+        run = self.get_state(run_id)
+        if workflow is None:  # hosts with a registry may let the run name its workflow
+            workflow = self._workflow_for(run)
+        _check_workflow(workflow, run)
+        if run.status.is_terminal:
+            raise RunFinishedError(
+                f"run {run_id} already {run.status.value}; it cannot be {verb}",
+                run_id=run_id,
+                status=run.status.value,
+            )
+        if run.status != RunStatus.WAITING or run.waiting is None:
+            raise RunNotWaitingError(f"run {run_id} is not waiting (status {run.status.value})", run_id=run_id)
+        return run, workflow
 
     def cancel_run(self, run_id: str, reason: Optional[str] = None) -> RunState:
         """Cancel a run that has not finished; a run being ticked stops after its current step."""
@@ -356,22 +362,9 @@ class Runtime:
         """
         t = _Tick()
         with self._guard(run_id):
-            run = self.get_state(run_id)
-            if workflow is None:
-                workflow = self._workflow_for(run)
-            _check_workflow(workflow, run)
-            if run.status.is_terminal:
-                raise RunFinishedError(
-                    f"run {run_id} already {run.status.value}; it cannot be migrated",
-                    run_id=run_id,
-                    status=run.status.value,
-                )
+            run, workflow = self._load_waiting(run_id, workflow, "migrated")
             w = run.waiting
-            if run.status != RunStatus.WAITING or w is None:
-                raise RunNotWaitingError(
-                    f"run {run_id} is not waiting (status {run.status.value}); only waiting runs migrate",
-                    run_id=run_id,
-                )
+            assert w is not None
             old_node = w.resume_to_node or run.current_node
             target = to_node or (old_node if old_node in workflow.nodes else workflow.entry_node)
             if target not in workflow.nodes:
