@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS ledger (
 class _Job:
     """One writer's part of a group commit."""
 
-    __slots__ = ("run", "run_id", "records", "state_text", "summary", "chained", "done", "error")
+    __slots__ = ("run", "run_id", "records", "state_text", "summary", "chained", "done", "error", "_wake", "_lead")
 
     def __init__(
         self,
