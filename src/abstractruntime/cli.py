@@ -22,6 +22,9 @@ examples:
   abstractruntime answer                     # pick a waiting run, read the answer, resume it
   abstractruntime resume RUN_ID --text approve
   abstractruntime watch                      # stream every event (Ctrl-C to stop)
+  abstractruntime serve --llm-provider ollama --llm-model qwen3:4b   # workflows may call a model
+  abstractruntime lsp                        # for an editor: joins (or starts) the project's daemon
+  abstractruntime reload                     # after editing on a filesystem without change events
 """
 
 
