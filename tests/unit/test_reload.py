@@ -69,6 +69,12 @@ def test_skipped_files_and_a_spec_defined_twice_in_one_file(tmp_path):
     assert [e["message"] for e in r.new_errors] == [f"ValueError: workflow 'w' is defined twice in {tmp_path / 'twice.py'}"]
 
 
+def test_a_module_that_exits_at_import_is_a_load_error(tmp_path):
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(3)\n")
+    r = WorkflowCatalog([str(tmp_path)], WorkflowRegistry()).rescan()
+    assert [(e["line"], e["message"]) for e in r.new_errors] == [(2, "SystemExit: 3")]
+
+
 def test_a_missing_folder_is_reported_not_fatal(tmp_path):
     cat = WorkflowCatalog([str(tmp_path / "nope")], WorkflowRegistry())
     cat.rescan()

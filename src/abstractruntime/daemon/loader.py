@@ -188,7 +188,7 @@ class WorkflowCatalog:
                 continue  # the same broken source as before: its error stands
             try:
                 specs, tools = load_module(path, source)
-            except Exception as e:  # isolation boundary: a broken module never stops the others
+            except (Exception, SystemExit) as e:  # isolation boundary: a broken module stops nothing else
                 self._failed(st, version, describe_error(path, e), [], result)
                 continue
             taken_tool = next((t.name for t in tools if self._tool_owner.get(t.name, path) != path), None)
