@@ -367,3 +367,21 @@ def test_a_second_daemon_on_the_same_data_folder_refuses_to_start(tmp_path):
         assert f"pid {d.proc.pid}" in p.stderr and d.socket in p.stderr
         with d.client() as c:
             assert c.status().pid == d.proc.pid
+
+
+def test_a_node_that_calls_sys_exit_fails_its_run_not_the_daemon(tmp_path):
+    wf = tmp_path / "wfs"
+    wf.mkdir()
+    (wf / "quit.py").write_text(
+        "import sys\n"
+        "from abstractruntime import StepPlan, WorkflowSpec\n\n"
+        "def bye(run, ctx):\n"
+        "    sys.exit(7)\n\n"
+        "quitter = WorkflowSpec(workflow_id='quitter', entry_node='bye', nodes={'bye': bye})\n"
+    )
+    (tmp_path / "d").mkdir()
+    with daemon(tmp_path / "d", "unix", workflows=wf) as d, d.client() as c:
+        pid = c.status().pid
+        st = c.start("quitter").state
+        assert st.status == "failed" and "SystemExit: 7" in st.error
+        assert c.status().pid == pid  # still serving

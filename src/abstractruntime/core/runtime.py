@@ -458,7 +458,7 @@ class Runtime:
             run.steps += 1
             try:
                 plan = handler(run, self._ctx)
-            except Exception as e:  # isolation boundary: a node that raises fails only its run
+            except (Exception, SystemExit) as e:  # isolation boundary: a node that raises (or exits) fails only its run
                 return self._fail(
                     run, t, node_id, f"node {node_id!r} raised {type(e).__name__}: {e}", traceback=tb.format_exc()
                 )
@@ -580,7 +580,7 @@ class Runtime:
                         )
                 retry = False
                 trace = None
-            except Exception as e:  # isolation boundary: a failing handler fails this attempt only
+            except (Exception, SystemExit) as e:  # isolation boundary: a failing handler fails this attempt only
                 out = EffectOutcome.failed(f"{type(e).__name__}: {e}")
                 retry = True
                 trace = tb.format_exc()
@@ -860,7 +860,7 @@ class Runtime:
 def _safe_call(handler: EffectHandler, run: RunState, effect: Effect, nxt: Optional[str]) -> EffectOutcome:
     try:
         out = call_handler(handler, run, effect, nxt)
-    except Exception as e:  # isolation boundary for built-in handlers
+    except (Exception, SystemExit) as e:  # isolation boundary for built-in handlers
         return EffectOutcome.failed(f"{type(e).__name__}: {e}")
     if not isinstance(out, EffectOutcome):
         return EffectOutcome.failed(f"handler returned {type(out).__name__}, not an EffectOutcome")

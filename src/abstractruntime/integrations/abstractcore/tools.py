@@ -244,7 +244,7 @@ def _run_tool(t: Tool, arguments: Dict[str, Any]) -> Dict[str, Any]:
         return {"success": False, "error": f"arguments must be an object, got {type(arguments).__name__}"}
     try:
         out = t(**arguments)
-    except Exception as e:  # isolation boundary: a failing tool is a failed call, seen by the workflow
+    except (Exception, SystemExit) as e:  # isolation boundary: a failing tool is a failed call
         return {"success": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
     try:
         json.dumps(out)
