@@ -336,7 +336,15 @@ export class RuntimeClient {
         const params: P.SubscribeParams = {};
         if (options.runId !== undefined) params.run_id = options.runId;
         if (cursor !== undefined) params.after = cursor;
-        const res = await this.call("runtime/subscribe", params);
+        let res: P.SubscribeResult;
+        try {
+          res = await this.call("runtime/subscribe", params);
+        } catch (e) {
+          // The connection dropped before the daemon answered: reconnect and ask again.
+          if (!reconnect || this.closedByUs || !this.closed) throw e;
+          await this.reconnect(options.reconnectTimeoutMs ?? 30_000);
+          continue;
+        }
         subId = res.subscription_id;
         if (cursor === undefined) cursor = res.cursor;
         await options.onSubscribed?.(res.cursor);
