@@ -278,3 +278,36 @@ def test_lsp_reports_a_daemon_that_cannot_start(tmp_path):
         env=env_with_package(), cwd=tmp_path, capture_output=True, text=True, timeout=60, input="",
     )
     assert p.returncode == 1 and p.stderr.startswith("abstractruntime lsp: ")
+
+
+def test_an_event_wait_with_a_prompt_is_a_prompt_too(project):
+    (project / "workflows" / "gate.py").write_text(
+        "from abstractruntime import Effect, EffectType, StepPlan, WorkflowSpec\n\n"
+        "def wait(run, ctx):\n"
+        "    return StepPlan(node_id='wait', effect=Effect(EffectType.WAIT_EVENT,\n"
+        "        {'name': 'deploy', 'prompt': 'Deploy now?', 'choices': ['deploy']}, 'go'), next_node='done')\n\n"
+        "def done(run, ctx):\n"
+        "    return StepPlan(node_id='done', complete_output=run.vars['go'])\n\n"
+        "gate = WorkflowSpec(workflow_id='gate', entry_node='wait', nodes={'wait': wait, 'done': done})\n"
+    )
+
+    async def scenario(d):
+        ed = await Editor.open(d.data, project)
+        script = await AsyncClient(Target("unix", path=d.socket)).connect()
+        try:
+            run = (await script.start("gate")).run_id
+            params, answer = await next_item(ed.prompts)
+            assert params["message"] == "gate: Deploy now?" and params["abstractruntime"]["run_id"] == run
+            answer.set_result({"title": "deploy"})
+            for _ in range(200):
+                st = await script.state(run)
+                if st.status == "completed":
+                    break
+                await asyncio.sleep(0.02)
+            assert st.output == {"text": "deploy"}
+        finally:
+            await script.close()
+            await ed.close()
+
+    with daemon(project, "unix", workflows=project / "workflows") as d:
+        asyncio.run(scenario(d))
