@@ -123,3 +123,21 @@ def test_records_carry_the_version_their_step_ran_under_and_migrate_moves_a_stra
     with pytest.raises(RunNotWaitingError):
         rt.migrate_run(run.run_id)
     assert rt.verify_ledger(run.run_id)["ok"]
+
+
+def test_a_tool_defined_in_two_files_loads_from_the_second_once_the_first_lets_go(tmp_path):
+    from abstractruntime.integrations.abstractcore import ToolRegistry
+
+    tool_src = "from abstractruntime.integrations.abstractcore import tool\n\n@tool\ndef ping() -> str:\n    return {tag!r}\n"
+    (tmp_path / "a.py").write_text(tool_src.format(tag="a"))
+    (tmp_path / "b.py").write_text(tool_src.format(tag="b"))
+    tools = ToolRegistry()
+    cat = WorkflowCatalog([str(tmp_path)], WorkflowRegistry(), tools)
+    r = cat.rescan()
+    assert [e["message"] for e in r.new_errors] == [
+        f"tool 'ping' is defined in both {tmp_path / 'a.py'} and {tmp_path / 'b.py'}"
+    ]
+    assert tools.get("ping")() == "a"
+    (tmp_path / "a.py").unlink()
+    r = cat.rescan()
+    assert tools.get("ping")() == "b" and cat.errors() == []  # b.py, unchanged, takes it over

@@ -41,11 +41,6 @@ def is_workflow_file(name: str) -> bool:
     return base.endswith(".py") and not base.startswith(("_", "."))
 
 
-def load_module_specs(path: str, source: Optional[bytes] = None) -> List[WorkflowSpec]:
-    """Import one file as a fresh module and return its WorkflowSpecs (raises on any error)."""
-    return load_module(path, source)[0]
-
-
 def load_module(path: str, source: Optional[bytes] = None) -> Tuple[List[WorkflowSpec], List[Any]]:
     """Import one file as a fresh module: its WorkflowSpecs and its tools (raises on any error)."""
     if source is None:
@@ -89,9 +84,9 @@ class _FileState:
     tool_names: List[str] = field(default_factory=list)
     error: Optional[Dict[str, Any]] = None  # the load error of the file's current source
     error_version: Optional[str] = None
-    # Ids another file held when this one failed to load for defining them too: the same
-    # source is tried again once they are free.
-    conflicts: List[str] = field(default_factory=list)
+    # (kind, name) of the workflows and tools another file held when this one failed to load
+    # for defining them too: the same source is tried again once they are free.
+    conflicts: List[Tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -191,25 +186,14 @@ class WorkflowCatalog:
             except (Exception, SystemExit) as e:  # isolation boundary: a broken module stops nothing else
                 self._failed(st, version, describe_error(path, e), [], result)
                 continue
-            taken_tool = next((t.name for t in tools if self._tool_owner.get(t.name, path) != path), None)
-            if taken_tool is not None:
-                owner = self._tool_owner[taken_tool]
-                err = {
-                    "file": path,
-                    "line": None,
-                    "message": f"tool {taken_tool!r} is defined in both {owner} and {path}",
-                }
-                self._failed(st, version, err, [], result)
-                continue
-            taken = [
-                (wf.workflow_id, self._owner[wf.workflow_id])
-                for wf in specs
-                if self._owner.get(wf.workflow_id, path) != path
-            ]
+            taken = self._taken(path, "tool", [t.name for t in tools]) or self._taken(
+                path, "workflow", [wf.workflow_id for wf in specs]
+            )
             if taken:
-                wid, owner = taken[0]
-                err = {"file": path, "line": None, "message": f"workflow {wid!r} is defined in both {owner} and {path}"}
-                self._failed(st, version, err, [w for w, _ in taken], result)
+                kind, name = taken[0]
+                owner = self._owners(kind)[name]
+                err = {"file": path, "line": None, "message": f"{kind} {name!r} is defined in both {owner} and {path}"}
+                self._failed(st, version, err, taken, result)
                 continue
             if st.error is not None:
                 result.cleared.append(path)
@@ -242,15 +226,28 @@ class WorkflowCatalog:
             self._tool_owner[t.name] = path
         st.tool_names = [t.name for t in tools]
 
+    def _owners(self, kind: str) -> Dict[str, str]:
+        return self._tool_owner if kind == "tool" else self._owner
+
+    def _taken(self, path: str, kind: str, names: List[str]) -> List[Tuple[str, str]]:
+        """The names another file already defines."""
+        owners = self._owners(kind)
+        return [(kind, n) for n in names if owners.get(n, path) != path]
+
     def _failed(
-        self, st: _FileState, version: str, error: Dict[str, Any], conflicts: List[str], result: ReloadResult
+        self,
+        st: _FileState,
+        version: str,
+        error: Dict[str, Any],
+        conflicts: List[Tuple[str, str]],
+        result: ReloadResult,
     ) -> None:
         if st.error != error:
             result.new_errors.append(error)
         st.error, st.error_version, st.conflicts = error, version, conflicts
 
     def _conflict_resolved(self, path: str, st: _FileState) -> bool:
-        return bool(st.conflicts) and all(self._owner.get(w, path) == path for w in st.conflicts)
+        return bool(st.conflicts) and all(self._owners(k).get(n, path) == path for k, n in st.conflicts)
 
     def _unregister(self, wid: str, path: str, version: Optional[str], result: ReloadResult) -> None:
         if self._owner.get(wid) != path:
