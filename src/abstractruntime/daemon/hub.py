@@ -224,28 +224,27 @@ class Hub:
         """Waiting runs the served code can't resume: their resume node is missing from the
         workflow's current version, or their workflow is no longer served at all."""
         out: List[Dict[str, Any]] = []
-        if workflow_ids is None:
-            workflow_ids = sorted({s.workflow_id for s in self._waiting()})
-        for wid in workflow_ids:
-            wf = self.registry.get(wid)
-            for s in self._waiting(wid):
-                node = s.resume_node
-                if node is None:  # a summary written before resume_node existed
-                    st = self.run_store.load(s.run_id)
-                    w = st.waiting if st is not None else None
-                    node = (w.resume_to_node if w else None) or s.current_node
-                if wf is not None and node in wf.nodes:
-                    continue
-                out.append(
-                    {
-                        "run_id": s.run_id,
-                        "workflow_id": wid,
-                        "node_id": node,
-                        "reason": "workflow_removed" if wf is None else "node_missing",
-                        "run_version": s.last_version or s.workflow_version,
-                        "workflow_version": wf.version if wf is not None else None,
-                    }
-                )
+        # One listing of all waiting runs, or one per workflow asked about.
+        runs = self._waiting() if workflow_ids is None else [s for wid in workflow_ids for s in self._waiting(wid)]
+        for s in runs:
+            wf = self.registry.get(s.workflow_id)
+            node = s.resume_node
+            if node is None:  # a summary written before resume_node existed
+                st = self.run_store.load(s.run_id)
+                w = st.waiting if st is not None else None
+                node = (w.resume_to_node if w else None) or s.current_node
+            if wf is not None and node in wf.nodes:
+                continue
+            out.append(
+                {
+                    "run_id": s.run_id,
+                    "workflow_id": s.workflow_id,
+                    "node_id": node,
+                    "reason": "workflow_removed" if wf is None else "node_missing",
+                    "run_version": s.last_version or s.workflow_version,
+                    "workflow_version": wf.version if wf is not None else None,
+                }
+            )
         return out
 
     def _waiting(self, workflow_id: Optional[str] = None) -> List[RunSummary]:
