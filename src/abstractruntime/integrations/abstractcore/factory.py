@@ -10,7 +10,7 @@ from ...core.policy import DefaultEffectPolicy
 from ...core.runtime import Runtime
 from ...storage import InMemoryLedgerStore, InMemoryRunStore
 from .llm import LLMCallHandler, ProgressSink
-from .tools import ToolCallsHandler, ToolRegistry
+from .tools import Tool, ToolCallsHandler, ToolRegistry, tool
 
 # Provider calls retry by default (each attempt a ledger record); tool calls do not: a tool may
 # not be safe to run twice.
@@ -24,10 +24,8 @@ def as_registry(tools: ToolsArg) -> ToolRegistry:
         return tools
     reg = ToolRegistry()
     if isinstance(tools, Mapping):
-        from .tools import tool
-
         for name, fn in tools.items():
-            reg.add(fn if not callable(fn) or hasattr(fn, "_abstractruntime_tool") else tool(fn, name=name))
+            reg.add(fn if isinstance(fn, Tool) or not callable(fn) else tool(fn, name=name))
     elif tools is not None:
         for t in tools:
             reg.add(t)
