@@ -34,3 +34,17 @@ def test_spec_lists_every_method_and_error():
     assert [x["name"] for x in spec["methods"]] == [m.name for m in METHODS]
     codes = {e["code"] for e in spec["components"]["x-errors"].values()}
     assert {-32700, -32600, -32601, -32602, -32002, 1001, 1003, 1004, 1005} <= codes
+
+
+def test_the_wire_models_name_every_field_the_kernel_writes():
+    # The kernel stays free of pydantic, so its dataclasses and the protocol's models are
+    # written twice: this keeps the two from drifting apart.
+    from abstractruntime import RunState, StepRecord
+    from abstractruntime.protocol import models as m
+    from abstractruntime.storage.base import RunSummary
+
+    run = RunState.new(workflow_id="w", entry_node="a")
+    assert set(run.to_dict()) == set(m.RunStateModel.model_fields)
+    assert set(RunSummary.from_state(run).to_dict()) == set(m.RunSummaryModel.model_fields)
+    rec = StepRecord.start(run=run, node_id="a", effect=None).to_dict()
+    assert set(rec) == set(m.LedgerRecordModel.model_fields)
