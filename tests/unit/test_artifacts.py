@@ -66,6 +66,7 @@ def test_offloading_keeps_big_values_out_of_the_checkpoint(tmp_path):
     wf = WorkflowSpec(workflow_id="big", entry_node="fetch", nodes={"fetch": fetch, "done": done})
     rid = rt.start(workflow=wf)
     rt.tick(workflow=wf, run_id=rid)
+    ls.flush()  # commits reach the run files in the flusher's next cycle; now, here
     on_disk = json.loads((tmp_path / f"run_{rid}.json").read_text())
     assert on_disk["vars"]["small"] == 1
     assert is_artifact_ref(on_disk["vars"]["page"]["html"]) or is_artifact_ref(on_disk["vars"]["page"])

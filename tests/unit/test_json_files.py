@@ -43,16 +43,17 @@ def test_layout_is_the_documented_one(tmp_path):
     rs, ls, rt = _open(tmp_path)
     rid = rt.start(workflow=ASK)
     rt.tick(workflow=ASK, run_id=rid)
+    # Committed: readers see it at once, whether or not the flusher has written the files yet.
+    assert rt.get_state(rid).waiting.prompt == "?"
+    assert [r["seq"] for r in rt.get_ledger(rid)] == [1, 2]
+    rs.flush()
     state = json.loads((tmp_path / f"run_{rid}.json").read_text())
     assert state["status"] == "waiting" and state["waiting"]["prompt"] == "?"
-    # Until the flusher's next batch the step's ledger lines live in the checkpoint (which is
-    # on disk already); readers see them either way.
-    assert [json.loads(x)["seq"] for x in state["_ledger_tail"]] == [1, 2]
-    assert [r["seq"] for r in rt.get_ledger(rid)] == [1, 2]
+    assert isinstance(state["_lsn"], int)  # the journal position of the commit that wrote it
     rs.close()
     ls.close()
     names = set(os.listdir(tmp_path))
-    assert {f"run_{rid}.json", f"ledger_{rid}.jsonl", "_index"} <= names
+    assert {f"run_{rid}.json", f"ledger_{rid}.jsonl", "_index", "_journal"} <= names
     lines = (tmp_path / f"ledger_{rid}.jsonl").read_text().splitlines()
     assert [json.loads(x)["seq"] for x in lines] == [1, 2]  # node a, then the wait
     assert not any(n.endswith(".tmp") for n in names)
@@ -76,23 +77,111 @@ def test_torn_last_line_is_cut_with_a_warning(tmp_path, caplog):
     assert st.status == RunStatus.COMPLETED and rt.verify_ledger(rid)["ok"]
 
 
-def test_checkpoint_ahead_of_ledger_is_caught_up(tmp_path, caplog):
-    """A crash after the checkpoint rename but before the ledger append loses no record."""
+_CRASHER = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from test_json_files import ASK, _open
+rs, ls, rt = _open({data!r})
+ids = []
+for i in range(20):
+    rid = rt.start(workflow=ASK, run_id=f"r{{i}}")
+    rt.tick(workflow=ASK, run_id=rid)
+    ids.append(rid)
+if {flush_first}:
+    rs.flush()  # these checkpoints reach their files; the resumes below stay in the journal
+for rid in ids[:10]:
+    rt.resume(workflow=ASK, run_id=rid, wait_key=None, payload={{"t": rid}})
+print("committed", flush=True)
+os._exit(0)  # a crash: no close, no atexit flush, the flusher thread never ran again
+"""
+
+
+def _crash(tmp_path, *, flush_first: bool):
+    import subprocess
+    import sys
+
+    code = _CRASHER.format(tests=os.path.dirname(__file__), data=str(tmp_path), flush_first=flush_first)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "committed" in out.stdout, out.stderr
+
+
+def _check_all_there(tmp_path):
+    rs, ls, rt = _open(tmp_path)
+    for i in range(20):
+        st = rt.get_state(f"r{i}")
+        recs = rt.get_ledger(f"r{i}")
+        assert verify_ledger_chain(recs)["ok"]
+        if i < 10:
+            assert st.status == RunStatus.COMPLETED and st.output == {"ans": {"t": f"r{i}"}}
+            assert [r["seq"] for r in recs] == [1, 2, 3, 4]
+        else:
+            assert st.status == RunStatus.WAITING and [r["seq"] for r in recs] == [1, 2]
+    assert rs.count_by_status() == {"completed": 10, "waiting": 10}
+    rs.close()
+    ls.close()
+    # Closed cleanly: the files alone hold it all now.
+    for i in range(10):
+        on_disk = json.loads((tmp_path / f"run_r{i}.json").read_text())
+        assert on_disk["status"] == "completed"
+        assert len((tmp_path / f"ledger_r{i}.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_crash_before_the_files_are_written_loses_no_commit(tmp_path, caplog):
+    _crash(tmp_path, flush_first=False)
+    # The process died with every commit in the journal and none in a run file.
+    assert not list(tmp_path.glob("run_*.json"))
+    with caplog.at_level(logging.WARNING, logger="abstractruntime.storage"):
+        _check_all_there(tmp_path)
+    assert "restored 20 checkpoint(s) and 60 ledger record(s)" in caplog.text
+
+
+def test_a_run_file_torn_mid_write_is_rewritten_from_the_journal(tmp_path):
+    _crash(tmp_path, flush_first=True)
+    path = tmp_path / "run_r3.json"
+    assert json.loads(path.read_text())["status"] == "waiting"  # the resume is in the journal only
+    path.write_bytes(path.read_bytes()[:40])  # the crash tore the in-place write
+    ledger = tmp_path / "ledger_r3.jsonl"
+    ledger.write_bytes(ledger.read_bytes() + b'{"seq": 3, "tor')  # and an append
+    _check_all_there(tmp_path)
+
+
+def test_replay_never_moves_a_run_back(tmp_path):
+    """A stale entry (in a reused segment, say) older than the run file is not applied."""
+    from abstractruntime.storage._journal import _Entry
+
     rs, ls, rt = _open(tmp_path)
     rid = rt.start(workflow=ASK)
     rt.tick(workflow=ASK, run_id=rid)
+    rs.flush()
+    old = (tmp_path / f"run_{rid}.json").read_bytes()
+    old_lsn = json.loads(old)["_lsn"]
     rt.resume(workflow=ASK, run_id=rid, wait_key=None, payload={"t": 1})
-    full = rt.get_ledger(rid)
     rs.close()
     ls.close()
-    path = tmp_path / f"ledger_{rid}.jsonl"
-    lines = path.read_bytes().splitlines(keepends=True)
-    path.write_bytes(b"".join(lines[:2]))  # the last commit's records never reached the file
-    with caplog.at_level(logging.WARNING, logger="abstractruntime.storage"):
-        rs, ls, rt = _open(tmp_path)
-        again = rt.get_ledger(rid)
-    assert "restoring 2 record(s)" in caplog.text
-    assert again == full and verify_ledger_chain(again)["ok"]
+    (tmp_path / "_journal" / "wal.9").write_bytes(_Entry(rid, old_lsn, old, []).frame)
+    rs, ls, rt = _open(tmp_path)
+    assert rt.get_state(rid).status == RunStatus.COMPLETED
+    assert json.loads((tmp_path / f"run_{rid}.json").read_text())["status"] == "completed"
+    assert [r["seq"] for r in rt.get_ledger(rid)] == [1, 2, 3, 4]
+    rs.close()
+    ls.close()
+
+
+def test_a_script_that_exits_without_closing_leaves_its_files_written(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_json_files import ASK, _open\n"
+        f"rs, ls, rt = _open({str(tmp_path)!r})\n"
+        "rid = rt.start(workflow=ASK, run_id='solo')\n"
+        "rt.tick(workflow=ASK, run_id=rid)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "run_solo.json").read_text())["status"] == "waiting"
+    assert len((tmp_path / "ledger_solo.jsonl").read_text().splitlines()) == 2
 
 
 def test_unclean_open_corrects_an_index_that_leads(tmp_path):
@@ -119,6 +208,7 @@ def test_unclean_open_finds_checkpoints_the_index_missed(tmp_path):
     rt.tick(workflow=ASK, run_id=rid)
     # A power loss drops the index line but the checkpoint had landed: simulate by
     # writing a newer checkpoint behind the index's back.
+    rs.flush()
     run = rs.load(rid)
     run.status, run.waiting, run.output = RunStatus.COMPLETED, None, {"x": 1}
     (tmp_path / f"run_{rid}.json").write_text(json.dumps(run.to_dict()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -103,51 +104,8 @@ def _load_syncfs():
 _syncfs = _load_syncfs()
 
 
-def _load_exchange():
-    """renameat2(..., RENAME_EXCHANGE) through libc's syscall(), where the kernel has it."""
-    import ctypes
-    import platform
-
-    nr = {"x86_64": 316, "aarch64": 276}.get(platform.machine())
-    if nr is None:
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    syscall = libc.syscall
-    at_fdcwd, rename_exchange = -100, 2
-
-    def exchange(a: str, b: str) -> None:
-        if syscall(nr, at_fdcwd, a.encode(), at_fdcwd, b.encode(), rename_exchange) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), b)
-
-    return exchange
-
-
-_exchange = _load_exchange()
-
-
-def exchange_works(folder: str) -> bool:
-    """Whether this kernel and filesystem swap two names atomically (checked once per store)."""
-    if _exchange is None:
-        return False
-    a, b = os.path.join(folder, f".x{uuid.uuid4().hex[:8]}"), os.path.join(folder, f".y{uuid.uuid4().hex[:8]}")
-    try:
-        for p in (a, b):
-            with open(p, "wb"):
-                pass
-        _exchange(a, b)
-        return True
-    except OSError:
-        return False
-    finally:
-        for p in (a, b):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+def has_syncfs() -> bool:
+    return _syncfs is not None
 
 
 class Flusher:
@@ -165,6 +123,7 @@ class Flusher:
     def __init__(self, *, delay_s: float = 0.25) -> None:
         self.delay_s = delay_s
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._dirty: dict = {}
         self._wake = threading.Event()
         self._urgent = threading.Event()
@@ -184,13 +143,19 @@ class Flusher:
                 entry = self._dirty[path] = [before_sync, []]
             elif entry[0] is None:
                 entry[0] = before_sync
-            if on_synced is not None:
+            if on_synced is not None and on_synced not in entry[1]:
                 entry[1].append(on_synced)
         if urgent:
             self._urgent.set()
         self._wake.set()
 
     def flush(self) -> None:
+        # One batch at a time: a caller's `on_synced` must follow a sync that began after its
+        # `before_sync` wrote (a store closing flushes while the thread may be flushing too).
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
         if not dirty:
@@ -256,117 +221,18 @@ def shared_flusher() -> Flusher:
     global _SHARED
     if _SHARED is None:
         _SHARED = Flusher()
+        # A script that exits without closing its stores still leaves its files written:
+        # the thread is a daemon thread, so this last flush is what writes the final cycle.
+        atexit.register(_flush_at_exit)
     return _SHARED
 
 
-class TempPool:
-    """Temp files made ahead of need, so a durable checkpoint write costs data-only syncs.
-
-    `atomic_write` must fsync a brand-new temp file before renaming it, and on ext4 that
-    fsync commits the journal for the new inode and its blocks. A pool file was created,
-    filled with spaces and synced in the background, so overwriting it with a checkpoint of
-    at most its size (padded with spaces, which JSON ignores) changes no metadata: its
-    fdatasync only flushes data. The protocol is unchanged: temp file, fsync, rename, fsync
-    of the folder. Checkpoints larger than the biggest class take the plain path.
-    """
-
-    SIZES = (4096, 16384, 65536)
-    LOW, BATCH = 16, 48
-
-    def __init__(self, folder: str) -> None:
-        self.dir = folder
-        os.makedirs(folder, exist_ok=True)
-        for name in os.listdir(folder):  # leftovers of an earlier process are just temp files
-            os.unlink(os.path.join(folder, name))
-        self._free: dict = {size: [] for size in self.SIZES}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self.misses = 0
-        self._thread = threading.Thread(target=self._loop, name="abstractruntime-temp-pool", daemon=True)
-        self._thread.start()
-        self._wake.set()
-
-    def take(self, size: int) -> Optional[tuple]:
-        for cls in self.SIZES:
-            if size <= cls:
-                with self._lock:
-                    free = self._free[cls]
-                    path = free.pop() if free else None
-                    low = len(free) < self.LOW
-                if low:
-                    self._wake.set()
-                if path is None:
-                    self.misses += 1
-                    return None
-                return path, cls
-        return None
-
-    def give_back(self, path: str) -> None:
-        """Take a file displaced by an exchange back into the pool: it is allocated and
-        synced at a class size, so the next checkpoint written into it changes no metadata."""
+def _flush_at_exit() -> None:
+    if _SHARED is not None:
         try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            return
-        if size in self._free and not self._closed:
-            with self._lock:
-                self._free[size].append(path)
-        else:
-            os.unlink(path)  # a checkpoint written outside the pool (exact size): not reusable
-
-    def _loop(self) -> None:
-        while not self._closed:
-            self._wake.wait()
-            self._wake.clear()
-            for cls in self.SIZES:
-                with self._lock:
-                    need = self.BATCH - len(self._free[cls]) if len(self._free[cls]) < self.LOW else 0
-                if need > 0 and not self._closed:
-                    try:
-                        self._make(cls, need)
-                    except OSError:
-                        logging.getLogger("abstractruntime.storage").exception("could not refill the temp pool")
-
-    def _make(self, cls: int, n: int) -> None:
-        blank = b" " * (cls - 1) + b"\n"
-        made = []
-        for _ in range(n):
-            path = os.path.join(self.dir, f"t{uuid.uuid4().hex[:12]}")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                write_all(fd, blank)
-            finally:
-                os.close(fd)
-            made.append(path)
-        # One sync for the whole batch: every block of these files is allocated and written.
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            if _syncfs is None or _syncfs(fd) != 0:
-                for p in made:
-                    f = os.open(p, os.O_RDONLY)
-                    try:
-                        os.fsync(f)
-                    finally:
-                        os.close(f)
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        with self._lock:
-            self._free[cls].extend(made)
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        self._thread.join(timeout=5)
-        with self._lock:
-            for free in self._free.values():
-                for p in free:
-                    try:
-                        os.unlink(p)
-                    except FileNotFoundError:
-                        pass
-                free.clear()
+            _SHARED.flush()
+        except OSError:
+            logging.getLogger("abstractruntime.storage").exception("final flush at exit failed")
 
 
 class Batcher:
@@ -424,91 +290,3 @@ class Batcher:
                     nxt._wake.release()
                 else:
                     self._leading = False
-
-
-class _Replace:
-    __slots__ = ("tmp", "path", "dir_fd", "swap", "done", "error", "_wake", "_lead")
-
-    def __init__(self, tmp: str, path: str, dir_fd: int, swap: bool) -> None:
-        self.tmp, self.path, self.dir_fd, self.swap = tmp, path, dir_fd, swap
-        self.done = False
-        self.error: Optional[OSError] = None
-
-
-class GroupCommitter:
-    """Group commit for durable checkpoint replaces.
-
-    Each caller writes its temp file (no sync) and joins the current batch; the first caller
-    of a batch leads it: one `syncfs` puts every temp file's data on disk (per-file
-    fdatasync for a batch of one, or without syncfs), then each temp file is renamed over
-    its target, then each folder is fsync'd once. Callers return when their batch is done.
-    A lone commit costs what `atomic_write` costs; many concurrent ones share two syncs.
-    Each step keeps the protocol's guarantee: data on disk before the rename makes it
-    visible, and the rename on disk before the commit returns.
-    """
-
-    def __init__(self, pool: Optional[TempPool] = None, *, exchange: bool = False) -> None:
-        # With `exchange`, a replace over an existing file swaps the two names instead
-        # (renameat2 RENAME_EXCHANGE): the displaced old checkpoint becomes a pool file for a
-        # later write, so no inode is created or freed per checkpoint. Atomic all the same.
-        self._pool = pool
-        self._exchange = exchange and pool is not None and _exchange is not None
-        self._batcher = Batcher(self._run)
-        self.batches = 0
-        self.commits = 0
-
-    def replace(self, tmp: str, path: str, dir_fd: int, *, exists: bool = False) -> None:
-        item = _Replace(tmp, path, dir_fd, self._exchange and exists)
-        self._batcher.submit(item)
-        if item.error is not None:
-            raise item.error
-
-    def _run(self, batch: list) -> None:
-        try:
-            if len(batch) > 1 and _syncfs is not None:
-                sync_path(batch[0].tmp, whole_fs=True)
-            else:
-                for it in batch:
-                    sync_path(it.tmp)
-            folders: dict = {}
-            for it in batch:
-                if it.swap:
-                    try:
-                        _exchange(it.tmp, it.path)  # type: ignore[misc]
-                    except FileNotFoundError:
-                        it.swap = False  # the target is gone after all: a plain rename
-                        os.replace(it.tmp, it.path)
-                else:
-                    os.replace(it.tmp, it.path)
-                folders[it.dir_fd] = True
-            for dfd in folders:
-                os.fsync(dfd)
-            if self._pool is not None:
-                for it in batch:
-                    if it.swap:
-                        self._pool.give_back(it.tmp)
-            err: Optional[OSError] = None
-        except OSError as e:
-            err = e
-        self.batches += 1
-        self.commits += len(batch)
-        for it in batch:
-            it.error = err
-            it.done = True
-
-
-def write_temp(path: str, data: bytes, pool: Optional[TempPool]) -> str:
-    """Write `data` to a temp file beside `path` (a pool file when one fits), unsynced."""
-    got = pool.take(len(data) + 1) if pool is not None else None
-    if got is not None:
-        tmp, size = got
-        fd = os.open(tmp, os.O_WRONLY)
-        data = data + b" " * (size - len(data) - 1) + b"\n"
-    else:
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        write_all(fd, data)
-    finally:
-        os.close(fd)
-    return tmp

@@ -1,20 +1,17 @@
 """File stores: one `run_<run_id>.json` checkpoint and one `ledger_<run_id>.jsonl` per run.
 
-Durable by default: every checkpoint is replaced atomically and fsync'd (temp file, fsync,
-rename, fsync of the folder), and every ledger line is on disk before its step counts as
-done. `durable=False` skips the fsyncs: a process crash still loses nothing (the page cache
-survives it), a power loss may.
+Durable by default: a commit returns once its checkpoint and ledger lines are on disk. They
+reach disk first as one entry of the folder's write-ahead journal (`_journal.py`), shared by
+both stores of a folder and group-committed: one write and one fdatasync for every commit
+that arrives together. The flusher then writes the run's newest checkpoint in place into its
+`run_<id>.json`, appends its lines to `ledger_<id>.jsonl`, and syncs, usually within a quarter
+of a second; reads in this process see a commit at once (from memory until its files are
+written). Opening the folder replays whatever the files lack after a crash, so a crash at any
+instant loses no acknowledged step and records none twice or half. `durable=False` skips the
+syncs: a process crash still loses nothing (the page cache survives it), a power loss may.
 
-When both stores share a folder, a step commits like this:
-  1. the step's ledger lines are chained and placed *inside* the new checkpoint
-     (`_ledger_tail`, with every earlier line not yet known to be on disk),
-  2. the checkpoint is written atomically (concurrent commits share a group commit),
-  3. the lines are queued for the ledger file, which the flusher appends and syncs in a
-     later batch; the next checkpoints keep carrying them until it has.
-A crash after 2 leaves the checkpoint ahead of the ledger file; the ledger store completes the
-file from `_ledger_tail` the next time it opens that run. So the checkpoint and the ledger move
-together, and a step is never recorded twice nor half. Host effects' records (`append_many`)
-are written and fsync'd at once, before the effect runs and before the run moves on.
+One process owns a folder at a time (the daemon holds a lock on its data folder). Another
+process reading the files meanwhile may find them a cycle behind, or a checkpoint mid-write.
 """
 
 from __future__ import annotations
@@ -29,20 +26,10 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
-from ._durable import (
-    GroupCommitter,
-    TempPool,
-    atomic_write,
-    check_run_id,
-    exchange_works,
-    open_dir_fd,
-    shared_flusher,
-    sync_path,
-    write_all,
-    write_temp,
-)
+from ._durable import check_run_id, shared_flusher
 from ._index import RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
+from ._journal import Journal, ledger_file, ledger_file_head, run_file
 from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary
 from .ledger_chain import chain_records
 
@@ -58,10 +45,11 @@ class JsonFileRunStore(RunStore):
         self.base_dir = os.path.abspath(str(base_dir))
         os.makedirs(self.base_dir, exist_ok=True)
         self.durable = durable
-        self._dir_fd = open_dir_fd(self.base_dir)
+        self._closed = False
         self._flusher = shared_flusher()
-        self._pool = TempPool(os.path.join(self.base_dir, "_tmp")) if durable else None
-        self._committer = GroupCommitter(self._pool, exchange=durable and exchange_works(self.base_dir))
+        # Opened first: a replay after a crash brings the run files up to date before the
+        # index below is checked against them.
+        self._journal = Journal.open(self.base_dir, durable=durable)
         # The newest checkpoints as written: the next tick of a run reads back what this store
         # wrote moments ago, and one process owns the folder, so no file read is needed.
         self._recent: OrderedDict[str, bytes] = OrderedDict()
@@ -82,8 +70,9 @@ class JsonFileRunStore(RunStore):
         unclean = os.path.exists(marker)
         if not found:
             self._rebuild_from_files()
-        elif unclean:
-            self._verify(recent + self._recently_written(self._log.newest_write()))
+        elif unclean or self._journal.replayed:
+            replayed = sorted(self._journal.replayed)
+            self._verify(recent + self._recently_written(self._log.newest_write()) + replayed)
         # Present while the store is open: finding it at the next open means the last
         # process did not close cleanly, and index lines it wrote may not have reached disk.
         with open(marker, "w") as f:
@@ -148,37 +137,35 @@ class JsonFileRunStore(RunStore):
     # -- RunStore -------------------------------------------------------------------------
 
     def path_for(self, run_id: str) -> str:
-        return os.path.join(self.base_dir, f"run_{check_run_id(run_id)}.json")
+        return run_file(self.base_dir, run_id)
 
     def save(self, run: RunState) -> None:
-        self._publish(self._write(run, dumps(run.to_dict())))
+        self._publish(self._write(run, []))
 
     def _publish(self, s: RunSummary) -> None:
         self._index.put(s)
         if self._log.needs_compaction(len(self._index)):
             self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=10**12)])
 
-    def _write(self, run: RunState, text: str) -> RunSummary:
-        """Write the checkpoint; the caller publishes the summary (index, listeners) once
-        everything the commit writes is written, so listeners hear of records first."""
-        path = self.path_for(run.run_id)
+    def _write(self, run: RunState, lines: List[Tuple[int, str]]) -> RunSummary:
+        """Commit the checkpoint (and the step's ledger lines) to the journal; the caller
+        publishes the summary (index, listeners) once everything the commit writes is written,
+        so listeners hear of records first."""
+        check_run_id(run.run_id)
         s = RunSummary.from_state(run)
         old = self._index.get(run.run_id)
-        changed = old is None or _key(old) != _key(s)
-        if changed:
+        if old is None or _key(old) != _key(s):
             # The index log is a cache of what the checkpoints say: queued here, written and
             # synced by the flusher. A crash can lose or reorder its newest lines; the
-            # unclean-open scan re-reads every run file written since the log's last write.
+            # unclean-open check re-reads the runs written around the log's last write.
             self._log.append([s])
             self._flusher.mark(self._log.path(), before_sync=self._log.flush)
-        data = text.encode()
+        d = run.to_dict()
+        d["_lsn"] = lsn = self._journal.next_lsn()
+        data = dumps(d).encode()
         with self._recent_lock:
-            self._recent.pop(run.run_id, None)  # a failed write below must not leave a stale copy
-        if self.durable:
-            # Concurrent commits share their syncs (see GroupCommitter); a lone one does not wait.
-            self._committer.replace(write_temp(path, data, self._pool), path, self._dir_fd, exists=old is not None)
-        else:
-            atomic_write(path, data, durable=False, dir_fd=self._dir_fd)
+            self._recent.pop(run.run_id, None)  # a failed commit below must not leave a stale copy
+        self._journal.commit(run.run_id, lsn, data, lines)
         with self._recent_lock:
             self._recent[run.run_id] = data
             if len(self._recent) > 4096:
@@ -186,26 +173,21 @@ class JsonFileRunStore(RunStore):
         return s
 
     def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
-        if not isinstance(ledger, JsonlLedgerStore) or ledger.base_dir != self.base_dir:
+        if not isinstance(ledger, JsonlLedgerStore) or ledger._journal is not self._journal:
             return super().commit(run, records, ledger)
         if not records:
             self.save(run)
             return []
         with ledger.run_lock(run.run_id):
-            if self._index.get(run.run_id) is None:
-                ledger.know_new(run.run_id)  # a run the index never saw has an empty ledger
             chained = ledger.prepare(run.run_id, records)
-            d = run.to_dict()
-            # Every ledger line not yet known to be on disk rides in the checkpoint: once the
-            # checkpoint is renamed into place the step is durable, whatever the ledger file holds.
-            d["_ledger_tail"] = ledger.unsynced_lines(run.run_id) + [line for _, line in chained]
-            summary = self._write(run, dumps(d))
-            ledger.write(run.run_id, chained, lazy=True)
+            # One journal entry holds the checkpoint and the step's lines: they land together.
+            summary = self._write(run, [(d["seq"], line) for d, line in chained])
+            ledger.written(run.run_id, chained)
         self._publish(summary)
         return [rec for rec, _ in chained]
 
     def load(self, run_id: str) -> Optional[RunState]:
-        raw = self._recent.get(run_id)
+        raw = self._recent.get(run_id) or self._journal.checkpoint(run_id)
         if raw is None:
             try:
                 with open(self.path_for(run_id), "rb") as f:
@@ -213,7 +195,8 @@ class JsonFileRunStore(RunStore):
             except FileNotFoundError:
                 return None
         d = json.loads(raw)
-        d.pop("_ledger_tail", None)
+        d.pop("_lsn", None)
+        d.pop("_ledger_tail", None)  # written by versions before the journal
         return RunState.from_dict(d)
 
     def list_run_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100, after=None):
@@ -242,16 +225,18 @@ class JsonFileRunStore(RunStore):
     def add_listener(self, listener: RunListener) -> None:
         self._index.add_listener(listener)
 
+    def flush(self) -> None:
+        """Write every committed checkpoint and ledger line to its file now, and sync."""
+        self._flusher.flush()
+
     def close(self) -> None:
-        if self._dir_fd >= 0:
+        if not self._closed:
+            self._closed = True
+            self._journal.release()  # the last store of the folder to close writes and syncs all
             self._flusher.flush()
-            if self._pool is not None:
-                self._pool.close()
             os.unlink(os.path.join(self._log.dir, "OPEN"))
             self._log.sync_dir()
             self._log.close()
-            os.close(self._dir_fd)
-            self._dir_fd = -1
 
 
 def _key(s: RunSummary) -> tuple:
@@ -265,21 +250,15 @@ class JsonlLedgerStore(LedgerStore):
         self.base_dir = os.path.abspath(str(base_dir))
         os.makedirs(self.base_dir, exist_ok=True)
         self.durable = durable
-        self._dir_fd = open_dir_fd(self.base_dir)
+        self._closed = False
+        self._journal = Journal.open(self.base_dir, durable=durable)
         self._heads: Dict[str, Tuple[int, Optional[str]]] = {}
-        # Lines not yet known to be on disk, per run, as (seq, line): the next checkpoint of
-        # that run carries them until the flusher reports them synced.
-        self._unsynced: Dict[str, List[Tuple[int, str]]] = {}
-        # Of those, the lines not even written to the file yet: the flusher appends them just
-        # before its sync, so creating and appending to ledger files is off the step's path.
-        self._queued: Dict[str, List[str]] = {}
-        self._flusher = shared_flusher()
         self._guard = threading.Lock()
         self._run_locks: Dict[str, threading.RLock] = {}
         self._listeners: List[LedgerListener] = []
 
     def path_for(self, run_id: str) -> str:
-        return os.path.join(self.base_dir, f"ledger_{check_run_id(run_id)}.jsonl")
+        return ledger_file(self.base_dir, run_id)
 
     def run_lock(self, run_id: str) -> threading.RLock:
         with self._guard:
@@ -288,176 +267,61 @@ class JsonlLedgerStore(LedgerStore):
                 lock = self._run_locks[run_id] = threading.RLock()
             return lock
 
-    # -- opening a run's ledger: torn tail and catch-up from the checkpoint ----------------
-
-    def know_new(self, run_id: str) -> None:
-        """The run is brand new: its ledger is empty. One stat (an orphan file from a start cut
-        short by a crash would still be read) instead of opening the ledger and re-reading the
-        run file for a catch-up."""
-        if run_id not in self._heads and not os.path.exists(self.path_for(run_id)):
-            self._heads[run_id] = (0, None)
-
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self._heads.get(run_id)
         if h is None:
             with self.run_lock(run_id):
-                h = self._heads.get(run_id) or self._open_head(run_id)
+                h = self._heads.get(run_id)
+                if h is None:
+                    # Not written by this process: the file is whole (the journal's replay at
+                    # open completed it), but for a torn last line, which is cut here.
+                    h = self._heads[run_id] = ledger_file_head(self.path_for(run_id), durable=self.durable)
         return h
-
-    def _open_head(self, run_id: str) -> Tuple[int, Optional[str]]:
-        path = self.path_for(run_id)
-        head: Tuple[int, Optional[str]] = (0, None)
-        try:
-            with open(path, "rb+") as f:
-                raw = f.read()
-                body_end = raw.rfind(b"\n") + 1
-                if body_end < len(raw):
-                    # A crash mid-append: cut the partial line, keep everything before it.
-                    log.warning("ledger %s ends in a torn line (%d bytes); cutting it off", path, len(raw) - body_end)
-                    f.truncate(body_end)
-                    if self.durable:
-                        os.fsync(f.fileno())
-                    raw = raw[:body_end]
-                if raw:
-                    last = json.loads(raw[raw.rfind(b"\n", 0, len(raw) - 1) + 1 :])
-                    head = (int(last["seq"]), last["record_hash"])
-            if self.durable:
-                sync_path(path)  # what a crashed process left in the page cache is now on disk
-        except FileNotFoundError:
-            pass
-        head = self._catch_up(run_id, head)
-        self._heads[run_id] = head
-        return head
-
-    def _catch_up(self, run_id: str, head: Tuple[int, Optional[str]]) -> Tuple[int, Optional[str]]:
-        """Append lines a checkpoint carries that the ledger file lacks (a crash landed
-        between the checkpoint's rename and the ledger append)."""
-        try:
-            with open(os.path.join(self.base_dir, f"run_{run_id}.json"), "rb") as f:
-                tail = json.loads(f.read()).get("_ledger_tail") or []
-        except (FileNotFoundError, ValueError):
-            return head
-        missing: List[Tuple[Dict[str, Any], str]] = []
-        for line in tail:
-            rec = json.loads(line)
-            if rec["seq"] > head[0]:
-                if rec["seq"] != head[0] + len(missing) + 1:
-                    log.error("ledger %s: checkpoint tail does not continue the file; not repairing", run_id)
-                    return head
-                missing.append((rec, line))
-        if missing:
-            log.warning("ledger %s: restoring %d record(s) kept in its checkpoint", run_id, len(missing))
-            self._append_raw(run_id, [line for _, line in missing], sync=self.durable)
-            head = (missing[-1][0]["seq"], missing[-1][0]["record_hash"])
-        return head
-
-    # -- appends --------------------------------------------------------------------------
 
     def prepare(self, run_id: str, records: Iterable[StepRecord]) -> List[Tuple[Dict[str, Any], str]]:
         seq, prev = self.head(run_id)
         return chain_records(records, seq, prev)
 
-    def unsynced_lines(self, run_id: str) -> List[str]:
-        with self._guard:
-            pending = self._unsynced.get(run_id)
-            if not pending:
-                return []
-            if len(pending) <= 64:
-                return [line for _, line in pending]
-        # A long backlog would bloat every checkpoint: sync it now instead.
-        sync_path(self.path_for(run_id))
-        self._synced(run_id, pending[-1][0])
-        return self.unsynced_lines(run_id)
-
-    def _synced(self, run_id: str, seq: int) -> None:
-        with self._guard:
-            pending = self._unsynced.get(run_id)
-            if pending:
-                rest = [p for p in pending if p[0] > seq]
-                if rest:
-                    self._unsynced[run_id] = rest
-                else:
-                    del self._unsynced[run_id]
-
-    def write(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]], *, lazy: bool = False) -> None:
-        """Append chained lines. `lazy`: they are already durable inside the run's checkpoint,
-        so writing and syncing the ledger file is left to the flusher's next batch."""
+    def written(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> None:
+        """The chained lines are committed: move the head and tell the listeners."""
         if not chained:
             return
-        if lazy and self.durable:
-            last = chained[-1][0]["seq"]
-            with self._guard:
-                pending = self._unsynced.setdefault(run_id, [])
-                pending.extend((d["seq"], line) for d, line in chained)
-                backlog = len(pending)
-                self._queued.setdefault(run_id, []).extend(line for _, line in chained)
-            self._flusher.mark(
-                self.path_for(run_id),
-                lambda: self._synced(run_id, last),
-                before_sync=lambda: self._drain(run_id),
-                urgent=backlog > 32,
-            )
-        else:
-            with self.run_lock(run_id):
-                self._drain(run_id)
-                self._append_raw(run_id, [line for _, line in chained], sync=self.durable)
         self._heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
         stored = [d for d, _ in chained]
         for fn in self._listeners:
             fn(run_id, stored)
 
-    def _drain(self, run_id: str) -> None:
-        """Write the run's queued lines to its file (no sync: the caller syncs or the lines
-        are still carried by the checkpoint)."""
-        with self.run_lock(run_id):
-            with self._guard:
-                lines = self._queued.pop(run_id, None)
-            if lines:
-                self._append_raw(run_id, lines, sync=False)
-
     def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
         with self.run_lock(run_id):
             chained = self.prepare(run_id, records)
-            self.write(run_id, chained)
+            if chained:
+                self._journal.commit(run_id, self._journal.next_lsn(), None, [(d["seq"], line) for d, line in chained])
+                self.written(run_id, chained)
         return [d for d, _ in chained]
-
-    def _append_raw(self, run_id: str, lines: List[str], *, sync: bool) -> None:
-        # Opened per append rather than cached: a shared descriptor cache would let one
-        # thread close a descriptor another is writing through. An open costs microseconds
-        # next to the fsync that follows it.
-        path = self.path_for(run_id)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-            created = True
-        except FileExistsError:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-            created = False
-        try:
-            write_all(fd, "".join(line + "\n" for line in lines).encode())
-            if sync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        if created and sync:
-            os.fsync(self._dir_fd)  # the new file's name must survive a power loss too
 
     # -- reads ----------------------------------------------------------------------------
 
     def list(self, run_id: str) -> List[Dict[str, Any]]:
-        self.head(run_id)  # settles a torn tail or a checkpoint catch-up first
-        self._drain(run_id)
+        self.head(run_id)  # settles a torn tail first
+        pending = self._journal.lines(run_id)  # before the file: see Journal.lines
         try:
             with open(self.path_for(run_id), "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in raw.splitlines() if line.strip()]
+            raw = b""
+        out = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        last = out[-1]["seq"] if out else 0
+        out.extend(json.loads(line) for seq, line in pending if seq > last)
+        return out
 
     def add_listener(self, listener: LedgerListener) -> None:
         self._listeners = self._listeners + [listener]
 
+    def flush(self) -> None:
+        """Write every committed ledger line to its file now, and sync."""
+        self._journal.flush()
+
     def close(self) -> None:
-        if self._dir_fd >= 0:
-            self._flusher.flush()
-            os.close(self._dir_fd)
-            self._dir_fd = -1
+        if not self._closed:
+            self._closed = True
+            self._journal.release()
