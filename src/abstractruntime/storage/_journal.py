@@ -35,7 +35,8 @@ import time
 import zlib
 from typing import Dict, List, Optional, Set, Tuple
 
-from ._durable import Batcher, check_run_id, has_syncfs, open_dir_fd, shared_flusher, sync_path, write_all
+from ._durable import Batcher, check_run_id, has_syncfs, open_dir_fd, shared_flusher, sync_path
+from ._files_writer import FileWriter, run_file
 
 log = logging.getLogger("abstractruntime.storage")
 
@@ -47,35 +48,6 @@ NO_CKPT = 0xFFFFFFFF
 URGENT_BYTES = 8 << 20
 
 Line = Tuple[int, str]  # (seq, canonical JSON line)
-
-
-def run_file(folder: str, run_id: str) -> str:
-    return os.path.join(folder, f"run_{check_run_id(run_id)}.json")
-
-
-def ledger_file(folder: str, run_id: str) -> str:
-    return os.path.join(folder, f"ledger_{check_run_id(run_id)}.jsonl")
-
-
-def ledger_file_head(path: str, *, durable: bool) -> Tuple[int, Optional[str]]:
-    """(last seq, last record hash) of a ledger file; a torn last line (a crash mid-append) is
-    cut off first, with a warning."""
-    try:
-        with open(path, "rb+") as f:
-            raw = f.read()
-            body_end = raw.rfind(b"\n") + 1
-            if body_end < len(raw):
-                log.warning("ledger %s ends in a torn line (%d bytes); cutting it off", path, len(raw) - body_end)
-                f.truncate(body_end)
-                if durable:
-                    os.fsync(f.fileno())
-                raw = raw[:body_end]
-            if not raw:
-                return 0, None
-            last = json.loads(raw[raw.rfind(b"\n", 0, len(raw) - 1) + 1 :])
-            return int(last["seq"]), last["record_hash"]
-    except FileNotFoundError:
-        return 0, None
 
 
 class _Segment:
@@ -168,7 +140,7 @@ class Journal:
         # Being written by the flusher right now: readers still find them here.
         self._inflight_ckpt: Dict[str, bytes] = {}
         self._inflight_lines: Dict[str, List[Line]] = {}
-        self._file_seq: Dict[str, int] = {}  # last seq known to be in each ledger file
+        self._writer = FileWriter(folder, durable=durable, fsync_each=self._fsync_each)
         self._segments: List[_Segment] = []
         self._free: List[_Segment] = []
         self._sealed: List[_Segment] = []  # rotated out, their entries not yet written to files
@@ -184,6 +156,7 @@ class Journal:
         self._flusher = shared_flusher()
         self._marker = os.path.join(self._jdir, ".")
         self.commits = 0
+        self.batches = 0
         self.cycles = 0
 
     # -- opening: replay ------------------------------------------------------------------------
@@ -225,14 +198,11 @@ class Journal:
                 by_seq = lines.setdefault(rid, {})
                 if lsn > by_seq.get(seq, (-1, ""))[0]:  # a retried commit's line wins
                     by_seq[seq] = (lsn, line)
-        restored = 0
-        for rid, (lsn, data) in ckpts.items():
-            if _file_lsn(run_file(self.dir, rid)) < lsn:
-                self._write_checkpoint(rid, data)
-                restored += 1
-        appended = 0
-        for rid, by_seq in lines.items():
-            appended += self._append_lines(rid, [(s, by_seq[s][1]) for s in sorted(by_seq)])
+        newer = {rid: data for rid, (lsn, data) in ckpts.items() if _file_lsn(run_file(self.dir, rid)) < lsn}
+        restored = len(newer)
+        appended = self._writer.apply(
+            newer, {rid: [(s, by_seq[s][1]) for s in sorted(by_seq)] for rid, by_seq in lines.items()}
+        )
         self.replayed = set(ckpts) | set(lines)
         if restored or appended:
             log.warning(
@@ -287,6 +257,7 @@ class Journal:
                             self._lines.setdefault(it.run_id, []).extend(it.lines)
                     self._pending_bytes += len(buf)
         self.commits += len(batch)
+        self.batches += 1
         for it in batch:
             it.error, it.done = err, True
 
@@ -319,10 +290,7 @@ class Journal:
                 self._pending_bytes = 0
                 self._inflight_ckpt, self._inflight_lines = ckpt, lines
             try:
-                for rid, data in ckpt.items():
-                    self._write_checkpoint(rid, data)
-                for rid, ls in lines.items():
-                    self._append_lines(rid, ls)
+                self._writer.apply(ckpt, lines)
             except BaseException:
                 with self._lock:  # kept for the next cycle; newer commits win
                     for rid, data in ckpt.items():
@@ -332,8 +300,6 @@ class Journal:
                     self._inflight_ckpt, self._inflight_lines = {}, {}
                 self._flusher.mark(self._marker, on_synced=self._recycle, before_sync=self._apply)
                 raise
-            if self._fsync_each:
-                os.fsync(self._dir_fd)  # new files' names
             with self._lock:
                 self._inflight_ckpt, self._inflight_lines = {}, {}
                 self._applied.extend(self._sealed)
@@ -372,46 +338,6 @@ class Journal:
         os.pwrite(seg.fd, floor + b"\0" * _ENTRY.size, 0)
 
     # -- writing the files ----------------------------------------------------------------------
-
-    def _write_checkpoint(self, run_id: str, data: bytes) -> None:
-        # In place: no temp file, no rename, no inode freed. A crash mid-write tears the file,
-        # and the replay rewrites it (its segment is not reused before the sync after this).
-        fd = os.open(run_file(self.dir, run_id), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            write_all(fd, data)
-            os.ftruncate(fd, len(data))
-            if self._fsync_each:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _append_lines(self, run_id: str, lines: List[Line]) -> int:
-        path = ledger_file(self.dir, run_id)
-        head = self._file_seq.get(run_id)
-        if head is None:
-            head = ledger_file_head(path, durable=self.durable)[0]
-        new = [(s, line) for s, line in lines if s > head]
-        if not new:
-            return 0
-        if new[0][0] != head + 1 or any(b[0] != a[0] + 1 for a, b in zip(new, new[1:], strict=False)):
-            log.error(
-                "ledger %s: journal lines %s do not continue the file at %d; not appending", path, new[0][0], head
-            )
-            return 0
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            size = os.lseek(fd, 0, os.SEEK_END)
-            try:
-                write_all(fd, "".join(line + "\n" for _, line in new).encode())
-                if self._fsync_each:
-                    os.fsync(fd)
-            except OSError:
-                os.ftruncate(fd, size)  # no partial line left for the retry to append after
-                raise
-        finally:
-            os.close(fd)
-        self._file_seq[run_id] = new[-1][0]
-        return len(new)
 
     def _sync(self) -> None:
         if self._fsync_each:

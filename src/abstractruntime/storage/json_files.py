@@ -27,9 +27,10 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ._durable import check_run_id, shared_flusher
+from ._files_writer import ledger_file, ledger_file_head, run_file
 from ._index import RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
-from ._journal import Journal, ledger_file, ledger_file_head, run_file
+from ._journal import Journal
 from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary
 from .ledger_chain import chain_records
 
@@ -41,6 +42,8 @@ _INDEXED = tuple(f for f in FIELDS if f not in ("updated_at", "current_node"))
 
 
 class JsonFileRunStore(RunStore):
+    """`run_<run_id>.json` per run, with an index of summaries under `_index/`."""
+
     def __init__(self, base_dir: Any, *, durable: bool = True) -> None:
         self.base_dir = os.path.abspath(str(base_dir))
         os.makedirs(self.base_dir, exist_ok=True)
@@ -179,6 +182,8 @@ class JsonFileRunStore(RunStore):
             self.save(run)
             return []
         with ledger.run_lock(run.run_id):
+            if self._index.get(run.run_id) is None:
+                ledger.know_new(run.run_id)
             chained = ledger.prepare(run.run_id, records)
             # One journal entry holds the checkpoint and the step's lines: they land together.
             summary = self._write(run, [(d["seq"], line) for d, line in chained])
@@ -266,6 +271,13 @@ class JsonlLedgerStore(LedgerStore):
             if lock is None:
                 lock = self._run_locks[run_id] = threading.RLock()
             return lock
+
+    def know_new(self, run_id: str) -> None:
+        """The run store has never seen this run: its ledger is empty. Saves a lookup in the
+        folder, which waits behind the flusher's file creates there. (A ledger file the index
+        does not account for cannot be extended by mistake: the journal appends only lines
+        that continue a file.)"""
+        self._heads.setdefault(run_id, (0, None))
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self._heads.get(run_id)
