@@ -109,15 +109,14 @@ def has_syncfs() -> bool:
 
 
 class Flusher:
-    """Group commit for files whose content is already durable elsewhere.
+    """Background writing and syncing of files whose content is already durable elsewhere
+    (the run files, whose commits are in the journal; the run index's log).
 
-    Ledger lines ride inside the atomic checkpoint of their step until their own file is
-    known to be on disk, so that file's fsync is off the step's critical path. This thread
-    waits up to `delay_s` for dirty files to accumulate, then puts them all on disk with one
-    `syncfs` per filesystem (one journal commit for the whole batch; per-file fdatasync
-    where syncfs is missing), and then runs the callbacks that record what is now durable
-    (which lets the next checkpoints drop those lines). `mark(..., urgent=True)` flushes
-    without waiting, for a run whose backlog grows long.
+    This thread waits up to `delay_s` for marks to accumulate, runs each marked path's
+    `before_sync` (which writes what was queued for it), puts everything on disk with one
+    `syncfs` per filesystem (per-file fsync where syncfs is missing), and then runs the
+    `on_synced` callbacks (the journal frees the segments those writes covered).
+    `mark(..., urgent=True)` flushes without waiting, when a backlog grows large.
     """
 
     def __init__(self, *, delay_s: float = 0.25) -> None:
