@@ -10,7 +10,6 @@ use, so a daemon that restarts after a crash starts past anything it handed out.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import itertools
 import logging
@@ -18,7 +17,6 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -44,6 +42,7 @@ from ..storage import (
 from ..storage._durable import atomic_write, open_dir_fd
 from ..storage.base import RunSummary
 from .loader import ReloadResult, WorkflowCatalog
+from .pool import TickPool
 
 log = logging.getLogger("abstractruntime.daemon")
 
@@ -104,7 +103,7 @@ class Hub:
             external_effects=external or (),
             effect_policy=DefaultEffectPolicy(retries={EffectType.LLM_CALL: DEFAULT_LLM_RETRY}),
         )
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ar-tick")
+        self.pool = TickPool(workers)
         self.scheduler = Scheduler(runtime=self.runtime, registry=self.registry, poll_interval_s=poll_interval_s)
         self.clients = 0
         self.stopping = False
@@ -168,7 +167,7 @@ class Hub:
         """Stop taking work and wait for in-flight steps to finish (they commit)."""
         self.stopping = True
         self.scheduler.stop()
-        self.executor.shutdown(wait=True)
+        self.pool.shutdown()
 
     def close(self) -> None:
         """Drain, then flush and close the stores."""
@@ -253,8 +252,7 @@ class Hub:
     async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """Run blocking kernel work off the event loop, so a slow node or effect never
         delays another client's request."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kw))
+        return await self.pool.run(lambda: fn(*args, **kw))
 
     # -- cursors --------------------------------------------------------------------------------
 

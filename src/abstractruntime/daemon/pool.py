@@ -1,0 +1,85 @@
+"""The threads that run kernel work for the event loop.
+
+Why not `loop.run_in_executor(ThreadPoolExecutor)`: per call it builds a concurrent Future
+(with its Condition) chained to an asyncio Future, takes the executor's locks, and wakes the
+loop through its self-pipe once per result. Under 32 busy clients that bookkeeping competed
+for the GIL with the requests themselves. Here a call is one queue put and one asyncio Future;
+finished results are handed back in batches, with one wake-up of the loop per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections import deque
+from typing import Any, Callable, Deque, List, Tuple
+
+
+class ShutDownError(RuntimeError):
+    pass
+
+
+class TickPool:
+    def __init__(self, workers: int, *, name: str = "ar-tick") -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: Deque[Tuple[asyncio.Future, bool, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wake_sent = False
+        self._closed = False
+        self._threads: List[threading.Thread] = [
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        if self._closed:
+            raise ShutDownError("the daemon is stopping: no new work is taken")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.put((fn, fut, loop))
+        return await fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, fut, loop = item
+            try:
+                ok, value = True, fn()
+            except Exception as e:
+                ok, value = False, e
+            except BaseException as e:  # never hand the loop a SystemExit: it would stop the daemon
+                ok, value = False, RuntimeError(f"kernel work raised {type(e).__name__}: {e}")
+            with self._lock:
+                self._done.append((fut, ok, value))
+                if self._wake_sent:
+                    continue  # the loop is already due to collect this batch
+                self._wake_sent = True
+            try:
+                loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _deliver(self) -> None:
+        with self._lock:
+            done, self._done = self._done, deque()
+            self._wake_sent = False
+        for fut, ok, value in done:
+            if fut.cancelled():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def shutdown(self) -> None:
+        """Take no new work; wait until the work already queued has run."""
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)  # after everything queued: the queue is FIFO
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join()
