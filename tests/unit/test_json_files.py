@@ -280,3 +280,60 @@ def test_unclean_open_forgets_a_start_that_never_landed(tmp_path):
     rs2.close()
     rs3 = JsonFileRunStore(tmp_path)  # the tombstone keeps it gone on later opens too
     assert [s.run_id for s in rs3.list_run_summaries()] == [rid]
+
+
+def test_reads_stay_whole_while_the_flusher_writes_the_files(tmp_path):
+    """Readers race the flusher's cycles: every ledger they read is whole and chained, and
+    every state is the newest committed one, whether it comes from memory or the files."""
+    import random
+    import threading
+    import time
+
+    rs, ls, rt = _open(tmp_path)
+    done: list = []
+    errors: list = []
+    stop = threading.Event()
+
+    def writer(k):
+        for i in range(25):
+            rid = rt.start(workflow=ASK, run_id=f"w{k}-{i}")
+            rt.tick(workflow=ASK, run_id=rid)
+            rt.resume(workflow=ASK, run_id=rid, wait_key=None, payload={"t": i})
+            done.append(rid)
+
+    def reader():
+        rng = random.Random(7)
+        while not stop.is_set():
+            if not done:
+                continue
+            rid = rng.choice(done[-8:])  # the newest: their files are being written now
+            try:
+                recs = rt.get_ledger(rid)
+                assert [r["seq"] for r in recs] == [1, 2, 3, 4], [r["seq"] for r in recs]
+                assert verify_ledger_chain(recs)["ok"]
+                assert rt.get_state(rid).status == RunStatus.COMPLETED
+            except AssertionError as e:
+                errors.append((rid, e))
+
+    def cycles():
+        while not stop.is_set():
+            rs.flush()  # cycles every few milliseconds, not every quarter second
+            time.sleep(0.003)
+
+    writers = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    others = [threading.Thread(target=reader) for _ in range(2)] + [threading.Thread(target=cycles)]
+    for t in writers + others:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in others:
+        t.join()
+    assert not errors, errors[:3]
+    assert rs._journal.cycles >= 3
+    rs.close()
+    ls.close()
+    rs, ls, rt = _open(tmp_path)
+    assert rs.count_by_status() == {"completed": 100}
+    rs.close()
+    ls.close()
