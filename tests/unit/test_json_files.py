@@ -337,3 +337,11 @@ def test_reads_stay_whole_while_the_flusher_writes_the_files(tmp_path):
     assert rs.count_by_status() == {"completed": 100}
     rs.close()
     ls.close()
+
+
+def test_a_durable_store_makes_a_shared_folder_durable(tmp_path):
+    rs = JsonFileRunStore(tmp_path, durable=False)
+    ls = JsonlLedgerStore(tmp_path)  # durable
+    assert rs._journal is ls._journal and ls._journal.durable
+    rs.close()
+    ls.close()

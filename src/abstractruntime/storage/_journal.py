@@ -108,9 +108,16 @@ class Journal:
             j = cls._registry.get(key)
             if j is None:
                 j = cls._registry[key] = Journal(key, durable=durable)
-            j.durable = j.durable or durable
+            if durable and not j.durable:
+                j._make_durable()  # one durable store on a folder makes its journal durable
             j._users += 1
             return j
+
+    def _make_durable(self) -> None:
+        with self._cycle, self._seg_lock:
+            self.durable = True
+            self._fsync_each = not has_syncfs()
+            self._writer = FileWriter(self.dir, durable=True, fsync_each=self._fsync_each)
 
     def release(self) -> None:
         """A store on this folder closed; the last one closes the journal."""
