@@ -203,8 +203,8 @@ class Flusher:
             self._urgent.clear()
             try:
                 self.flush()
-            except OSError:
-                logging.getLogger("abstractruntime.storage").exception("background sync failed")
+            except Exception:  # this thread writes every store's files: it must outlive a bad batch
+                logging.getLogger("abstractruntime.storage").exception("background write or sync failed")
 
     def close(self) -> None:
         self.flush()

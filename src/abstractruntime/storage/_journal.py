@@ -363,8 +363,9 @@ class Journal:
             return
         self._flusher.flush()
         with self._cycle:
-            if self._fsync_each:
-                os.fsync(self._dir_fd)
+            if self._ckpt or self._lines or self._sealed:
+                raise OSError(f"journal {self._jdir}: could not write everything to the run files; kept for replay")
+            self._sync()  # also covers a cycle whose own sync failed
             # Everything is in the files and synced: no segment needs a replay.
             for seg in self._segments:
                 self._invalidate(seg, self._lsn)
