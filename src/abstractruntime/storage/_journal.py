@@ -113,12 +113,6 @@ class Journal:
             j._users += 1
             return j
 
-    def _make_durable(self) -> None:
-        with self._cycle, self._seg_lock:
-            self.durable = True
-            self._fsync_each = not has_syncfs()
-            self._writer = FileWriter(self.dir, durable=True, fsync_each=self._fsync_each)
-
     def release(self) -> None:
         """A store on this folder closed; the last one closes the journal."""
         with self._registry_lock:
@@ -165,6 +159,12 @@ class Journal:
         self.commits = 0
         self.batches = 0
         self.cycles = 0
+
+    def _make_durable(self) -> None:
+        with self._cycle, self._seg_lock:
+            self.durable = True
+            self._fsync_each = not has_syncfs()
+            self._writer = FileWriter(self.dir, durable=True, fsync_each=self._fsync_each)
 
     # -- opening: replay ------------------------------------------------------------------------
 
