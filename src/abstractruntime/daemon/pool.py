@@ -21,8 +21,9 @@ class ShutDownError(RuntimeError):
 
 
 class TickPool:
-    """Serves one event loop (the daemon's): results are handed back on the loop of the first
-    call still waiting, so calls from several loops would be answered on the wrong one."""
+    """Serves one event loop (the daemon's): a batch of results is handed back on the loop of
+    the call that finished first in it, so calls from several loops could be answered on the
+    wrong one."""
 
     def __init__(self, workers: int, *, name: str = "ar-tick") -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
