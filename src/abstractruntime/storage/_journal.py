@@ -51,10 +51,10 @@ Line = Tuple[int, str]  # (seq, canonical JSON line)
 
 
 class _Segment:
-    __slots__ = ("path", "fd", "offset")
+    __slots__ = ("fd", "offset")
 
-    def __init__(self, path: str, fd: int) -> None:
-        self.path, self.fd, self.offset = path, fd, 0
+    def __init__(self, fd: int) -> None:
+        self.fd, self.offset = fd, 0
 
 
 class _Entry:
@@ -173,12 +173,9 @@ class Journal:
         for name in sorted(os.listdir(self._jdir)):
             if not name.startswith("wal."):
                 continue
-            path = os.path.join(self._jdir, name)
-            fd = os.open(path, os.O_RDWR)
-            seg = _Segment(path, fd)
-            self._segments.append(seg)
-            with open(path, "rb") as f:
-                entries.extend(_parse(f.read()))
+            fd = os.open(os.path.join(self._jdir, name), os.O_RDWR)
+            self._segments.append(_Segment(fd))
+            entries.extend(_parse(os.pread(fd, os.fstat(fd).st_size, 0)))
         max_lsn = max((e[0] for e in entries), default=0)
         entries = [e for e in entries if e[1]]  # an empty run id is a floor record: an LSN only
         if entries:
@@ -327,7 +324,7 @@ class Journal:
             seg = self._free.pop()
         else:
             path = os.path.join(self._jdir, f"wal.{len(self._segments)}")
-            seg = _Segment(path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            seg = _Segment(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
             self._segments.append(seg)
             if self.durable:
                 os.fsync(self._jdir_fd)
