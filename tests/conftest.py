@@ -33,6 +33,8 @@ class StoreFactory:
         self.root = root
         self._mem: Tuple[InMemoryRunStore, InMemoryLedgerStore] | None = None
         self.opened: list = []
+        # The time the run stores' indexes go by (leases, due timers); None: the system clock.
+        self.clock = None
 
     @property
     def durable_across_reopen(self) -> bool:
@@ -41,13 +43,13 @@ class StoreFactory:
     def open(self):
         if self.kind == "memory":
             if self._mem is None:
-                self._mem = (InMemoryRunStore(), InMemoryLedgerStore())
+                self._mem = (InMemoryRunStore(clock=self.clock), InMemoryLedgerStore())
             return self._mem
         if self.kind == "jsonfile":
-            pair = (JsonFileRunStore(self.root), JsonlLedgerStore(self.root))
+            pair = (JsonFileRunStore(self.root, clock=self.clock), JsonlLedgerStore(self.root))
         else:
             db = SqliteDatabase(self.root / "runtime.sqlite3")
-            pair = (SqliteRunStore(db), SqliteLedgerStore(db))
+            pair = (SqliteRunStore(db, clock=self.clock), SqliteLedgerStore(db))
         self.opened.append(pair)
         return pair
 

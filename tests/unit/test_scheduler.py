@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
@@ -20,6 +20,7 @@ from abstractruntime import (
     WorkflowSpec,
     create_scheduled_runtime,
 )
+from abstractruntime.core.clock import ManualClock
 
 
 def timer_wf(until_fn, workflow_id="timer"):
@@ -35,13 +36,31 @@ def timer_wf(until_fn, workflow_id="timer"):
     )
 
 
-def in_s(seconds):
-    return lambda: (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
-def test_thousands_of_timers_due_at_once_all_resume(stores):
+def in_s(seconds, clock):
+    return lambda: iso(clock.time() + seconds)
+
+
+def wait_for(cond, what, timeout=30.0):
+    """Wait on a condition (real time only bounds a hang; the test's outcome never depends on it)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def clock(stores):
+    stores.clock = ManualClock()
+    return stores.clock
+
+
+def test_thousands_of_timers_due_at_once_all_resume(stores, clock):
     rs, ls = stores.open()
-    n = 500 if stores.kind == "jsonfile" else 2000  # fsync'd files: fewer runs to create in time
+    n = 1000
     wf = WorkflowSpec(
         workflow_id="same_instant",
         entry_node="wait",
@@ -61,38 +80,53 @@ def test_thousands_of_timers_due_at_once_all_resume(stores):
             done.set()
 
     sr = create_scheduled_runtime(
-        run_store=rs, ledger_store=ls, workflows=[wf], poll_interval_s=30.0, on_run_resumed=on_resumed
+        run_store=rs, ledger_store=ls, workflows=[wf], poll_interval_s=30.0, on_run_resumed=on_resumed, clock=clock
     )
     try:
-        due = (datetime.now(timezone.utc) + timedelta(seconds=4)).isoformat()
+        due = iso(clock.time() + 60)
         ids = []
         for _ in range(n):
             rid, st = sr.run(wf, vars={"until": due})
-            assert st.status == RunStatus.WAITING, "the timer fell due before every run was waiting"
+            assert st.status == RunStatus.WAITING
             ids.append(rid)
+        assert not finished
+        clock.advance(60)  # every timer falls due at this one instant
         assert done.wait(30), f"only {len(finished)} of {n} resumed"
         assert sorted(finished) == sorted(ids)
         assert all(sr.get_state(i).status == RunStatus.COMPLETED for i in ids[:50])
-        # Woken by the stores, not by polling: the poll interval is 30 s.
-        assert sr.stats.poll_cycles < 200
+        # One claim took them all: no poll cycle per run.
+        assert sr.stats.poll_cycles < 10
     finally:
         sr.stop()
 
 
-def test_a_new_earlier_timer_wakes_a_sleeping_scheduler(stores):
+def test_a_timer_not_yet_due_does_not_fire(stores, clock):
     rs, ls = stores.open()
-    sr = create_scheduled_runtime(run_store=rs, ledger_store=ls, poll_interval_s=60.0)
+    sr = create_scheduled_runtime(run_store=rs, ledger_store=ls, poll_interval_s=0.01, clock=clock)
     try:
-        late = timer_wf(in_s(3600), "late")
-        sr.run(late)
-        time.sleep(0.1)  # the scheduler now sleeps (up to 60 s)
-        soon = timer_wf(in_s(0.2), "soon")
-        rid, st = sr.run(soon)
+        rid, st = sr.run(timer_wf(in_s(10, clock)))
         assert st.status == RunStatus.WAITING
-        deadline = time.time() + 5
-        while sr.get_state(rid).status != RunStatus.COMPLETED and time.time() < deadline:
-            time.sleep(0.02)
-        assert sr.get_state(rid).status == RunStatus.COMPLETED
+        cycles = sr.stats.poll_cycles
+        clock.advance(9.9)  # the scheduler wakes (its poll interval passed) and looks
+        wait_for(lambda: sr.stats.poll_cycles > cycles, "a scheduler cycle after 9.9 s")
+        assert sr.get_state(rid).status == RunStatus.WAITING
+        clock.advance(0.1)
+        wait_for(lambda: sr.get_state(rid).status == RunStatus.COMPLETED, "the timer to fire")
+    finally:
+        sr.stop()
+
+
+def test_a_new_earlier_timer_wakes_a_sleeping_scheduler(stores, clock):
+    rs, ls = stores.open()
+    sr = create_scheduled_runtime(run_store=rs, ledger_store=ls, poll_interval_s=60.0, clock=clock)
+    try:
+        sr.run(timer_wf(in_s(3600, clock), "late"))
+        wait_for(lambda: sr.stats.poll_cycles >= 1, "the scheduler's first cycle")  # it now sleeps up to 60 s
+        rid, st = sr.run(timer_wf(in_s(5, clock), "soon"))
+        assert st.status == RunStatus.WAITING
+        # Only 5 s pass: a scheduler not woken by the store would sleep on towards its 60 s cap.
+        clock.advance(5)
+        wait_for(lambda: sr.get_state(rid).status == RunStatus.COMPLETED, "the earlier timer to fire")
     finally:
         sr.stop()
 
@@ -110,10 +144,10 @@ def test_recovery_ticks_interrupted_runs(stores):
     assert rt.get_state(rid).status == RunStatus.COMPLETED
 
 
-def test_unknown_workflow_does_not_stop_the_scheduler(stores):
+def test_unknown_workflow_does_not_stop_the_scheduler(stores, clock):
     rs, ls = stores.open()
-    ghost = timer_wf(in_s(0.05), "ghost")
-    real = timer_wf(in_s(0.1), "real")
+    ghost = timer_wf(in_s(1, clock), "ghost")
+    real = timer_wf(in_s(2, clock), "real")
     failures = []
     sr = create_scheduled_runtime(
         run_store=rs,
@@ -121,15 +155,14 @@ def test_unknown_workflow_does_not_stop_the_scheduler(stores):
         workflows=[real],
         poll_interval_s=0.05,
         on_run_failed=lambda rid, e: failures.append(e),
+        clock=clock,
     )
     try:
         gid = sr.runtime.start(workflow=ghost)
         sr.runtime.tick(workflow=ghost, run_id=gid)
         rid, _ = sr.run(real)
-        deadline = time.time() + 5
-        while sr.get_state(rid).status != RunStatus.COMPLETED and time.time() < deadline:
-            time.sleep(0.02)
-        assert sr.get_state(rid).status == RunStatus.COMPLETED
+        clock.advance(2)
+        wait_for(lambda: sr.get_state(rid).status == RunStatus.COMPLETED, "the real workflow's timer")
         assert any(isinstance(e, WorkflowNotFoundError) for e in failures)
         assert "ghost" in "".join(sr.stats.errors)
     finally:

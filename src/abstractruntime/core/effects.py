@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Optional
 
+from .clock import SYSTEM_CLOCK, Clock
 from .models import Effect, RunState, WaitReason, WaitState
 from .timeutil import iso_to_epoch
 
@@ -140,7 +140,20 @@ def handle_wait_event(run: RunState, effect: Effect, default_next_node: Optional
     )
 
 
+def wait_until_handler(clock: Clock) -> EffectHandler:
+    """The WAIT_UNTIL handler, deciding "already due" by `clock`."""
+
+    def handle(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+        return _wait_until(run, effect, default_next_node, clock.time())
+
+    return handle
+
+
 def handle_wait_until(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+    return _wait_until(run, effect, default_next_node, SYSTEM_CLOCK.time())
+
+
+def _wait_until(run: RunState, effect: Effect, default_next_node: Optional[str], now: float) -> EffectOutcome:
     until = effect.payload.get("until")
     if not until:
         return EffectOutcome.failed("wait_until needs payload.until (an ISO-8601 time)")
@@ -148,7 +161,6 @@ def handle_wait_until(run: RunState, effect: Effect, default_next_node: Optional
         due = iso_to_epoch(str(until))
     except ValueError:
         return EffectOutcome.failed(f"wait_until: {until!r} is not an ISO-8601 time")
-    now = datetime.now(timezone.utc).timestamp()
     if due <= now:
         return EffectOutcome.completed({"until": str(until), "ready": True})
     return EffectOutcome.waiting(

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+from .clock import SYSTEM_CLOCK, Clock
 from .effects import (
     EffectHandler,
     EffectOutcome,
@@ -31,7 +32,7 @@ from .effects import (
     handle_answer_user,
     handle_ask_user,
     handle_wait_event,
-    handle_wait_until,
+    wait_until_handler,
 )
 from .errors import (
     AbstractRuntimeError,
@@ -135,8 +136,10 @@ class Runtime:
         external_effects: Optional[Iterable[Any]] = None,
         owner_id: Optional[str] = None,
         lease_s: float = 300.0,
+        clock: Optional[Clock] = None,
     ) -> None:
         self._run_store = run_store
+        self.clock: Clock = clock or SYSTEM_CLOCK
         self._ledger_store = ledger_store
         self._ctx = context or DefaultRunContext()
         self.workflow_registry = workflow_registry
@@ -150,7 +153,7 @@ class Runtime:
         self._handlers: Dict[str, EffectHandler] = {
             EffectType.ASK_USER.value: handle_ask_user,
             EffectType.WAIT_EVENT.value: handle_wait_event,
-            EffectType.WAIT_UNTIL.value: handle_wait_until,
+            EffectType.WAIT_UNTIL.value: wait_until_handler(self.clock),
             EffectType.ANSWER_USER.value: handle_answer_user,
             EffectType.EMIT_EVENT.value: self._handle_emit_event,
             EffectType.START_SUBWORKFLOW.value: self._handle_start_subworkflow,
@@ -633,7 +636,7 @@ class Runtime:
             return True
         if w.reason == WaitReason.UNTIL and w.until:
             try:
-                due = iso_to_epoch(w.until) <= time.time()
+                due = iso_to_epoch(w.until) <= self.clock.time()
             except ValueError:
                 due = True
             if due:

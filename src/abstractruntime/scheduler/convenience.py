@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from ..core.clock import Clock
 from ..core.models import RunState
 from ..core.runtime import Runtime
 from ..core.spec import WorkflowSpec
@@ -118,11 +119,13 @@ def create_scheduled_runtime(
     artifact_store: Any = None,
     effect_policy: Any = None,
     external_effects: Optional[Iterable[Any]] = None,
+    clock: Optional[Clock] = None,
 ) -> ScheduledRuntime:
     """A Runtime (in-memory stores unless given), a WorkflowRegistry and a Scheduler,
-    started unless `auto_start=False`."""
+    started unless `auto_start=False`. `clock` (see `core.clock`) is the time both go by:
+    give the stores the same one."""
     if run_store is None or ledger_store is None:
-        run_store = run_store if run_store is not None else InMemoryRunStore()
+        run_store = run_store if run_store is not None else InMemoryRunStore(clock=clock)
         ledger_store = ledger_store if ledger_store is not None else InMemoryLedgerStore()
     registry = WorkflowRegistry(list(workflows or ()))
     runtime = Runtime(
@@ -133,6 +136,7 @@ def create_scheduled_runtime(
         artifact_store=artifact_store,
         effect_policy=effect_policy,
         external_effects=external_effects,
+        clock=clock,
     )
     scheduler = Scheduler(
         runtime=runtime,

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional
 
+from ..core.clock import Clock
 from ..core.errors import AbstractRuntimeError, RunStrandedError
 from ..core.models import RunState, RunStatus, WaitReason
 from ..core.runtime import Runtime
@@ -56,8 +56,11 @@ class Scheduler:
         on_run_failed: Optional[Callable[[str, Exception], None]] = None,
         batch_size: int = 10000,
         lease_s: float = 300.0,
+        clock: Optional[Clock] = None,
     ) -> None:
         self.runtime = runtime
+        # The runtime's clock unless told otherwise: both must agree on when a timer is due.
+        self.clock: Clock = clock or runtime.clock
         self.registry = registry
         self.poll_interval_s = poll_interval_s
         self.on_run_resumed = on_run_resumed
@@ -118,8 +121,10 @@ class Scheduler:
                 log.exception("scheduler cycle failed")
                 nxt = None
             self._target = nxt if nxt is not None else float("inf")
-            delay = self.poll_interval_s if nxt is None else min(self.poll_interval_s, max(0.0, nxt - time.time()))
-            if delay > 0 and self._wake.wait(delay):
+            delay = (
+                self.poll_interval_s if nxt is None else min(self.poll_interval_s, max(0.0, nxt - self.clock.time()))
+            )
+            if delay > 0 and self.clock.wait(self._wake, delay):
                 self.stats.wakeups += 1
             self._wake.clear()
 
@@ -128,7 +133,7 @@ class Scheduler:
         self.stats.poll_cycles += 1
         store = self.runtime.run_store
         ids = store.claim_due_runs(
-            now=time.time(), owner=self.runtime.owner_id, lease_s=self.lease_s, limit=self.batch_size
+            now=self.clock.time(), owner=self.runtime.owner_id, lease_s=self.lease_s, limit=self.batch_size
         )
         for rid in ids:
             try:

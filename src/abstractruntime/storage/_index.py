@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import heapq
 import threading
-import time
 from typing import Dict, List, Optional, Set, Tuple
 
+from ..core.clock import SYSTEM_CLOCK, Clock
 from ..core.timeutil import iso_to_epoch
 from .base import RunListener, RunSummary, _reason_value, _status_value
 
 
 class RunIndex:
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Optional[Clock] = None) -> None:
+        self.clock: Clock = clock or SYSTEM_CLOCK
         self._lock = threading.RLock()
         self._entries: Dict[str, RunSummary] = {}
         # status -> run ids in the order they reached that status (dicts keep order).
@@ -168,14 +169,14 @@ class RunIndex:
         timers = self._timers
         while timers:
             due, rid = timers[0]
-            if self._due_epoch.get(rid) == due and self._lease_free(rid, None, time.monotonic()):
+            if self._due_epoch.get(rid) == due and self._lease_free(rid, None, self.clock.monotonic()):
                 return
             heapq.heappop(timers)
 
     def claim_due(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
         out: List[str] = []
         with self._lock:
-            now_m = time.monotonic()
+            now_m = self.clock.monotonic()
             timers = self._timers
             while timers and len(out) < limit and timers[0][0] <= now:
                 due, rid = heapq.heappop(timers)
@@ -194,7 +195,7 @@ class RunIndex:
 
     def _take(self, run_id: str, owner: str, lease_s: float, *, renew: bool) -> bool:
         with self._lock:
-            now_m = time.monotonic()
+            now_m = self.clock.monotonic()
             if not self._lease_free(run_id, owner if renew else None, now_m):
                 return False
             self._leases[run_id] = (owner, now_m + lease_s)

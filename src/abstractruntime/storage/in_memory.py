@@ -11,6 +11,7 @@ import json
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ._index import RunIndex
@@ -19,9 +20,9 @@ from .ledger_chain import chain_records
 
 
 class InMemoryRunStore(RunStore):
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Optional[Clock] = None) -> None:
         self._data: Dict[str, str] = {}
-        self._index = RunIndex()
+        self._index = RunIndex(clock=clock)
 
     def save(self, run: RunState) -> None:
         text = dumps(run.to_dict())

@@ -24,6 +24,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ._durable import check_run_id, shared_flusher
@@ -44,7 +45,7 @@ _INDEXED = tuple(f for f in FIELDS if f not in ("updated_at", "current_node"))
 class JsonFileRunStore(RunStore):
     """`run_<run_id>.json` per run, with an index of summaries under `_index/`."""
 
-    def __init__(self, base_dir: Any, *, durable: bool = True) -> None:
+    def __init__(self, base_dir: Any, *, durable: bool = True, clock: Optional[Clock] = None) -> None:
         self.base_dir = os.path.abspath(str(base_dir))
         os.makedirs(self.base_dir, exist_ok=True)
         self.durable = durable
@@ -57,7 +58,7 @@ class JsonFileRunStore(RunStore):
         # wrote moments ago, and one process owns the folder, so no file read is needed.
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._recent_lock = threading.Lock()
-        self._index = RunIndex()
+        self._index = RunIndex(clock=clock)
         self._log = IndexLog(self.base_dir, durable=durable)
         # Loading builds one object per run and no cycles: pausing the cyclic GC meanwhile
         # saves the repeated full-heap scans that otherwise cost more than the load itself.

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ..core.timeutil import iso_to_epoch
@@ -208,11 +208,11 @@ class SqliteDatabase:
 
 
 class SqliteRunStore(RunStore):
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, *, clock: Optional[Clock] = None) -> None:
         self.db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
         # Leases live in memory: one daemon owns a data folder (a shared database backend
         # keeps them in the database instead).
-        self._leases = RunIndex()
+        self._leases = RunIndex(clock=clock)
         # Runs this process saw start waiting on a timer: releasing one's lease tells the
         # listeners again, as the in-process index does (see RunIndex.release_lease).
         self._timers: Dict[str, RunSummary] = {}
@@ -287,7 +287,7 @@ class SqliteRunStore(RunStore):
 
     def next_due_at(self) -> Optional[float]:
         for rid, due in self._due_rows(None, 64 + len(self._leases._leases)):
-            if self._leases._lease_free(rid, None, time.monotonic()):
+            if self._leases._lease_free(rid, None, self._leases.clock.monotonic()):
                 return float(due)
         return None
 
