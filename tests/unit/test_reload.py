@@ -141,3 +141,99 @@ def test_a_tool_defined_in_two_files_loads_from_the_second_once_the_first_lets_g
     (tmp_path / "a.py").unlink()
     r = cat.rescan()
     assert tools.get("ping")() == "b" and cat.errors() == []  # b.py, unchanged, takes it over
+
+
+# -- helper modules ---------------------------------------------------------------------------------
+
+USES_HELPER = """
+from _policy import limit
+
+def go(run, ctx):
+    return StepPlan(node_id="go", complete_output={{"limit": limit()}})
+
+from abstractruntime import StepPlan, WorkflowSpec
+{name} = WorkflowSpec(workflow_id={wid!r}, entry_node="go", nodes={{"go": go}})
+"""
+
+
+def helper(folder, value, extra=""):
+    (folder / "_policy.py").write_text(f"{extra}def limit():\n    return {value!r}\n")
+
+
+def test_a_workflow_module_imports_a_helper_of_its_folder(tmp_path):
+    helper(tmp_path, 100)
+    (tmp_path / "flow.py").write_text(USES_HELPER.format(name="spec", wid="w"))
+    reg = WorkflowRegistry()
+    cat = WorkflowCatalog([str(tmp_path)], reg)
+    r = cat.rescan()
+    assert not r.new_errors, r.new_errors
+    assert run_once(reg) == {"limit": 100}
+    # The helper is private to the load: it never lands in sys.modules under its own name.
+    assert "_policy" not in sys.modules
+
+
+def test_editing_a_helper_reloads_every_module_that_imports_it_as_a_new_version(tmp_path):
+    helper(tmp_path, 100)
+    (tmp_path / "a.py").write_text(USES_HELPER.format(name="a", wid="a"))
+    (tmp_path / "b.py").write_text(USES_HELPER.format(name="b", wid="b"))
+    write(tmp_path / "c.py", "c", wid="c")  # imports no helper: stays as it is
+    reg = WorkflowRegistry()
+    cat = WorkflowCatalog([str(tmp_path)], reg)
+    cat.rescan()
+    before = {w: reg.get(w).version for w in "abc"}
+    helper(tmp_path, 250)
+    r = cat.rescan()
+    assert sorted(c.workflow_id for c in r.changes) == ["a", "b"]
+    assert all(c.old_version == before[c.workflow_id] != c.new_version for c in r.changes)
+    assert run_once(reg, "a") == {"limit": 250} and run_once(reg, "b") == {"limit": 250}
+    assert reg.get("c").version == before["c"]
+    assert not cat.rescan().anything
+
+
+def test_a_broken_helper_is_a_load_error_of_each_dependent_at_the_helpers_line(tmp_path):
+    helper(tmp_path, 100)
+    (tmp_path / "a.py").write_text(USES_HELPER.format(name="a", wid="a"))
+    (tmp_path / "b.py").write_text(USES_HELPER.format(name="b", wid="b"))
+    reg = WorkflowRegistry()
+    cat = WorkflowCatalog([str(tmp_path)], reg)
+    cat.rescan()
+    good = reg.get("a").version
+    helper(tmp_path, 100, extra="x = 1\nraise RuntimeError('no policy today')\n")
+    r = cat.rescan()
+    assert sorted(e["module"] for e in r.new_errors) == [str(tmp_path / "a.py"), str(tmp_path / "b.py")]
+    for e in r.new_errors:
+        assert e["file"] == str(tmp_path / "_policy.py") and e["line"] == 2
+        assert e["message"].startswith("RuntimeError: no policy today (in _policy.py, imported by ")
+    assert reg.get("a").version == good and run_once(reg, "a") == {"limit": 100}  # the old version serves on
+    (tmp_path / "_policy.py").write_text("def limit(:\n")  # a syntax error: its own line
+    r = cat.rescan()
+    assert {(e["file"], e["line"]) for e in r.new_errors} == {(str(tmp_path / "_policy.py"), 1)}
+    helper(tmp_path, 7)
+    r = cat.rescan()
+    assert sorted(r.cleared) == [str(tmp_path / "a.py"), str(tmp_path / "b.py")]
+    assert run_once(reg, "b") == {"limit": 7} and not cat.errors()
+
+
+def test_a_helper_that_appears_later_lets_its_dependent_load(tmp_path):
+    (tmp_path / "flow.py").write_text(USES_HELPER.format(name="spec", wid="w"))
+    reg = WorkflowRegistry()
+    cat = WorkflowCatalog([str(tmp_path)], reg)
+    r = cat.rescan()
+    assert "No module named '_policy'" in r.new_errors[0]["message"]
+    helper(tmp_path, 3)
+    r = cat.rescan()
+    assert r.cleared == [str(tmp_path / "flow.py")] and run_once(reg) == {"limit": 3}
+
+
+def test_two_folders_with_a_helper_of_the_same_name_do_not_see_each_others(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    helper(one, 1)
+    helper(two, 2)
+    (one / "flow.py").write_text(USES_HELPER.format(name="spec", wid="one"))
+    (two / "flow.py").write_text(USES_HELPER.format(name="spec", wid="two"))
+    reg = WorkflowRegistry()
+    cat = WorkflowCatalog([str(one), str(two)], reg)
+    assert not cat.rescan().new_errors
+    assert run_once(reg, "one") == {"limit": 1} and run_once(reg, "two") == {"limit": 2}

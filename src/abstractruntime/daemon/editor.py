@@ -271,9 +271,16 @@ class EditorFeatures:
 
     def publish_diagnostics(self) -> None:
         by_uri: Dict[str, List[lsp.Diagnostic]] = {}
+        seen: Set[Tuple[str, Any, str]] = set()
         for e in self.hub.load_errors:
             if not e["file"].endswith(".py"):
                 continue
+            # A broken helper is an error of every module that imports it: one diagnostic
+            # at the helper's line is enough (the message names the first module).
+            key = (e["file"], e.get("line"), e["message"].split(" (in ")[0])
+            if key in seen:
+                continue
+            seen.add(key)
             line = max(0, (e.get("line") or 1) - 1)
             by_uri.setdefault(Path(e["file"]).as_uri(), []).append(
                 _diag(line, e["message"], lsp.DiagnosticSeverity.Error)

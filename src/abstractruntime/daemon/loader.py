@@ -1,9 +1,18 @@
 """Loading workflow modules from folders, and loading them again when they change.
 
 Convention: every `.py` file directly in a workflow folder is a module (files whose name starts
-with `_` or `.` are skipped: helpers, editor temp files). Each `WorkflowSpec` bound at the
-module's top level is a workflow, registered under its `workflow_id`; a workflow id defined by
-two files is an error naming both, and the file loaded first keeps it.
+with `.` are skipped: editor temp files; files whose name starts with `_` are *helpers*). Each
+`WorkflowSpec` bound at the module's top level is a workflow, registered under its
+`workflow_id`; a workflow id defined by two files is an error naming both, and the file loaded
+first keeps it.
+
+Helpers: a workflow module may import any sibling `.py` file of its folder by name
+(`from _policy import limit`), as a script imports the files beside it. The import is resolved
+by the module's own `__import__` (a private builtins table), not through `sys.path`: each folder
+sees only its own files, so two folders with a `_policy.py` never see each other's, and each
+load of a workflow module gets fresh copies of its helpers. A workflow's version covers its
+helpers' sources too: editing a helper reloads every workflow module that imported it, each as
+a new version, and a broken helper is a load error of each of them, at the helper's line.
 
 Each load imports the file as a *fresh* module object under a private name
 (`_abstractruntime_workflows.m<path hash>_<version>`) that is removed from `sys.modules` once
@@ -19,47 +28,129 @@ spec in it is valid: a broken edit leaves the previous version serving and recor
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import importlib.util
 import os
 import sys
 import threading
 import traceback
+import types
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.spec import WorkflowSpec
 from ..scheduler.registry import WorkflowRegistry
 
+_import = builtins.__import__
+
 
 def source_version(source: bytes) -> str:
     return hashlib.sha256(source).hexdigest()[:12]
 
 
+def module_version(source: bytes, deps: Dict[str, str]) -> str:
+    """A workflow module's version: its source, and the sources of the helpers it imported."""
+    if not deps:
+        return source_version(source)
+    h = hashlib.sha256(source)
+    for path in sorted(deps):
+        h.update(f"\0{os.path.basename(path)}\0{deps[path]}".encode())
+    return h.hexdigest()[:12]
+
+
+def is_python_file(name: str) -> bool:
+    """A workflow module or a helper (what the watcher reacts to)."""
+    base = os.path.basename(name)
+    return base.endswith(".py") and not base.startswith(".")
+
+
 def is_workflow_file(name: str) -> bool:
     base = os.path.basename(name)
-    return base.endswith(".py") and not base.startswith(("_", "."))
+    return is_python_file(name) and not base.startswith("_")
 
 
-def load_module(path: str, source: Optional[bytes] = None) -> Tuple[List[WorkflowSpec], List[Any]]:
-    """Import one file as a fresh module: its WorkflowSpecs and its tools (raises on any error)."""
-    if source is None:
+def read_version(path: str) -> Optional[str]:
+    try:
         with open(path, "rb") as f:
-            source = f.read()
-    version = source_version(source)
-    name = f"_abstractruntime_workflows.m{hashlib.sha1(path.encode()).hexdigest()[:10]}_{version}"
+            return source_version(f.read())
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+def _exec_fresh(path: str, source: bytes, module_builtins: Dict[str, Any]) -> Any:
+    """Execute `source` as a new module object under a private name (registered in
+    `sys.modules` only while it runs: dataclasses look their module up then)."""
+    name = f"_abstractruntime_workflows.m{hashlib.sha1(path.encode()).hexdigest()[:10]}_{source_version(source)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look their module up while it executes
+    module.__dict__["__builtins__"] = module_builtins
+    sys.modules[name] = module
     try:
         # Compile the bytes we hashed, not whatever is on disk a moment later: the version
         # then names exactly the code that serves.
-        code = compile(source, path, "exec", dont_inherit=True)
-        exec(code, module.__dict__)
+        exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
     finally:
         sys.modules.pop(name, None)
+    return module
+
+
+class FolderImports:
+    """The `__import__` of the modules loaded from one folder for one workflow module: a
+    top-level `import name` whose `name.py` is a sibling file gets that file (fresh, once per
+    load); anything else is an ordinary import. `deps` records each helper's source version."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.deps: Dict[str, str] = {}
+        self._modules: Dict[str, Any] = {}
+        self.builtins = dict(vars(builtins))
+        self.builtins["__import__"] = self
+
+    def __call__(self, name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+        if level == 0 and "." not in name:
+            path = os.path.join(self.folder, name + ".py")
+            if name in self._modules:
+                return self._modules[name]
+            if os.path.isfile(path):
+                return self._load(name, path)
+        return _import(name, globals, locals, fromlist, level)
+
+    def _load(self, name: str, path: str) -> Any:
+        with open(path, "rb") as f:
+            source = f.read()
+        self.deps[path] = source_version(source)
+        placeholder = types.ModuleType(name)
+        # A helper importing the module that imports it (a cycle) sees it part-built, as with
+        # Python's own imports.
+        self._modules[name] = placeholder
+        try:
+            module = _exec_fresh(path, source, self.builtins)
+        except BaseException:
+            self._modules.pop(name, None)
+            raise
+        self._modules[name] = module
+        return module
+
+
+def load_module(
+    path: str, source: Optional[bytes] = None, deps: Optional[Dict[str, str]] = None
+) -> Tuple[List[WorkflowSpec], List[Any]]:
+    """Import one file as a fresh module: its WorkflowSpecs and its tools (raises on any error).
+    `deps`, if given, receives the source versions of the helpers it imported (even when the
+    import fails half-way: a fix to one of them must trigger another try)."""
+    if source is None:
+        with open(path, "rb") as f:
+            source = f.read()
+    imports = FolderImports(os.path.dirname(path))
+    try:
+        module = _exec_fresh(path, source, imports.builtins)
+    finally:
+        if deps is not None:
+            deps.update(imports.deps)
+    version = module_version(source, imports.deps)
     found: Dict[str, WorkflowSpec] = {}
     tools: Dict[str, Any] = {}
     for value in vars(module).values():
@@ -84,6 +175,8 @@ class _FileState:
     tool_names: List[str] = field(default_factory=list)
     error: Optional[Dict[str, Any]] = None  # the load error of the file's current source
     error_version: Optional[str] = None
+    # The helpers the last load attempt imported, with their source versions then.
+    deps: Dict[str, str] = field(default_factory=dict)
     # (kind, name) of the workflows and tools another file held when this one failed to load
     # for defining them too: the same source is tried again once they are free.
     conflicts: List[Tuple[str, str]] = field(default_factory=list)
@@ -123,6 +216,7 @@ class WorkflowCatalog:
         self._files: Dict[str, _FileState] = {}
         self._owner: Dict[str, str] = {}  # workflow id -> the file that defines it
         self._missing_dirs: List[str] = []
+        self._helpers: Dict[str, str] = {}  # helper file -> source version, at the last rescan
         self._lock = threading.Lock()  # one rescan at a time (the watcher and `workflows/reload`)
 
     # -- queries --------------------------------------------------------------------------------
@@ -148,6 +242,7 @@ class WorkflowCatalog:
     def _rescan(self) -> ReloadResult:
         result = ReloadResult()
         present: Dict[str, bytes] = {}
+        versions: Dict[str, str] = {}  # every .py file of the folders, helpers included
         self._missing_dirs = []
         for d in self.dirs:
             try:
@@ -157,13 +252,23 @@ class WorkflowCatalog:
                 continue
             for name in names:
                 path = os.path.join(d, name)
-                if not is_workflow_file(name):
+                if not is_python_file(name):
                     continue
                 try:
                     with open(path, "rb") as f:
-                        present[path] = f.read()
+                        source = f.read()
                 except (FileNotFoundError, IsADirectoryError):
                     continue  # gone between the listing and the read (an editor's rename)
+                versions[path] = source_version(source)
+                if is_workflow_file(name):
+                    present[path] = source
+        # A helper that appeared, changed or went away: erroring modules of its folder try
+        # again (an import of a helper that did not exist yet recorded no dependency).
+        helpers = {p: v for p, v in versions.items() if os.path.basename(p).startswith("_")}
+        helper_dirs = {os.path.dirname(p) for p in set(helpers) ^ set(self._helpers)} | {
+            os.path.dirname(p) for p in helpers if self._helpers.get(p) not in (None, helpers[p])
+        }
+        self._helpers = helpers
 
         # Deleted files first: a workflow moved from one file to another is then free to load.
         for path in [p for p in self._files if p not in present]:
@@ -175,24 +280,34 @@ class WorkflowCatalog:
                 result.cleared.append(path)
 
         for path, source in present.items():
-            version = source_version(source)
             st = self._files.setdefault(path, _FileState())
+            version = module_version(source, {p: versions.get(p) or "missing" for p in st.deps})
             if version == st.version and st.error is None:
-                continue  # unchanged
-            if version == st.error_version and not self._conflict_resolved(path, st):
+                continue  # unchanged, and so are its helpers
+            retry = self._conflict_resolved(path, st) or os.path.dirname(path) in helper_dirs
+            if version == st.error_version and not retry:
                 continue  # the same broken source as before: its error stands
+            deps: Dict[str, str] = {}
             try:
-                specs, tools = load_module(path, source)
+                specs, tools = load_module(path, source, deps)
             except (Exception, SystemExit) as e:  # isolation boundary: a broken module stops nothing else
-                self._failed(st, version, describe_error(path, e), [], result)
+                st.deps = deps
+                self._failed(st, module_version(source, deps), describe_error(path, e), [], result)
                 continue
+            st.deps = deps
+            version = module_version(source, deps)
             taken = self._taken(path, "tool", [t.name for t in tools]) or self._taken(
                 path, "workflow", [wf.workflow_id for wf in specs]
             )
             if taken:
                 kind, name = taken[0]
                 owner = self._owners(kind)[name]
-                err = {"file": path, "line": None, "message": f"{kind} {name!r} is defined in both {owner} and {path}"}
+                err = {
+                    "file": path,
+                    "line": None,
+                    "message": f"{kind} {name!r} is defined in both {owner} and {path}",
+                    "module": path,
+                }
                 self._failed(st, version, err, taken, result)
                 continue
             if st.error is not None:
@@ -258,12 +373,19 @@ class WorkflowCatalog:
 
 
 def describe_error(path: str, e: BaseException) -> Dict[str, Any]:
-    """File, line and message of a load error: the line of a syntax error, else the deepest
-    frame of the traceback that is in the file itself."""
-    line = getattr(e, "lineno", None) if isinstance(e, SyntaxError) else None
-    if line is None:
+    """Where a load error is and what it says: the file and line of a syntax error, else of the
+    deepest frame of the traceback in the module's folder (a helper it imported, or the module
+    itself). `module` is the workflow module whose load failed."""
+    folder = os.path.dirname(path)
+    where, line = path, None
+    if isinstance(e, SyntaxError) and e.filename and os.path.dirname(os.path.abspath(e.filename)) == folder:
+        where, line = os.path.abspath(e.filename), e.lineno
+    else:
         for frame in reversed(traceback.extract_tb(e.__traceback__)):
-            if frame.filename == path:
-                line = frame.lineno
+            if os.path.dirname(frame.filename) == folder:
+                where, line = frame.filename, frame.lineno
                 break
-    return {"file": path, "line": line, "message": f"{type(e).__name__}: {e}"}
+    message = f"{type(e).__name__}: {e}"
+    if where != path:
+        message += f" (in {os.path.basename(where)}, imported by {os.path.basename(path)})"
+    return {"file": where, "line": line, "message": message, "module": path}

@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .loader import is_workflow_file
+from .loader import is_python_file
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -27,7 +27,7 @@ DEBOUNCE_MS = 1000
 
 
 def _is_workflow_change(_change: Any, path: str) -> bool:
-    return is_workflow_file(path)
+    return is_python_file(path)  # a workflow module or a helper one imports
 
 
 class Watcher:
