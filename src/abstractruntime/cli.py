@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, List, Optional
 
@@ -30,7 +31,10 @@ examples:
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("finding the daemon")
-    g.add_argument("--data", help="the daemon's data folder (default: ./.abstractruntime or $ABSTRACTRUNTIME_DATA)")
+    g.add_argument(
+        "--data", help="the daemon's data folder (default: the project's, found from the working folder upwards)"
+    )
+    g.add_argument("--config", metavar="FILE", help="the project config file (default: found from the working folder)")
     g.add_argument("--socket", help="connect to this unix socket instead")
     g.add_argument("--tcp", metavar="HOST:PORT", help="connect over TCP (the token is read from the data folder)")
     g.add_argument("--token", help="the TCP token, if not in the data folder")
@@ -50,19 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the daemon", description="Run the daemon in the foreground (logs on stderr).")
     where = s.add_mutually_exclusive_group()
     where.add_argument("--stdio", action="store_true", help="serve the one client on stdin/stdout (an editor)")
-    where.add_argument("--socket", help="unix socket path (default: a private per-project path, see docs/protocol.md)")
+    where.add_argument(
+        "--socket", help="unix socket path (default: a private per-project path, see docs/architecture.md)"
+    )
     where.add_argument(
         "--tcp", metavar="HOST:PORT", help="listen on TCP; clients must send the token written to DATA/daemon.token"
     )
-    s.add_argument("--data", help="data folder (default: ./.abstractruntime)")
+    s.add_argument("--data", help="data folder (default: the project's .abstractruntime/)")
     s.add_argument(
-        "--workflows", action="append", metavar="DIR", help="a workflow folder; repeatable (default: ./workflows)"
+        "--workflows",
+        action="append",
+        metavar="DIR",
+        help="a workflow folder; repeatable (default: the config's, else the project's workflows/)",
     )
     s.add_argument(
         "--store",
         choices=["files", "sqlite", "memory"],
-        default="files",
-        help="run store backend (default: files; memory keeps nothing, for tests and benchmarks)",
+        help="run store backend (default: the config's, else files; memory keeps nothing, for tests)",
     )
     s.add_argument("--relaxed", action="store_true", help="skip fsync: safe against a process crash, not a power loss")
     s.add_argument(
@@ -91,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--config",
         metavar="FILE",
-        help='a JSON file: {"llm": {"provider", "model", "options": {...}, "api_key_env"}, "external": [...]}',
+        help="the project config (default: abstractruntime.toml or pyproject.toml [tool.abstractruntime], "
+        "found from the working folder upwards); `abstractruntime config` shows what is in effect",
     )
     s.add_argument(
         "--no-watch",
@@ -101,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-remote", action="store_true", help="allow --tcp on a non-loopback address")
     s.add_argument("--workers", type=int, default=32, help="threads that run nodes and effects (default: 32)")
     s.add_argument("--max-frame", type=int, default=16 * 1024 * 1024, help="largest accepted message in bytes")
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: the config's, else info)",
+    )
 
     p = sub.add_parser(
         "lsp",
@@ -110,15 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
         "starting the daemon in the background first if none is running. Point an editor's LSP client at "
         "this command (see docs/editors.md).",
     )
-    p.add_argument("--data", help="the daemon's data folder (default: ./.abstractruntime or $ABSTRACTRUNTIME_DATA)")
+    p.add_argument("--data", help="the daemon's data folder (default: the project's)")
     p.add_argument("--socket", help="the daemon's unix socket (default: the project's, found from the data folder)")
+    p.add_argument("--config", metavar="FILE", help="the project config (default: found from the working folder)")
     p.add_argument(
         "--workflows",
         action="append",
         metavar="DIR",
-        help="for a daemon this starts: a workflow folder; repeatable (default: ./workflows)",
+        help="for a daemon this starts: a workflow folder; repeatable (default: the config's)",
     )
-    p.add_argument("--store", choices=["files", "sqlite"], default="files", help="for a daemon this starts")
+    p.add_argument("--store", choices=["files", "sqlite"], help="for a daemon this starts (default: the config's)")
 
     p = sub.add_parser("start", help="start a run of a workflow")
     p.add_argument("workflow_id")
@@ -171,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session")
     _connection_args(p)
 
+    p = sub.add_parser(
+        "init",
+        help="make the current folder a project: a config, a workflows/ folder with an example",
+        description="Scaffold a project here: abstractruntime.toml, workflows/hello.py (a commented example) "
+        "and a .gitignore line for the data folder. Refuses if the folder already has a config.",
+    )
+    p = sub.add_parser(
+        "config",
+        help="the settings in effect and where each comes from",
+        description="Print the effective settings (flags > environment > config file > defaults) of the project "
+        "found from the working folder, and the source of each.",
+    )
+    p.add_argument("--config", metavar="FILE", help="the project config (default: found from the working folder)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     p = sub.add_parser("status", help="the daemon's version, uptime, store and run counts")
     _connection_args(p)
     p = sub.add_parser("stop", help="stop the daemon (in-flight steps finish and are committed first)")
@@ -194,11 +223,11 @@ def _client(args: argparse.Namespace):
         target = Target("unix", path=args.socket)
     elif args.tcp:
         host, _, port = args.tcp.rpartition(":")
-        target = discover_target(args.data)
+        target = discover_target(args.data, config=args.config)
         token = args.token or (target.token if target.kind == "tcp" else None)
         target = Target("tcp", host=host or "127.0.0.1", port=int(port), token=token)
     else:
-        target = discover_target(args.data)
+        target = discover_target(args.data, config=args.config)
     return Client(AsyncClient(target))
 
 
@@ -311,7 +340,11 @@ def _run_command(args: argparse.Namespace) -> int:
                 args,
                 s,
                 f"abstractruntime {s.version} (pid {s.pid}, up {s.uptime_s:.0f}s)\n"
-                f"store: {s.store} at {s.data_dir}\nruns: {json.dumps(s.runs)}\nclients: {s.clients}",
+                f"listening: {s.socket or s.tcp or '?'}\n"
+                f"project: {s.project_root or '?'}  (config: {s.config_file or 'none, defaults'})\n"
+                f"data: {s.data_dir}  (store: {s.store})\n"
+                f"workflows: {', '.join(s.workflow_dirs) or 'none'}\n"
+                f"runs: {json.dumps(s.runs)}\nclients: {s.clients}",
             )
         elif cmd == "workflows":
             res = c.workflows_list()
@@ -387,12 +420,44 @@ def _answer(c: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from .project import ConfigError, load
+
+    try:
+        proj = load(config=args.config)
+    except ConfigError as e:
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 2
+    rows = proj.describe()
+    if args.json:
+        print(json.dumps({"project_root": proj.root, "config_file": proj.config_file, "settings": rows}, indent=2))
+        return 0
+    print(f"project root: {proj.root}")
+    print(f"config file:  {proj.config_file or 'none (defaults, environment and flags only)'}")
+    width = max(len(r["key"]) for r in rows)
+    for r in rows:
+        value = r["value"]
+        shown = (
+            ", ".join(value)
+            if isinstance(value, list)
+            else ("-" if value in (None, {}) else json.dumps(value) if isinstance(value, dict) else str(value))
+        )
+        print(f"  {r['key']:<{width}}  {shown:<40}  ({r['source']})")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "init":
+        from .scaffold import init
+
+        return init(os.getcwd())
+    if args.command == "config":
+        return _config(args)
     if args.command == "lsp":
         from .client.lsp_proxy import run as run_lsp
 
@@ -401,11 +466,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .daemon.server import run
 
         return run(args)
+    from .client.aio import DaemonNotRunning
     from .client.connection import ConnectionLost
     from .core.errors import AbstractRuntimeError
+    from .project import ConfigError
 
     try:
         return _run_command(args)
+    except DaemonNotRunning as e:
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 3
+    except ConfigError as e:
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ConnectionRefusedError, ConnectionLost) as e:
         print(
             f"abstractruntime: cannot reach the daemon ({e}); start it with `abstractruntime serve` or `make serve`",

@@ -56,7 +56,8 @@ def test_make_serve_then_runs_and_answer_in_a_second_terminal(tmp_path):
         proc.wait(30)
     assert proc.returncode == 0
     gone = cli(tmp_path, "runs")
-    assert gone.returncode == 3 and "cannot reach the daemon" in gone.stderr
+    assert gone.returncode == 3 and f"no daemon is running for the project at {tmp_path}" in gone.stderr
+    assert "abstractruntime serve" in gone.stderr and ".sock" in gone.stderr
 
 
 def test_help_is_helpful():

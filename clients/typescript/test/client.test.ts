@@ -4,11 +4,20 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { RuntimeClient, RuntimeError, ERRORS, EventNotification, Methods } from "../src/index";
+import {
+  DaemonNotRunning,
+  discoverProject,
+  discoverSocket,
+  RuntimeClient,
+  RuntimeError,
+  ERRORS,
+  EventNotification,
+  Methods,
+} from "../src/index";
 
 const ROOT = path.resolve(__dirname, "..", "..", "..", "..");
 const PYTHON = process.env.AR_PYTHON ?? "python3";
@@ -210,5 +219,45 @@ test("the golden protocol messages, as the Python tests replay them", async () =
     }
   } finally {
     await rt.close();
+  }
+});
+
+test("connect() finds the project's daemon from a nested folder, and says what it tried when none runs", async () => {
+  const project = mkdtempSync(path.join(os.tmpdir(), "ar-ts-project-"));
+  const nested = path.join(project, "src", "deep");
+  mkdirSync(nested, { recursive: true });
+  writeFileSync(
+    path.join(project, "abstractruntime.toml"),
+    `data = "var/ar"\nworkflows = [${JSON.stringify(path.join(ROOT, "tests", "e2e", "workflows"))}]\n`,
+  );
+  const cwd = process.cwd();
+  const proc = spawn(PYTHON, ["-m", "abstractruntime", "serve"], { cwd: project, env: ENV, stdio: ["ignore", "ignore", "inherit"] });
+  try {
+    process.chdir(nested);
+    const found = discoverProject();
+    assert.equal(found.root, project);
+    assert.equal(found.dataDir, path.join(project, "var", "ar"));
+    await waitForSocket(discoverSocket());
+    const rt = await RuntimeClient.connect();
+    try {
+      const status = await rt.status();
+      assert.equal(status.project_root, project);
+      assert.equal(status.data_dir, path.join(project, "var", "ar"));
+      assert.equal((await rt.start("ask", {})).state.status, "waiting");
+    } finally {
+      await rt.close();
+    }
+    proc.kill("SIGTERM");
+    await new Promise((r) => proc.once("exit", r));
+    await assert.rejects(RuntimeClient.connect(), (e: unknown) => {
+      assert.ok(e instanceof DaemonNotRunning);
+      assert.match(e.message, new RegExp(`no daemon is running for the project at ${project}`));
+      assert.ok(e.message.includes(discoverSocket()) && e.message.includes("abstractruntime serve"));
+      return true;
+    });
+  } finally {
+    process.chdir(cwd);
+    proc.kill("SIGKILL");
+    rmSync(project, { recursive: true, force: true });
   }
 });

@@ -18,9 +18,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Dict, List, Optional
 
+from ..project import CONFIG_NAME, DATA_NAME
+from ..project import load as load_project
 from ..protocol import discovery as paths
 from ..protocol import models as m
 from .connection import Connection, ConnectionLost, default_spawn_argv, env_with_package
+
+
+class DaemonNotRunning(ConnectionError):
+    """Nothing answers where the project's daemon should listen. The message names the project
+    root, the address tried and the command that starts a daemon there."""
 
 
 @dataclass
@@ -33,20 +40,55 @@ class Target:
     argv: List[str] = field(default_factory=list)
     env: Optional[Dict[str, str]] = None
     cwd: Optional[str] = None
+    # Where the target was found (discovery): named when nothing answers there.
+    project_root: Optional[str] = None
+    found_project: bool = True
 
     async def open(self) -> Connection:
-        if self.kind == "unix":
-            assert self.path
-            return await Connection.unix(self.path)
-        if self.kind == "tcp":
-            assert self.host and self.port
-            return await Connection.tcp(self.host, self.port)
+        try:
+            if self.kind == "unix":
+                assert self.path
+                return await Connection.unix(self.path)
+            if self.kind == "tcp":
+                assert self.host and self.port
+                return await Connection.tcp(self.host, self.port)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise DaemonNotRunning(self.not_running_message(e)) from None
         return await Connection.spawn(self.argv, env=self.env, cwd=self.cwd)
 
+    def not_running_message(self, cause: Optional[BaseException] = None) -> str:
+        where = f"unix socket {self.path}" if self.kind == "unix" else f"tcp {self.host}:{self.port}"
+        why = f" ({cause.strerror or cause})" if isinstance(cause, OSError) else ""
+        if self.project_root is None:
+            return f"no daemon answers at {where}{why}"
+        if not self.found_project:
+            return (
+                f"no abstractruntime project in {self.project_root} or any folder above it (no {CONFIG_NAME}, "
+                f"[tool.abstractruntime] in pyproject.toml, or {DATA_NAME}/ folder), and no daemon answers at "
+                f"{where}{why}; create one with `abstractruntime init`, or serve this folder with "
+                "`abstractruntime serve`"
+            )
+        return (
+            f"no daemon is running for the project at {self.project_root}: nothing answers at {where}{why}; "
+            f"start it with `abstractruntime serve` in {self.project_root} (or `make serve`)"
+        )
 
-def discover_target(data_dir: Optional[str] = None) -> Target:
-    """The project's daemon: its discovery file if there is one, else the default socket."""
-    data = paths.data_dir(data_dir)
+
+def discover_target(
+    data_dir: Optional[str] = None, *, start: Optional[str] = None, config: Optional[str] = None
+) -> Target:
+    """The project's daemon, found like git finds a repository: from `start` (default: the
+    working folder) up to the project root, then its data folder's discovery file (else the
+    default socket of that data folder). `data_dir` names the data folder directly."""
+    root, found = None, True
+    if data_dir is None:
+        proj = load_project(start=start, config=config)
+        data = proj.data_dir
+        root = proj.root
+        found = proj.config_file is not None or os.path.isdir(data)
+    else:
+        data = os.path.abspath(data_dir)
+        root = os.path.dirname(data)
     info = paths.read_discovery(data) or {}
     if info.get("tcp"):
         host, _, port = info["tcp"].rpartition(":")
@@ -56,8 +98,8 @@ def discover_target(data_dir: Optional[str] = None) -> Target:
                 token = f.read().strip()
         except FileNotFoundError:
             pass
-        return Target("tcp", host=host, port=int(port), token=token)
-    return Target("unix", path=info.get("socket") or paths.default_socket(data))
+        return Target("tcp", host=host, port=int(port), token=token, project_root=root, found_project=found)
+    return Target("unix", path=info.get("socket") or paths.default_socket(data), project_root=root, found_project=found)
 
 
 class AsyncClient:
@@ -95,8 +137,12 @@ class AsyncClient:
         )
 
     @classmethod
-    def discover(cls, data_dir: Optional[str] = None) -> AsyncClient:
-        return cls(discover_target(data_dir))
+    def discover(
+        cls, data_dir: Optional[str] = None, *, start: Optional[str] = None, config: Optional[str] = None
+    ) -> AsyncClient:
+        """The daemon of the project around `start` (default: the working folder); see
+        `discover_target`. Connecting raises `DaemonNotRunning` when none answers."""
+        return cls(discover_target(data_dir, start=start, config=config))
 
     # -- lifecycle ----------------------------------------------------------------------------------
 

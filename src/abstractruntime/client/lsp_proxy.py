@@ -1,7 +1,8 @@
 """`abstractruntime lsp`: what an editor runs. Joins its stdio to the project's daemon.
 
-The daemon is found the way every client finds it (the data folder's discovery file, else the
-default per-project socket). If none answers, one is started in the background first: its
+The daemon is found the way every client finds it: the project root (walking up from the working
+folder, see `project.py`), then its data folder's discovery file, else the default per-project
+socket. If none answers, one is started in the background first: its
 own session, stdin closed, its log in `DATA/daemon.log`. It outlives the editor on purpose,
 so the editor, scripts and other hosts all see the same runs. Two editors starting at once
 race safely: the data folder's lock lets one daemon win, and the other proxy waits for it.
@@ -19,6 +20,7 @@ import threading
 import time
 from typing import List, Optional
 
+from .. import project
 from ..protocol import discovery as paths
 
 START_TIMEOUT_S = 30.0
@@ -50,23 +52,25 @@ def _socket_path(data: str, explicit: Optional[str]) -> str:
 
 
 def ensure_daemon(
-    data: str, workflows: List[str], socket_path: Optional[str] = None, store: str = "files"
+    data: str, serve_args: List[str], socket_path: Optional[str] = None, cwd: Optional[str] = None
 ) -> socket.socket:
-    """A connection to the project's daemon, starting the daemon first if none answers."""
+    """A connection to the project's daemon, starting the daemon first if none answers.
+
+    The daemon is started as `abstractruntime serve` in the project root (`cwd`) with
+    `serve_args`: it reads the same project config as the proxy, so an editor's daemon serves
+    what `abstractruntime serve` in that folder would (the same workflows, store and model)."""
     path = _socket_path(data, socket_path)
     conn = _connect(path)
     if conn is not None:
         return conn
     os.makedirs(data, mode=0o700, exist_ok=True)
-    argv = [sys.executable, "-m", "abstractruntime", "serve", "--data", data, "--store", store]
-    for w in workflows:
-        argv += ["--workflows", os.path.abspath(w)]
+    argv = [sys.executable, "-m", "abstractruntime", "serve", "--data", data, *serve_args]
     if socket_path:
         argv += ["--socket", socket_path]
     log_path = os.path.join(data, "daemon.log")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, cwd=cwd
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -117,10 +121,21 @@ def relay(conn: socket.socket, fd_in: int = 0, fd_out: int = 1) -> int:
 
 
 def run(args) -> int:
-    data = paths.data_dir(args.data)
-    workflows = args.workflows or ["workflows"]
     try:
-        conn = ensure_daemon(data, workflows, args.socket, args.store)
+        proj = project.load(config=args.config, flags=project.flags_from_args(args))
+    except project.ConfigError as e:
+        print(f"abstractruntime lsp: {e}", file=sys.stderr)
+        return 2
+    # Only what was given here is passed on: the daemon resolves the rest from the same config.
+    serve_args: List[str] = []
+    if args.config:
+        serve_args += ["--config", os.path.abspath(args.config)]
+    for w in args.workflows or []:
+        serve_args += ["--workflows", os.path.abspath(w)]
+    if args.store:
+        serve_args += ["--store", args.store]
+    try:
+        conn = ensure_daemon(proj.data_dir, serve_args, args.socket, cwd=proj.root)
     except (DaemonUnavailable, OSError) as e:
         print(f"abstractruntime lsp: {e}", file=sys.stderr)
         return 1

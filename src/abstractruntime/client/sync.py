@@ -40,8 +40,12 @@ class Client:
         return cls(AsyncClient.spawn(argv, **kw))
 
     @classmethod
-    def discover(cls, data_dir: Optional[str] = None, **kw: Any) -> Client:
-        return cls(AsyncClient.discover(data_dir), **kw)
+    def discover(
+        cls, data_dir: Optional[str] = None, *, start: Optional[str] = None, config: Optional[str] = None, **kw: Any
+    ) -> Client:
+        """The daemon of the project around `start` (default: the working folder), found like
+        git finds a repository; connecting raises `DaemonNotRunning` when none answers."""
+        return cls(AsyncClient.discover(data_dir, start=start, config=config), **kw)
 
     def _run(self, coro: Awaitable[T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout)  # type: ignore[arg-type]

@@ -71,8 +71,11 @@ class Hub:
         poll_interval_s: float = 1.0,
         llm: Optional[Dict[str, Any]] = None,
         external: Optional[List[str]] = None,
+        project: Optional[Any] = None,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
+        self.project = project  # the project.Project it was configured from, if any
+        self.address: Dict[str, str] = {}  # {"socket": path} or {"tcp": "host:port"}, once listening
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self._lock_fd = _lock_data_dir(self.data_dir)
         self.store_kind = store
@@ -359,6 +362,11 @@ class Hub:
             "uptime_s": round(time.time() - self.started, 3),
             "store": self.store_kind,
             "data_dir": self.data_dir,
+            "socket": self.address.get("socket"),
+            "tcp": self.address.get("tcp"),
+            "project_root": self.project.root if self.project is not None else None,
+            "config_file": self.project.config_file if self.project is not None else None,
+            "workflow_dirs": self.workflow_dirs,
             "runs": self.run_store.count_by_status(),
             "clients": self.clients,
             "subscriptions": self.subscriptions,

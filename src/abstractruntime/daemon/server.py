@@ -9,6 +9,7 @@ gracefully: in-flight steps finish and commit, then the stores are flushed and c
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -18,11 +19,12 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
-from .. import __version__
+from .. import __version__, project
 from ..protocol import discovery as paths
 from ..storage._durable import atomic_write
+from . import logs
 from .framing import FrameError, StreamWriterAdapter, read_frames
 from .hub import DataFolderInUse, Hub
 from .session import Session
@@ -166,6 +168,7 @@ class Daemon:
             session.close()
 
     def _announce(self, where: dict) -> None:
+        self.hub.address = dict(where)
         info = {
             "pid": os.getpid(),
             "version": __version__,
@@ -212,79 +215,38 @@ def check_tcp_host(host: str, allow_remote: bool) -> None:
         raise SystemExit(f"refusing to listen on {host}: not a loopback address (pass --allow-remote to allow it)")
 
 
-def llm_config(args: Any) -> Tuple[Optional[Dict[str, Any]], List[str]]:
-    """The model and external effects from --config and the --llm-* flags (flags win). An API
-    key is only ever read from the environment variable named, never from an argument."""
-    cfg: Dict[str, Any] = {}
-    if getattr(args, "config", None):
-        try:
-            with open(args.config) as f:
-                cfg = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--config {args.config}: {e}") from None
-    llm = dict(cfg.get("llm") or {})
-    options = dict(llm.get("options") or {})
-    for flag, key in (("llm_provider", "provider"), ("llm_model", "model")):
-        if getattr(args, flag, None):
-            llm[key] = getattr(args, flag)
-    if getattr(args, "llm_base_url", None):
-        options["base_url"] = args.llm_base_url
-    if getattr(args, "llm_timeout", None) is not None:
-        options["timeout"] = args.llm_timeout
-    for item in getattr(args, "llm_option", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--llm-option {item!r}: expected KEY=VALUE")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    key_env = getattr(args, "llm_api_key_env", None) or llm.get("api_key_env")
-    if key_env:
-        if not os.environ.get(key_env):
-            raise ValueError(f"the environment variable {key_env} (the API key) is not set")
-        options["api_key"] = os.environ[key_env]
-    external = list(cfg.get("external") or []) + list(getattr(args, "external", None) or [])
-    if not llm:
-        return None, external
-    missing = [k for k in ("provider", "model") if not llm.get(k)]
-    if missing:
-        raise ValueError(f"an LLM needs --llm-provider and --llm-model (missing: {', '.join(missing)})")
-    return {"provider": llm["provider"], "model": llm["model"], "options": options}, external
-
-
 def run(args: Any) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.log_level != "debug":
-        logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
-        logging.getLogger("watchfiles").setLevel(logging.WARNING)  # and every batch of file changes
-    data = paths.data_dir(args.data)
-    workflows = args.workflows or ["workflows"]
     try:
-        llm, external = llm_config(args)
-    except ValueError as e:
+        proj = project.load(config=getattr(args, "config", None), flags=project.flags_from_args(args))
+        llm = proj.model()
+    except project.ConfigError as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 2
+    # Every configured secret is masked in every log record, whoever writes it.
+    logs.configure(proj.log_level, [str(v) for k, v in (llm or {}).get("options", {}).items() if k == "api_key"])
     try:
         hub = Hub(
-            data_dir=data,
-            workflow_dirs=workflows,
-            store=args.store,
+            data_dir=proj.data_dir,
+            workflow_dirs=proj.workflow_dirs,
+            store=proj.store,
             durable=not args.relaxed,
             workers=args.workers,
             llm=llm,
-            external=external,
+            external=proj.external,
+            project=proj,
         )
     except DataFolderInUse as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 1
+    if proj.config_file:
+        log.info("project %s (config %s)", proj.root, proj.config_file)
     if llm:  # never the options: they may hold the API key
         where = llm["options"].get("base_url")
         log.info("LLM_CALL: %s model %s%s", llm["provider"], llm["model"], f" at {where}" if where else "")
+        if importlib.util.find_spec("abstractcore") is None:
+            log.warning(
+                "a model is configured but AbstractCore is not installed: pip install 'abstractruntime[abstractcore]'"
+            )
     hub.start()
     daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch)
     try:
@@ -294,10 +256,10 @@ def run(args: Any) -> int:
             host, _, port = args.tcp.rpartition(":")
             host = host.strip("[]") or "127.0.0.1"
             check_tcp_host(host, args.allow_remote)
-            daemon.token = make_token(data)
+            daemon.token = make_token(proj.data_dir)
             asyncio.run(daemon.serve_tcp(host, int(port)))
         else:
-            asyncio.run(daemon.serve_unix(args.socket or paths.default_socket(data)))
+            asyncio.run(daemon.serve_unix(args.socket or paths.default_socket(proj.data_dir)))
     except KeyboardInterrupt:
         hub.close()
     return 0

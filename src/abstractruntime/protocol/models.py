@@ -247,9 +247,12 @@ class EventNotification(Result):
 
 
 class LoadError(Result):
-    file: str
+    file: str = Field(description="Where the error is: the workflow module, or a helper module it imports.")
     line: Optional[int] = None
     message: str
+    module: Optional[str] = Field(
+        None, description="The workflow module that failed to load (differs from `file` for an error in a helper)."
+    )
 
 
 class WorkflowInfo(Result):
@@ -305,6 +308,11 @@ class DaemonStatusResult(Result):
     uptime_s: float
     store: str
     data_dir: str
+    socket: Optional[str] = Field(None, description="The unix socket the daemon listens on, if any.")
+    tcp: Optional[str] = Field(None, description="HOST:PORT the daemon listens on over TCP, if any.")
+    project_root: Optional[str] = Field(None, description="The project folder the daemon serves.")
+    config_file: Optional[str] = Field(None, description="The config file in effect (None: defaults and flags).")
+    workflow_dirs: List[str] = Field(default_factory=list, description="The workflow folders it loads.")
     runs: Dict[str, int] = Field(description="Number of runs by status.")
     clients: int
     subscriptions: int
