@@ -46,7 +46,8 @@ ifeq ($(CI),true)
 		($(APT) install -y -q neovim || ($(APT) update -q && $(APT) install -y -q neovim)) >/dev/null; }
 endif
 	@if command -v npm >/dev/null 2>&1; then \
-		test -d clients/typescript/node_modules || npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error; \
+		test clients/typescript/node_modules/.package-lock.json -nt clients/typescript/package-lock.json || \
+			npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error; \
 	fi
 
 # Regenerate protocol/openrpc.json, protocol/golden.json and docs/protocol.md.

@@ -344,6 +344,7 @@ def _run_command(args: argparse.Namespace) -> int:
                 f"project: {s.project_root or '?'}  (config: {s.config_file or 'none, defaults'})\n"
                 f"data: {s.data_dir}  (store: {s.store})\n"
                 f"workflows: {', '.join(s.workflow_dirs) or 'none'}\n"
+                f"model: {s.model or 'none'}\n"
                 f"runs: {json.dumps(s.runs)}\nclients: {s.clients}",
             )
         elif cmd == "workflows":

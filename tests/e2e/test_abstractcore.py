@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import shutil
 import signal
@@ -391,3 +392,18 @@ def test_serve_without_a_model_fails_llm_calls_clearly(tmp_path):
                           "--llm-provider", "ollama", "--llm-model", "x", "--llm-api-key-env", "AR_NOT_SET_ANYWHERE"],
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "AR_NOT_SET_ANYWHERE" in bad.stderr
+
+
+def test_a_key_echoed_by_the_provider_never_reaches_the_daemons_log(llm_server, agent_dir, env):
+    # Some OpenAI-compatible servers print the key back in a 401 body; AbstractCore's own
+    # loggers then log that body. The daemon's log handler masks the key in every record.
+    with daemon(env, "unix", workflows=agent_dir, extra=serve_args(llm_server, "--log-level", "debug")) as d, d.client() as c:
+        llm_server.add({"echo_headers": True})
+        st = c.start("agent").state
+        assert st.status == "failed" and "401" in st.error and "***" in st.error
+        assert llm_server.posts()[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"  # the key was sent
+    log = (env / "daemon-unix.log").read_text()
+    assert SECRET not in log
+    # AbstractCore's own record of the failure went through the daemon's handler (its import used
+    # to replace the root handlers with its own, one on stdout), with the key masked.
+    assert re.search(r"\d ERROR OpenAICompatibleProvider: Generation failed .*bad key: Bearer \*\*\*", log)

@@ -5,22 +5,17 @@ answers a prompt pushed while it is open, and sees the code lens count change.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import textwrap
 
-import pytest
 from daemon_fixture import WORKFLOWS, daemon
 
 from abstractruntime.client.connection import env_with_package
-from conftest import ROOT
+from conftest import ROOT, require_tool
 
-NVIM = shutil.which("nvim")
-pytestmark = pytest.mark.skipif(
-    NVIM is None and not os.environ.get("CI"), reason="Neovim is not installed (make test installs it)"
-)
+NVIM = require_tool("nvim", "Neovim 0.7+ (Debian: apt install neovim)", "Neovim plugin")
 
 NAME_FLOW = textwrap.dedent("""
     from abstractruntime import Effect, EffectType, StepPlan, WorkflowSpec
@@ -57,7 +52,7 @@ def test_the_plugin_lists_answers_and_counts_waiting_runs(tmp_path):
             AR_RUN_TEXT=text,
         )
         p = subprocess.run(
-            [NVIM or "nvim", "--headless", "-u", "NONE", "-i", "NONE", "-n",
+            [NVIM, "--headless", "-u", "NONE", "-i", "NONE", "-n",
              "--cmd", f"set rtp^={ROOT / 'clients' / 'neovim'}",
              "-c", f"luafile {ROOT / 'tests' / 'e2e' / 'nvim' / 'plugin_test.lua'}"],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,

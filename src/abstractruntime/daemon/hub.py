@@ -367,6 +367,7 @@ class Hub:
             "project_root": self.project.root if self.project is not None else None,
             "config_file": self.project.config_file if self.project is not None else None,
             "workflow_dirs": self.workflow_dirs,
+            "model": f"{self.llm['provider']}/{self.llm['model']}" if self.llm else None,
             "runs": self.run_store.count_by_status(),
             "clients": self.clients,
             "subscriptions": self.subscriptions,

@@ -313,6 +313,7 @@ class DaemonStatusResult(Result):
     project_root: Optional[str] = Field(None, description="The project folder the daemon serves.")
     config_file: Optional[str] = Field(None, description="The config file in effect (None: defaults and flags).")
     workflow_dirs: List[str] = Field(default_factory=list, description="The workflow folders it loads.")
+    model: Optional[str] = Field(None, description="`provider/model` that LLM_CALL uses; null: none configured.")
     runs: Dict[str, int] = Field(description="Number of runs by status.")
     clients: int
     subscriptions: int

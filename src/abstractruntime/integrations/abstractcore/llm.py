@@ -20,14 +20,14 @@ kernel's job, so each attempt is a ledger record.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from ...core.effects import EffectOutcome
 from ...core.models import Effect, RunState
+from ._imports import import_abstractcore
 from .tools import ToolRegistry
 
 ProgressSink = Callable[[str, str, str], None]  # (run_id, node_id, text delta)
@@ -90,9 +90,9 @@ class LLMCallHandler:
     def _client(self) -> Any:
         with self._lock:
             if self._llm is None:
-                create_llm, RetryConfig = _import_abstractcore()
-                opts = {"retry_config": RetryConfig(max_attempts=1), **self._options}
-                self._llm = create_llm(self.provider, model=self.model, **opts)
+                retry = import_abstractcore("abstractcore.core.retry")
+                opts = {"retry_config": retry.RetryConfig(max_attempts=1), **self._options}
+                self._llm = import_abstractcore().create_llm(self.provider, model=self.model, **opts)
             return self._llm
 
     def mask(self, text: str) -> str:
@@ -259,34 +259,6 @@ def _parse_json(text: str) -> Any:
     if fenced:
         t = fenced.group(1)
     return json.loads(t)
-
-
-def _import_abstractcore() -> Tuple[Any, Any]:
-    """AbstractCore's `create_llm` and `RetryConfig`, imported without touching the host's logging.
-
-    Importing AbstractCore replaces the root logger's handlers with its own, one of them on
-    stdout, and sets the root level to ERROR: a daemon would lose its log (and the secret mask on
-    its handler), and on the stdio transport stdout is the protocol stream. The host's handlers
-    and level are put back as they were."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        try:
-            from abstractcore import create_llm
-            from abstractcore.core.retry import RetryConfig
-        except ImportError as e:
-            raise ImportError(
-                f"LLM_CALL needs AbstractCore: pip install 'abstractruntime[abstractcore]' ({e})"
-            ) from None
-    finally:
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-        for h in handlers:
-            if h not in root.handlers:
-                root.addHandler(h)
-        root.setLevel(level)
-    return create_llm, RetryConfig
 
 
 def not_configured(run: RunState, effect: Effect) -> EffectOutcome:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from ...core.effects import EffectOutcome
 from ...core.models import Effect, RunState, WaitReason, WaitState
+from ._imports import import_abstractcore
 
 ALLOWED = "allowed"
 APPROVAL = "approval"
@@ -68,9 +69,7 @@ class Tool:
                 "description": self.description or "",
                 "parameters": self.parameters or {"type": "object", "properties": {}},
             }
-        from abstractcore.tools import ToolDefinition
-
-        d = ToolDefinition.from_function(self.function)
+        d = import_abstractcore("abstractcore.tools").ToolDefinition.from_function(self.function)
         return {"name": self.name, "description": self.description or d.description, "parameters": d.parameters}
 
 
