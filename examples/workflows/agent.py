@@ -2,8 +2,11 @@
 results, until it answers.
 
 `lookup_order` runs at once; `refund_order` needs approval (the run waits for a person to
-approve or deny it, from the editor or `abstractruntime answer`). Needs a model: serve with
-`--llm-provider ollama --llm-model qwen3:4b` (see docs/integrations/abstractcore.md).
+approve or deny it, from the editor or `abstractruntime answer`). Needs a model and
+AbstractCore (`pip install 'abstractruntime[abstractcore]'`): set `[model] provider = "ollama"`
+and `model = "qwen3:4b"` in the project config, or serve with `--llm-provider ollama
+--llm-model qwen3:4b` (see docs/integrations/abstractcore.md). Without one, a run fails at its
+first model call with a message saying exactly this.
 """
 
 from abstractruntime import Effect, EffectType, StepPlan, WorkflowSpec

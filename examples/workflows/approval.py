@@ -30,11 +30,15 @@ def cool_off(run, ctx):
     return StepPlan(node_id="cool_off", effect=Effect(EffectType.WAIT_UNTIL, {"until": until}), next_node="report")
 
 
+OUTCOME = {"approve": "approved", "reject": "rejected"}
+
+
 def report(run, ctx):
     decision = (run.vars.get("decision") or {}).get("text", "reject")
+    message = f"Expense {OUTCOME.get(decision, decision)}."
     return StepPlan(
         node_id="report",
-        effect=Effect(EffectType.ANSWER_USER, {"message": f"Expense {decision}d.", "level": "info"}, "reported"),
+        effect=Effect(EffectType.ANSWER_USER, {"message": message, "level": "info"}, "reported"),
         next_node="done",
     )
 

@@ -6,7 +6,7 @@ Most tests run on every store backend: the runtime must behave the same whatever
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
@@ -26,6 +26,7 @@ from abstractruntime import (
     WorkflowRegistry,
     WorkflowSpec,
 )
+from abstractruntime.core.clock import ManualClock
 
 
 def rt_for(stores, **kw) -> Runtime:
@@ -237,11 +238,12 @@ def test_two_concurrent_resumes_one_wins(stores):
 
 
 def test_wait_until_past_continues_and_future_waits(stores):
-    rt = rt_for(stores)
+    clock = ManualClock()
+    rt = rt_for(stores, clock=clock)
     delta = {"s": -5}
 
     def w8(run, ctx):
-        until = (datetime.now(timezone.utc) + timedelta(seconds=delta["s"])).isoformat()
+        until = datetime.fromtimestamp(clock.time() + delta["s"], timezone.utc).isoformat()
         return StepPlan(node_id="w8", effect=Effect(EffectType.WAIT_UNTIL, {"until": until}, "woke"), next_node="done")
 
     w = wf(
@@ -254,10 +256,9 @@ def test_wait_until_past_continues_and_future_waits(stores):
     rid = rt.start(workflow=w)
     st = rt.tick(workflow=w, run_id=rid)
     assert st.status == RunStatus.WAITING and st.waiting.reason == WaitReason.UNTIL and st.waiting.until
+    clock.advance(0.19)
     assert rt.tick(workflow=w, run_id=rid).status == RunStatus.WAITING  # not yet due
-    import time
-
-    time.sleep(0.25)
+    clock.advance(0.01)
     st = rt.tick(workflow=w, run_id=rid)
     assert st.status == RunStatus.COMPLETED and "resumed_at" in st.output["w"]
 

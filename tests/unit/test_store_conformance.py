@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from abstractruntime import RunState, RunStatus, StepRecord, StepStatus, WaitReason, WaitState
+from abstractruntime.core.clock import ManualClock
 from abstractruntime.core.errors import NotJsonSerializableError
 from abstractruntime.storage import RunSummary, verify_ledger_chain
 
@@ -141,12 +142,14 @@ def test_due_timers_claims_and_leases(stores):
 
 
 def test_expired_lease_can_be_taken(stores):
+    stores.clock = clock = ManualClock()
     rs, _ = stores.open()
     r = _run()
     rs.save(r)
-    assert rs.try_lease(r.run_id, "A", 0.05)
+    assert rs.try_lease(r.run_id, "A", 5)
+    clock.advance(4.9)
     assert not rs.try_lease(r.run_id, "B", 10)
-    time.sleep(0.08)
+    clock.advance(0.1)
     assert rs.try_lease(r.run_id, "B", 10)
 
 

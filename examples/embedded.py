@@ -1,9 +1,11 @@
-"""What `make serve` runs until the daemon exists: the workflows of examples/workflows/ on
-durable file stores under ./.abstractruntime/, with a scheduler resuming timers.
+"""The example workflows embedded in one process, without a daemon: the workflows of
+examples/workflows/ on durable file stores under ./embedded-data/, with a scheduler (from
+create_scheduled_runtime) resuming timers. `make serve` runs the same workflows in the daemon.
 
 It starts one run of each workflow, then answers every waiting prompt: from the terminal
 when there is one, otherwise with the first choice. Runs survive a restart: run it again and
-it first lists what is already stored.
+it first lists what is already stored. (agent.py needs a model: without an LLM_CALL handler
+its run fails, which the summary shows.)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from abstractruntime import JsonFileRunStore, JsonlLedgerStore, RunStatus, WorkflowSpec, create_scheduled_runtime
 
 HERE = Path(__file__).resolve().parent
-DATA = Path.cwd() / ".abstractruntime"
+DATA = Path.cwd() / "embedded-data"
 
 
 def load_workflows(folder: Path) -> list[WorkflowSpec]:
