@@ -286,3 +286,31 @@ def test_reload_on_request_without_watching(tmp_path, wf_dir):
         )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["changed"] == []
+
+
+def test_saving_a_helper_reloads_the_workflows_that_import_it(tmp_path):
+    wf = tmp_path / "workflows"
+    wf.mkdir()
+    save(wf / "_policy.py", "LIMIT = 100\n")
+    uses = textwrap.dedent("""
+        from _policy import LIMIT
+        from abstractruntime import StepPlan, WorkflowSpec
+
+        def go(run, ctx):
+            return StepPlan(node_id="go", complete_output={{"limit": LIMIT}})
+
+        {name} = WorkflowSpec(workflow_id={name!r}, entry_node="go", nodes={{"go": go}})
+        """)
+    save(wf / "a.py", uses.format(name="a"))
+    save(wf / "b.py", uses.format(name="b"))
+    with daemon(tmp_path, "unix", workflows=wf) as d, d.client() as c:
+        assert c.start("a").state.output == {"limit": 100}
+        save(wf / "_policy.py", "LIMIT = 250\n")
+        ch = next_change(c, want=lambda ch: bool(ch.changed))
+        assert sorted(x.workflow_id for x in ch.changed) == ["a", "b"]
+        assert c.start("b").state.output == {"limit": 250}
+        save(wf / "_policy.py", "LIMIT = (\n")
+        ch = next_change(c, want=lambda ch: bool(ch.new_errors))
+        assert {(e.file, e.line, e.module) for e in ch.new_errors} == {
+            (str(wf / "_policy.py"), 1, str(wf / "a.py")), (str(wf / "_policy.py"), 1, str(wf / "b.py"))}
+        assert c.start("a").state.output == {"limit": 250}  # the last good version serves on
