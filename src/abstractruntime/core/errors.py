@@ -110,6 +110,14 @@ class RunStrandedError(InvalidWorkflowError):
     NAME = "run_stranded"
 
 
+class StorageUnavailableError(AbstractRuntimeError, OSError):
+    """The store cannot write now (disk full, no file descriptors left, an I/O error). Nothing
+    was changed; reads still work; the same request succeeds once the resource is back."""
+
+    CODE = 1013
+    NAME = "storage_unavailable"
+
+
 ERROR_TYPES = (
     AbstractRuntimeError,
     RunNotFoundError,
@@ -123,4 +131,5 @@ ERROR_TYPES = (
     WorkflowMismatchError,
     EffectHandlerMissingError,
     RunStrandedError,
+    StorageUnavailableError,
 )

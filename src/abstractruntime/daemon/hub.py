@@ -173,11 +173,15 @@ class Hub:
         self.pool.shutdown()
 
     def close(self) -> None:
-        """Drain, then flush and close the stores."""
+        """Drain, then flush and close the stores. Never fails: on a full disk what cannot be
+        written stays in the stores' journals for the next start."""
         self.drain()
         self.run_store.close()
         self.ledger_store.close()
-        atomic_write(self._cursor_file + ".last", str(self._cursor).encode(), durable=True, dir_fd=self._dir_fd)
+        try:
+            atomic_write(self._cursor_file + ".last", str(self._cursor).encode(), durable=True, dir_fd=self._dir_fd)
+        except OSError as e:  # clients that reconnect after the restart re-read instead (cursor_expired)
+            log.warning("could not record the last event cursor (%s)", e)
         os.close(self._dir_fd)
         os.close(self._lock_fd)  # releases the folder for the next daemon
 
@@ -262,9 +266,13 @@ class Hub:
     def _reserve_first_block(self) -> int:
         try:
             with open(self._cursor_file) as f:
-                start = int(f.read().strip() or 0)
+                stored = int(f.read().strip() or 0)
         except (FileNotFoundError, ValueError):
-            start = 0
+            stored = 0
+        # Microseconds since the epoch are a floor that grows faster than events are handed
+        # out (a million a second), so a daemon that could not write its reservation (a full
+        # disk) still starts past every cursor used before; the file guards a clock set back.
+        start = max(stored, time.time_ns() // 1000)
         self._block_end = start + CURSOR_BLOCK
         self._save_cursor_block(self._block_end)
         return start
@@ -282,7 +290,10 @@ class Hub:
     def _save_cursor_block(self, value: int) -> None:
         # Durable before any cursor of the block is handed out: after a crash the next
         # daemon starts at or past this value, so cursors never repeat.
-        atomic_write(self._cursor_file, str(value).encode(), durable=True, dir_fd=self._dir_fd)
+        try:
+            atomic_write(self._cursor_file, str(value).encode(), durable=True, dir_fd=self._dir_fd)
+        except OSError as e:
+            log.warning("could not reserve event cursors in %s (%s); the clock's floor applies", self._cursor_file, e)
 
     @property
     def cursor(self) -> int:

@@ -176,7 +176,10 @@ class Daemon:
             "store": self.hub.store_kind,
             **where,
         }
-        atomic_write(paths.discovery_file(self.hub.data_dir), json.dumps(info).encode(), durable=False)
+        try:
+            atomic_write(paths.discovery_file(self.hub.data_dir), json.dumps(info).encode(), durable=False)
+        except OSError as e:  # clients fall back to the default socket path of the data folder
+            log.warning("could not write the discovery file in %s (%s)", self.hub.data_dir, e)
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from ..core.clock import Clock
-from ..core.errors import AbstractRuntimeError, RunStrandedError
+from ..core.errors import AbstractRuntimeError, RunStrandedError, StorageUnavailableError
 from ..core.models import RunState, RunStatus, WaitReason
 from ..core.runtime import Runtime
 from ..core.timeutil import iso_to_epoch
@@ -75,6 +75,7 @@ class Scheduler:
         # Due runs whose resume node a code change removed: they keep their claim (so the loop
         # does not spin on them) until `unpark` after the next reload, a migrate or a cancel.
         self.parked: Dict[str, str] = {}
+        self._storage_failed = False
         runtime.run_store.add_listener(self._on_saved)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -112,7 +113,9 @@ class Scheduler:
     def _loop(self) -> None:
         self.recover()
         store = self.runtime.run_store
+        backoff = 0.0
         while not self._stopping.is_set():
+            self._storage_failed = False
             try:
                 self.poll_once()
                 nxt = store.next_due_at()
@@ -124,6 +127,10 @@ class Scheduler:
             delay = (
                 self.poll_interval_s if nxt is None else min(self.poll_interval_s, max(0.0, nxt - self.clock.time()))
             )
+            # The store could not write (a full disk): the due timers stay due, so without a
+            # pause this loop would retry them back to back. Wait longer each time, up to 30 s.
+            backoff = min(30.0, max(0.5, backoff * 2)) if self._storage_failed else 0.0
+            delay = max(delay, backoff)
             if delay > 0 and self.clock.wait(self._wake, delay):
                 self.stats.wakeups += 1
             self._wake.clear()
@@ -167,6 +174,8 @@ class Scheduler:
             self.parked[run_id] = str(e)
             return None
         except Exception as e:  # isolation boundary: one run's trouble never stops the others
+            if isinstance(e, StorageUnavailableError):
+                self._storage_failed = True
             self.stats.runs_failed += 1
             self.stats.errors.append(f"{run_id}: {type(e).__name__}: {e}")
             if not isinstance(e, AbstractRuntimeError):

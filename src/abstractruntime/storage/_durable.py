@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import re
 import threading
+import time
 import uuid
 from typing import Any, Callable, Optional
 
-from ..core.errors import AbstractRuntimeError
+from ..core.errors import AbstractRuntimeError, StorageUnavailableError
+from . import _fs
+
+log = logging.getLogger("abstractruntime.storage")
+# Files inside a data folder are never opened through a symlink: a planted link would make the
+# daemon write wherever it points.
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 
@@ -36,6 +44,20 @@ def open_dir_fd(path: str) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
+def unavailable(e: BaseException, what: str) -> StorageUnavailableError:
+    """The typed error for a write the store could not make: it names the cause (errno) and
+    what was being written; the caller raises it `from e`."""
+    code = getattr(e, "errno", None)
+    name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
+    cause = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return StorageUnavailableError(
+        f"the store cannot write now ({name + ': ' if name else ''}{cause}, {what}); nothing was changed, "
+        "reads still work, retry once the resource is back",
+        errno=name or None,
+        cause=cause,
+    )
+
+
 def atomic_write(path: str, data: bytes, *, durable: bool, dir_fd: Optional[int] = None) -> None:
     """Replace `path` with `data` so a crash leaves the old file or the new one, never a mix.
 
@@ -44,34 +66,30 @@ def atomic_write(path: str, data: bytes, *, durable: bool, dir_fd: Optional[int]
     the rename itself is on disk.
     """
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = _fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        if durable:
-            os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
+        try:
+            write_all(fd, data)
+            if durable:
+                _fs.fdatasync(fd)
+        finally:
+            os.close(fd)
+        _fs.replace(tmp, path)
     except BaseException:
         _unlink_quiet(tmp)
         raise
     if durable and dir_fd is not None:
-        os.fsync(dir_fd)
+        _fs.fsync(dir_fd)
 
 
 def sync_path(path: str, *, whole_fs: bool = False) -> None:
     """fdatasync one file by name, or (`whole_fs`) syncfs the filesystem holding it."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = _fs.open(path, os.O_RDONLY)
     try:
-        if whole_fs and _syncfs is not None:
-            if _syncfs(fd) != 0:
-                raise OSError(f"syncfs failed on the filesystem of {path}")
+        if whole_fs and _fs.HAS_SYNCFS:
+            _fs.syncfs(fd)
         else:
-            os.fdatasync(fd)
+            _fs.fdatasync(fd)
     finally:
         os.close(fd)
 
@@ -79,7 +97,7 @@ def sync_path(path: str, *, whole_fs: bool = False) -> None:
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = _fs.write(fd, view)
         view = view[n:]
 
 
@@ -90,22 +108,39 @@ def _unlink_quiet(path: str) -> None:
         pass
 
 
-def _load_syncfs():
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-        fn.argtypes = [ctypes.c_int]
-        return fn
-    except (OSError, AttributeError):
-        return None
-
-
-_syncfs = _load_syncfs()
-
-
 def has_syncfs() -> bool:
-    return _syncfs is not None
+    return _fs.HAS_SYNCFS
+
+
+class _Throttle:
+    """Logs a failure that repeats once, then at most once a minute, and its end once."""
+
+    def __init__(self, what: str, every_s: float = 60.0) -> None:
+        self.what, self.every_s = what, every_s
+        self.failing_since: Optional[float] = None
+        self.failures = 0
+        self._last_log = 0.0
+
+    def failed(self, e: BaseException) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        if self.failing_since is None:
+            self.failing_since = self._last_log = now
+            log.error("%s failed: %s; kept, and retried", self.what, e)
+        elif now - self._last_log >= self.every_s:
+            self._last_log = now
+            log.error(
+                "%s still failing after %d attempts over %.0f s: %s", self.what, self.failures,
+                now - self.failing_since, e,
+            )
+
+    def ok(self) -> None:
+        if self.failing_since is not None:
+            log.warning(
+                "%s works again after %d failed attempts over %.1f s", self.what, self.failures,
+                time.monotonic() - self.failing_since,
+            )
+        self.failing_since, self.failures = None, 0
 
 
 class Flusher:
@@ -117,7 +152,14 @@ class Flusher:
     `syncfs` per filesystem (per-file fsync where syncfs is missing), and then runs the
     `on_synced` callbacks (the journal frees the segments those writes covered).
     `mark(..., urgent=True)` flushes without waiting, when a backlog grows large.
+
+    Nothing marked is dropped: a `before_sync` or a sync that fails (a full disk, no file
+    descriptors left) leaves its path marked, the others of the batch go on, and the thread
+    tries again with a growing pause (up to `MAX_BACKOFF_S`) until it works; its `on_synced`
+    callbacks run only after a sync that followed a successful `before_sync`.
     """
+
+    MAX_BACKOFF_S = 5.0
 
     def __init__(self, *, delay_s: float = 0.25) -> None:
         self.delay_s = delay_s
@@ -129,6 +171,8 @@ class Flusher:
         self._closed = False
         self.batches = 0
         self.synced_files = 0
+        self.failed_batches = 0
+        self._throttle = _Throttle("writing the stores' files")
         self._thread = threading.Thread(target=self._loop, name="abstractruntime-flusher", daemon=True)
         self._thread.start()
 
@@ -137,18 +181,36 @@ class Flusher:
         was queued for `path`: one per path and batch is enough (it writes everything queued),
         so later ones for a path already marked are dropped. `on_synced()` runs after it."""
         with self._lock:
-            entry = self._dirty.get(path)
-            if entry is None:
-                entry = self._dirty[path] = [before_sync, []]
-            elif entry[0] is None:
-                entry[0] = before_sync
-            if on_synced is not None and on_synced not in entry[1]:
-                entry[1].append(on_synced)
+            self._merge(path, before_sync, [on_synced] if on_synced is not None else [])
         if urgent:
             self._urgent.set()
         self._wake.set()
 
+    def _merge(self, path: str, before_sync: Any, after: list) -> None:
+        # Called with self._lock held.
+        entry = self._dirty.get(path)
+        if entry is None:
+            entry = self._dirty[path] = [before_sync, []]
+        elif entry[0] is None:
+            entry[0] = before_sync
+        for fn in after:
+            if fn not in entry[1]:
+                entry[1].append(fn)
+
+    def forget(self, path: str) -> None:
+        """Drop what is marked for `path` (its owner closed and keeps it for the next start)."""
+        with self._lock:
+            self._dirty.pop(path, None)
+
+    @property
+    def pending(self) -> int:
+        """Paths marked and not yet written and synced."""
+        with self._lock:
+            return len(self._dirty)
+
     def flush(self) -> None:
+        """Write and sync everything marked now; raises the first failure (what failed stays
+        marked for the thread to retry)."""
         # One batch at a time: a caller's `on_synced` must follow a sync that began after its
         # `before_sync` wrote (a store closing flushes while the thread may be flushing too).
         with self._flushing:
@@ -159,52 +221,83 @@ class Flusher:
             dirty, self._dirty = self._dirty, {}
         if not dirty:
             return
-        for before, _ in dirty.values():
-            if before is not None:
+        failed: dict = {}
+        first_error: Optional[BaseException] = None
+        for path, (before, after) in dirty.items():
+            if before is None:
+                continue
+            try:
                 before()
-        if _syncfs is not None:
+            except Exception as e:  # this path's write failed: it stays marked, the others go on
+                failed[path] = (before, after)
+                first_error = first_error or e
+        synced = {p: v for p, v in dirty.items() if p not in failed}
+        try:
+            self._sync(list(synced))
+        except Exception as e:  # nothing of this batch is known to be on disk: all stay marked
+            failed.update(synced)
+            synced = {}
+            first_error = first_error or e
+        if failed:
+            with self._lock:
+                for path, (before, after) in failed.items():
+                    self._merge(path, before, after)
+            self.failed_batches += 1
+        self.batches += 1
+        self.synced_files += len(synced)
+        for _, after in synced.values():
+            for fn in after:
+                fn()
+        if first_error is not None:
+            raise first_error
+
+    def _sync(self, paths: list) -> None:
+        if _fs.HAS_SYNCFS:
             by_dev: dict = {}
-            for path in dirty:
+            for path in paths:
                 try:
                     by_dev.setdefault(os.stat(path).st_dev, path)
                 except FileNotFoundError:
                     continue
             for path in by_dev.values():
                 sync_path(path, whole_fs=True)
-        else:
-            folders = set()
-            for path in dirty:
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                folders.add(os.path.dirname(path))
-            for folder in folders:  # new files' names must be on disk too
-                fd = os.open(folder, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        self.batches += 1
-        self.synced_files += len(dirty)
-        for _, after in dirty.values():
-            for fn in after:
-                fn()
+            return
+        folders = set()
+        for path in paths:
+            try:
+                fd = _fs.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                _fs.fsync(fd)
+            finally:
+                os.close(fd)
+            folders.add(os.path.dirname(path))
+        for folder in folders:  # new files' names must be on disk too
+            fd = _fs.open(folder, os.O_RDONLY)
+            try:
+                _fs.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _loop(self) -> None:
+        backoff = 0.0
         while not self._closed:
-            self._wake.wait()
+            if backoff:
+                self._wake.wait(backoff)  # a failed batch is retried even if nothing new comes
+            else:
+                self._wake.wait()
             self._wake.clear()
             self._urgent.wait(self.delay_s)  # let commits accumulate into this batch
             self._urgent.clear()
             try:
                 self.flush()
-            except Exception:  # this thread writes every store's files: it must outlive a bad batch
-                logging.getLogger("abstractruntime.storage").exception("background write or sync failed")
+            except Exception as e:  # this thread writes every store's files: it must outlive a bad batch
+                self._throttle.failed(e)
+                backoff = min(self.MAX_BACKOFF_S, max(self.delay_s, backoff * 2))
+            else:
+                self._throttle.ok()
+                backoff = 0.0
 
     def close(self) -> None:
         self.flush()
@@ -230,8 +323,8 @@ def _flush_at_exit() -> None:
     if _SHARED is not None:
         try:
             _SHARED.flush()
-        except OSError:
-            logging.getLogger("abstractruntime.storage").exception("final flush at exit failed")
+        except OSError as e:
+            log.error("final flush at exit failed (%s); the journal keeps the commits for the next start", e)
 
 
 class Batcher:

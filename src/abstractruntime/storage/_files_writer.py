@@ -12,7 +12,8 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
-from ._durable import check_run_id, write_all
+from . import _fs
+from ._durable import NOFOLLOW, check_run_id, write_all
 
 log = logging.getLogger("abstractruntime.storage")
 
@@ -31,21 +32,22 @@ def ledger_file_head(path: str, *, durable: bool) -> Tuple[int, Optional[str]]:
     """(last seq, last record hash) of a ledger file; a torn last line (a crash mid-append) is
     cut off first, with a warning."""
     try:
-        with open(path, "rb+") as f:
-            raw = f.read()
-            body_end = raw.rfind(b"\n") + 1
-            if body_end < len(raw):
-                log.warning("ledger %s ends in a torn line (%d bytes); cutting it off", path, len(raw) - body_end)
-                f.truncate(body_end)
-                if durable:
-                    os.fsync(f.fileno())
-                raw = raw[:body_end]
-            if not raw:
-                return 0, None
-            last = json.loads(raw[raw.rfind(b"\n", 0, len(raw) - 1) + 1 :])
-            return int(last["seq"]), last["record_hash"]
+        fd = os.open(path, os.O_RDWR | NOFOLLOW)
     except FileNotFoundError:
         return 0, None
+    with os.fdopen(fd, "rb+") as f:
+        raw = f.read()
+        body_end = raw.rfind(b"\n") + 1
+        if body_end < len(raw):
+            log.warning("ledger %s ends in a torn line (%d bytes); cutting it off", path, len(raw) - body_end)
+            _fs.ftruncate(fd, body_end)
+            if durable:
+                _fs.fsync(fd)
+            raw = raw[:body_end]
+        if not raw:
+            return 0, None
+        last = json.loads(raw[raw.rfind(b"\n", 0, len(raw) - 1) + 1 :])
+        return int(last["seq"]), last["record_hash"]
 
 
 def _remember(cache: Dict[str, int], key: str, value: int) -> None:
@@ -74,10 +76,18 @@ class FileWriter:
         if self.fsync_each and (ckpts or lines):
             fd = os.open(self.dir, os.O_RDONLY)
             try:
-                os.fsync(fd)  # new files' names
+                _fs.fsync(fd)  # new files' names
             finally:
                 os.close(fd)
         return appended
+
+    def file_head(self, run_id: str) -> int:
+        """The last seq in the run's ledger file (a torn last line is cut off first)."""
+        head = self._file_seq.get(run_id)
+        if head is None:
+            head = ledger_file_head(ledger_file(self.dir, run_id), durable=self.durable)[0]
+            _remember(self._file_seq, run_id, head)
+        return head
 
     def write_checkpoint(self, run_id: str, data: bytes) -> None:
         # A crash mid-write tears the file; the journal's replay rewrites it.
@@ -86,17 +96,20 @@ class FileWriter:
         fd = -1
         if size is None:  # first write by this writer: a new run, most likely
             try:
-                fd, size = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 0
+                fd, size = _fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600), 0
             except FileExistsError:
                 pass
         if fd < 0:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            fd = _fs.open(path, os.O_WRONLY | os.O_CREAT | NOFOLLOW, 0o600)
         try:
             write_all(fd, data)
             if size is None or size > len(data):
-                os.ftruncate(fd, len(data))
+                _fs.ftruncate(fd, len(data))
             if self.fsync_each:
-                os.fsync(fd)
+                _fs.fsync(fd)
+        except BaseException:
+            self._ckpt_size.pop(run_id, None)  # torn: its size is unknown (the journal rewrites it)
+            raise
         finally:
             os.close(fd)
         _remember(self._ckpt_size, run_id, len(data))
@@ -107,7 +120,7 @@ class FileWriter:
         fd = -1
         if head is None and lines and lines[0][0] == 1:  # a new run's first lines: nothing to read
             try:
-                fd, head = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600), 0
+                fd, head = _fs.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600), 0
             except FileExistsError:
                 pass
         try:
@@ -122,15 +135,19 @@ class FileWriter:
                 )
                 return 0
             if fd < 0:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = _fs.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o600)
             view, written = memoryview("".join(line + "\n" for _, line in new).encode()), 0
             try:
                 while written < len(view):
-                    written += os.write(fd, view[written:])
+                    written += _fs.write(fd, view[written:])
                 if self.fsync_each:
-                    os.fsync(fd)
+                    _fs.fsync(fd)
             except OSError:
-                os.ftruncate(fd, os.fstat(fd).st_size - written)  # no partial line left behind
+                self._file_seq.pop(run_id, None)
+                try:
+                    os.ftruncate(fd, os.fstat(fd).st_size - written)  # no partial line left behind
+                except OSError:
+                    pass  # the torn line is cut off when the file is next read (ledger_file_head)
                 raise
         finally:
             if fd >= 0:

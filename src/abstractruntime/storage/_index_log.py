@@ -23,7 +23,8 @@ import os
 import threading
 from typing import Callable, Dict, Iterable, List, Optional
 
-from ._durable import atomic_write, open_dir_fd, write_all
+from . import _fs
+from ._durable import NOFOLLOW, atomic_write, open_dir_fd, write_all
 from .base import RunSummary
 
 log = logging.getLogger("abstractruntime.storage")
@@ -90,12 +91,18 @@ class IndexLog:
         return entries, recent[-VERIFY_TAIL:], found
 
     def _open_log(self) -> None:
+        path = os.path.join(self.dir, f"log.{self.gen}")
+        fd = _fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW, 0o600)
         if self.fd is not None:
             os.close(self.fd)
-        path = os.path.join(self.dir, f"log.{self.gen}")
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.fd = fd
         if self.durable:
-            os.fsync(self._dir_fd)
+            try:
+                _fs.fsync(self._dir_fd)
+            except OSError as e:
+                # Its name may not survive a power loss: the index is then rebuilt from the
+                # run files, which are the truth.
+                log.warning("index log %s: could not sync its folder (%s)", path, e)
 
     def append(self, summaries: Iterable[RunSummary], *, gone: Iterable[str] = ()) -> None:
         """Queue summaries, and tombstones (`[run_id]`) for runs that do not exist; `flush`
@@ -109,11 +116,28 @@ class IndexLog:
             self.lines += len(rows)
 
     def flush(self) -> None:
+        """Write the queued lines. They leave the queue only once written: a failed write (a
+        full disk) keeps them for the next try, and cuts off what it wrote of them, so the log
+        never holds half a line followed by the next one."""
         with self.lock:
-            rows, self._queued = self._queued, []
-            if rows:
-                assert self.fd is not None
+            if not self._queued or self.fd is None:  # nothing to write, or closed
+                return
+            rows = self._queued
+            size = os.fstat(self.fd).st_size
+            try:
                 write_all(self.fd, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode())
+            except OSError:
+                try:
+                    os.ftruncate(self.fd, size)
+                except OSError:
+                    pass  # a torn last line is skipped when the log is read
+                raise
+            del self._queued[: len(rows)]
+
+    @property
+    def unwritten(self) -> int:
+        """Lines queued and not yet written."""
+        return len(self._queued)
 
     def path(self) -> str:
         return os.path.join(self.dir, f"log.{self.gen}")
@@ -125,17 +149,32 @@ class IndexLog:
             return None
 
     def sync_dir(self) -> None:
-        os.fsync(self._dir_fd)
+        _fs.fsync(self._dir_fd)
+
+    def sync_dir_path(self) -> None:
+        """`sync_dir` for after `close` (which closes the folder's descriptor)."""
+        fd = open_dir_fd(self.dir)
+        try:
+            _fs.fsync(fd)
+        finally:
+            os.close(fd)
 
     def needs_compaction(self, live: int) -> bool:
         return self.lines > max(20000, 2 * live)
 
     def compact(self, rows_of: Callable[[], List[list]]) -> None:
-        """Fold everything into a new snapshot; later lines go to a fresh log generation."""
+        """Fold everything into a new snapshot; later lines go to a fresh log generation.
+
+        A failure at any point leaves a readable index: the old generation's log is removed
+        only after the snapshot that covers it is in place."""
         self.flush()
         with self.lock:
             self.gen += 1
-            self._open_log()
+            try:
+                self._open_log()
+            except OSError:
+                self.gen -= 1
+                raise
             self.lines = 0
             rows = rows_of()
         body = json.dumps({"gen": self.gen, "rows": rows}, separators=(",", ":")).encode()
@@ -144,12 +183,20 @@ class IndexLog:
             if n.startswith("log.") and n[4:].isdigit() and int(n[4:]) < self.gen:
                 os.unlink(os.path.join(self.dir, n))
 
-    def close(self) -> None:
-        self.flush()
+    def close(self) -> bool:
+        """Write what is queued and close; False when that failed (the lines are lost, and the
+        caller leaves the store marked as not cleanly closed so the next open re-checks)."""
+        clean = True
+        try:
+            self.flush()
+        except OSError as e:
+            clean = False
+            log.warning("index log %s: %d line(s) could not be written (%s)", self.dir, len(self._queued), e)
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
         os.close(self._dir_fd)
+        return clean
 
 
 def _read_rows(path: str) -> List[list]:

@@ -12,11 +12,20 @@ ledger lines to `ledger_<id>.jsonl`, syncs the filesystem, and only then lets th
 reused. Each run creates its two files once; nothing is renamed or freed per commit.
 
 Crash at any instant: an acknowledged commit is in a synced segment until the files holding it
-are synced. Opening the folder replays the segments: a checkpoint is written only when its
-entry is newer than what the run file holds (`_lsn`, the commit's journal sequence number,
-which every checkpoint carries), and ledger lines only past the file's last sequence number.
-So replay is idempotent, stale entries in reused segments are harmless, and a run file torn by
-a crash mid-write is rewritten from the entry that was being written.
+are synced. Opening the folder replays the segments *in place*: the entries newer than what the
+files hold (`_lsn`, the commit's journal sequence number, which every checkpoint carries; ledger
+lines past the file's last sequence number) become pending again, served from memory, and the
+flusher's first cycle writes them, exactly as after a commit. Opening therefore writes nothing
+and needs no room on the disk, and the segments that hold them stay until that cycle has
+synced. Replay is idempotent, stale entries in reused segments are harmless, and a run file torn
+by a crash mid-write is rewritten from the entry that was being written.
+
+Failures: a commit that cannot be written (ENOSPC, EMFILE, EIO, ...) raises
+`StorageUnavailableError` and changes nothing. A flusher cycle that cannot write the files keeps
+everything pending (and its segments) and is retried by the flusher until it works. Segments
+are taken only when a commit needs one (a commit on a disk that has room for no new file fails,
+opening does not), and reclaimed after each cycle: one larger than `RECLAIM_BYTES` is
+truncated, and at most `MAX_FREE` free ones are kept.
 
 Segment format (`_journal/wal.<k>`): entries from offset 0, each a 16-byte header (payload
 length, LSN, crc32 of LSN and payload) and the payload. A parse stops at the first entry that
@@ -35,7 +44,8 @@ import time
 import zlib
 from typing import Dict, List, Optional, Set, Tuple
 
-from ._durable import Batcher, check_run_id, has_syncfs, open_dir_fd, shared_flusher, sync_path
+from . import _fs
+from ._durable import NOFOLLOW, Batcher, check_run_id, has_syncfs, open_dir_fd, shared_flusher, sync_path, unavailable
 from ._files_writer import FileWriter, run_file
 
 log = logging.getLogger("abstractruntime.storage")
@@ -46,15 +56,19 @@ _LSN = struct.Struct("<Q")
 NO_CKPT = 0xFFFFFFFF
 # A cycle's worth of pending bytes beyond which the flusher is woken at once.
 URGENT_BYTES = 8 << 20
+# A free segment larger than this is truncated when it is reclaimed (a burst made it big).
+RECLAIM_BYTES = 16 << 20
+# Free segments kept for reuse; more (after a burst while the files could not be written) are removed.
+MAX_FREE = 4
 
 Line = Tuple[int, str]  # (seq, canonical JSON line)
 
 
 class _Segment:
-    __slots__ = ("fd", "offset")
+    __slots__ = ("fd", "offset", "size", "path")
 
-    def __init__(self, fd: int) -> None:
-        self.fd, self.offset = fd, 0
+    def __init__(self, fd: int, path: str, size: int = 0) -> None:
+        self.fd, self.offset, self.size, self.path = fd, 0, size, path
 
 
 class _Entry:
@@ -113,14 +127,15 @@ class Journal:
             j._users += 1
             return j
 
-    def release(self) -> None:
-        """A store on this folder closed; the last one closes the journal."""
+    def release(self) -> bool:
+        """A store on this folder closed; the last one closes the journal. False when the
+        journal could not write everything (it stays on disk for the next start)."""
         with self._registry_lock:
             self._users -= 1
             if self._users > 0:
-                return
+                return True
             self._registry.pop(self.dir, None)
-        self.close()
+        return self.close()
 
     def __init__(self, folder: str, *, durable: bool) -> None:
         self.dir = folder
@@ -146,19 +161,22 @@ class Journal:
         self._free: List[_Segment] = []
         self._sealed: List[_Segment] = []  # rotated out, their entries not yet written to files
         self._applied: List[_Segment] = []  # written to files, awaiting the sync that frees them
+        self._current: Optional[_Segment] = None  # taken by the first commit that needs one
+        self._next_no = 0
         self._cycle = threading.Lock()
         self.replayed: Set[str] = set()
         self.closed = False
+        self._flusher = shared_flusher()
+        self._marker = os.path.join(self._jdir, ".")
         max_lsn = self._open_segments()
         self._lsn = max(time.time_ns(), max_lsn + 1)
         self._lsn_lock = threading.Lock()
-        self._current = self._take_segment()
         self._batcher = Batcher(self._write_batch)
-        self._flusher = shared_flusher()
-        self._marker = os.path.join(self._jdir, ".")
         self.commits = 0
         self.batches = 0
         self.cycles = 0
+        if self._sealed:
+            self._mark()  # the replayed entries go to the files in the flusher's first cycle
 
     def _make_durable(self) -> None:
         with self._cycle, self._seg_lock:
@@ -166,24 +184,40 @@ class Journal:
             self._fsync_each = not has_syncfs()
             self._writer = FileWriter(self.dir, durable=True, fsync_each=self._fsync_each)
 
-    # -- opening: replay ------------------------------------------------------------------------
+    def _mark(self) -> None:
+        self._flusher.mark(
+            self._marker, on_synced=self._recycle, before_sync=self._apply, urgent=self._pending_bytes > URGENT_BYTES
+        )
+
+    # -- opening: replay in place ---------------------------------------------------------------
 
     def _open_segments(self) -> int:
+        """Read every segment; entries the files lack become pending again, and the segments
+        that hold them stay sealed until a flusher cycle has written and synced them."""
         entries = []
-        for name in sorted(os.listdir(self._jdir)):
-            if not name.startswith("wal."):
+        max_lsn = 0
+        for name in sorted(os.listdir(self._jdir), key=lambda n: (len(n), n)):
+            if not name.startswith("wal.") or not name[4:].isdigit():
                 continue
-            fd = os.open(os.path.join(self._jdir, name), os.O_RDWR)
-            self._segments.append(_Segment(fd))
-            entries.extend(_parse(os.pread(fd, os.fstat(fd).st_size, 0)))
-        max_lsn = max((e[0] for e in entries), default=0)
-        entries = [e for e in entries if e[1]]  # an empty run id is a floor record: an LSN only
+            self._next_no = max(self._next_no, int(name[4:]) + 1)
+            path = os.path.join(self._jdir, name)
+            fd = os.open(path, os.O_RDWR | NOFOLLOW)
+            size = os.fstat(fd).st_size
+            seg = _Segment(fd, path, size)
+            self._segments.append(seg)
+            found = list(_parse(os.pread(fd, size, 0)))
+            max_lsn = max([max_lsn] + [e[0] for e in found])
+            real = [e for e in found if e[1]]  # an empty run id is a floor record: an LSN only
+            if real:
+                entries.extend(real)
+                self._sealed.append(seg)
+            else:
+                self._free.append(seg)
         if entries:
             self._replay(entries)
-            self._sync()
-        for seg in self._segments:
-            self._invalidate(seg, max_lsn)
-        self._free = list(self._segments)
+        if not self._ckpt and not self._lines:
+            self._free.extend(self._sealed)  # nothing they hold is missing from the files
+            self._sealed = []
         return max_lsn
 
     def _replay(self, entries: list) -> None:
@@ -202,17 +236,21 @@ class Journal:
                 by_seq = lines.setdefault(rid, {})
                 if lsn > by_seq.get(seq, (-1, ""))[0]:  # a retried commit's line wins
                     by_seq[seq] = (lsn, line)
-        newer = {rid: data for rid, (lsn, data) in ckpts.items() if _file_lsn(run_file(self.dir, rid)) < lsn}
-        restored = len(newer)
-        appended = self._writer.apply(
-            newer, {rid: [(s, by_seq[s][1]) for s in sorted(by_seq)] for rid, by_seq in lines.items()}
-        )
+        self._ckpt = {rid: data for rid, (lsn, data) in ckpts.items() if _file_lsn(run_file(self.dir, rid)) < lsn}
+        for rid, by_seq in lines.items():
+            head = self._writer.file_head(rid)
+            missing = [(s, by_seq[s][1]) for s in sorted(by_seq) if s > head]
+            if missing:
+                self._lines[rid] = missing
         self.replayed = set(ckpts) | set(lines)
+        restored, appended = len(self._ckpt), sum(len(v) for v in self._lines.values())
         if restored or appended:
             log.warning(
-                "journal: restored %d checkpoint(s) and %d ledger record(s) committed before an unclean stop",
+                "journal: restored %d checkpoint(s) and %d ledger record(s) committed before an unclean stop "
+                "(replayed in place from %s; written to the run files by the next flusher cycle)",
                 restored,
                 appended,
+                self._jdir,
             )
 
     # -- commits --------------------------------------------------------------------------------
@@ -226,28 +264,33 @@ class Journal:
 
     def commit(self, run_id: str, lsn: int, ckpt: Optional[bytes], lines: List[Line]) -> None:
         """Make a checkpoint and/or ledger lines durable (with `durable`); they reach the run's
-        files in the flusher's next cycle. Returns once the entry is synced."""
+        files in the flusher's next cycle. Returns once the entry is synced; raises
+        `StorageUnavailableError` (nothing committed) when it cannot be written."""
         item = _Entry(run_id, lsn, ckpt, lines)
         self._batcher.submit(item)
         if item.error is not None:
+            if isinstance(item.error, OSError):
+                raise unavailable(item.error, f"appending to the journal in {self._jdir}") from item.error
             raise item.error
-        self._flusher.mark(
-            self._marker, on_synced=self._recycle, before_sync=self._apply, urgent=self._pending_bytes > URGENT_BYTES
-        )
+        self._mark()
 
     def _write_batch(self, batch: List[_Entry]) -> None:
         err: Optional[BaseException] = None
         with self._seg_lock:
-            seg = self._current
             buf = b"".join(it.frame for it in batch)
             try:
+                if self._current is None:
+                    self._current = self._take_segment()
+                seg = self._current
                 view, off = memoryview(buf), seg.offset
                 while view:
-                    n = os.pwrite(seg.fd, view, off)
+                    n = _fs.pwrite(seg.fd, view, off)
                     view, off = view[n:], off + n
                 if self.durable:
-                    os.fdatasync(seg.fd)
+                    _fs.fdatasync(seg.fd)
+                # Only a synced write moves the offset: a failed one is overwritten by the next.
                 seg.offset += len(buf)
+                seg.size = max(seg.size, seg.offset)
             except OSError as e:
                 err = e
             if err is None:
@@ -279,16 +322,29 @@ class Journal:
         with self._lock:
             return self._inflight_lines.get(run_id, []) + self._lines.get(run_id, [])
 
+    @property
+    def pending(self) -> int:
+        """Checkpoints and ledger lines committed and not yet in their files."""
+        with self._lock:
+            n = len(self._ckpt) + len(self._inflight_ckpt)
+            return n + sum(map(len, self._lines.values())) + sum(map(len, self._inflight_lines.values()))
+
     # -- the flusher's cycle --------------------------------------------------------------------
 
     def _apply(self) -> None:
-        """Before the flusher's sync: seal the current segment and write what it holds."""
+        """Before the flusher's sync: seal the current segment and write what it holds.
+
+        Fails as a whole or not at all: on an error everything stays pending (newer commits
+        win), the sealed segments stay sealed, and the flusher tries again later."""
         with self._cycle:
             with self._seg_lock, self._lock:
-                if not self._ckpt and not self._lines:
+                if self.closed or (not self._ckpt and not self._lines):
                     return
-                self._sealed.append(self._current)
-                self._current = self._take_segment()
+                if self._current is not None and self._current.offset:
+                    # The next commit takes a fresh segment: this one's entries are covered by
+                    # the maps taken below, and it is reused only after they are on disk.
+                    self._sealed.append(self._current)
+                    self._current = None
                 ckpt, self._ckpt = self._ckpt, {}
                 lines, self._lines = self._lines, {}
                 self._pending_bytes = 0
@@ -302,7 +358,6 @@ class Journal:
                     for rid, ls in lines.items():
                         self._lines[rid] = ls + self._lines.get(rid, [])
                     self._inflight_ckpt, self._inflight_lines = {}, {}
-                self._flusher.mark(self._marker, on_synced=self._recycle, before_sync=self._apply)
                 raise
             with self._lock:
                 self._inflight_ckpt, self._inflight_lines = {}, {}
@@ -313,21 +368,54 @@ class Journal:
     def _recycle(self) -> None:
         """After the flusher's sync: the files hold what the applied segments did."""
         with self._cycle:
+            if self.closed:
+                return
             done, self._applied = self._applied, []
+            keep = []
             for seg in done:
-                self._invalidate(seg, self._lsn)
+                try:
+                    self._invalidate(seg, self._lsn)
+                    if seg.size > RECLAIM_BYTES:
+                        _fs.ftruncate(seg.fd, 0)  # give a burst's space back
+                        seg.size = 0
+                except OSError as e:
+                    # Harmless: its entries are older than the files (LSNs), and a reuse
+                    # overwrites them from the start.
+                    log.warning("journal: could not reset %s: %s", seg.path, e)
+                keep.append(seg)
             with self._seg_lock:
-                self._free.extend(done)
+                self._free.extend(keep)
+                while len(self._free) > MAX_FREE:
+                    self._drop(self._free.pop(0))
+
+    def _drop(self, seg: _Segment) -> None:
+        try:
+            _fs.unlink(seg.path)
+        except OSError as e:
+            log.warning("journal: could not remove the spare segment %s: %s", seg.path, e)
+            self._free.insert(0, seg)
+            return
+        os.close(seg.fd)
+        self._segments.remove(seg)
 
     def _take_segment(self) -> _Segment:
+        """A segment to write commits to (under the segment lock): a free one, else a new file.
+        Nothing changes when that fails (the commit that needed it fails instead)."""
         if self._free:
             seg = self._free.pop()
         else:
-            path = os.path.join(self._jdir, f"wal.{len(self._segments)}")
-            seg = _Segment(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-            self._segments.append(seg)
+            path = os.path.join(self._jdir, f"wal.{self._next_no}")
+            fd = _fs.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600)
+            seg = _Segment(fd, path)
             if self.durable:
-                os.fsync(self._jdir_fd)
+                try:
+                    _fs.fsync(self._jdir_fd)  # the new file's name is on disk before entries are
+                except OSError:
+                    os.close(fd)
+                    os.unlink(path)
+                    raise
+            self._next_no += 1
+            self._segments.append(seg)
         seg.offset = 0
         return seg
 
@@ -339,13 +427,13 @@ class Journal:
         would be harmless anyway: LSNs), and the floor keeps LSNs growing across a restart
         even if the clock went back. It needs no sync of its own."""
         floor = _Entry("", floor_lsn, None, []).frame
-        os.pwrite(seg.fd, floor + b"\0" * _ENTRY.size, 0)
+        _fs.pwrite(seg.fd, floor + b"\0" * _ENTRY.size, 0)
 
     # -- writing the files ----------------------------------------------------------------------
 
     def _sync(self) -> None:
         if self._fsync_each:
-            os.fsync(self._dir_fd)  # the files themselves were fsync'd as they were written
+            _fs.fsync(self._dir_fd)  # the files themselves were fsync'd as they were written
         elif self.durable:
             sync_path(self.dir, whole_fs=True)
 
@@ -355,23 +443,45 @@ class Journal:
         """Write everything committed to the files and sync them (the flusher's cycle, now)."""
         self._flusher.flush()
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Write everything to the files, sync, and mark every segment empty. If that cannot be
+        done (a full disk), the segments stay as they are, replayed at the next open: returns
+        False and logs why; closing never fails."""
         if self.closed:
-            return
-        self._flusher.flush()
+            return True
+        cause: BaseException = OSError("a flusher cycle failed")
+        try:
+            self._flusher.flush()
+        except OSError as e:  # maybe another folder's: what counts is whether ours is written
+            cause = e
         with self._cycle:
-            if self._ckpt or self._lines or self._sealed:
-                raise OSError(f"journal {self._jdir}: could not write everything to the run files; kept for replay")
-            self._sync()  # also covers a cycle whose own sync failed
-            # Everything is in the files and synced: no segment needs a replay.
+            clean = not (self._ckpt or self._lines or self._sealed)
+            if clean:
+                try:
+                    self._sync()  # also covers a cycle whose own sync failed
+                    # Everything is in the files and synced: no segment needs a replay.
+                    for seg in self._segments:
+                        self._invalidate(seg, self._lsn)
+                        if self.durable:
+                            _fs.fdatasync(seg.fd)
+                except OSError as e:
+                    clean, cause = False, e
+            if not clean:
+                # Nothing of this journal may run once its descriptors are closed.
+                self._flusher.forget(self._marker)
+                log.warning(
+                    "journal %s: %d commit(s) could not be written to the run files (%s); they stay in the "
+                    "journal and are replayed at the next start",
+                    self._jdir,
+                    self.pending,
+                    cause,
+                )
             for seg in self._segments:
-                self._invalidate(seg, self._lsn)
-                if self.durable:
-                    os.fdatasync(seg.fd)
                 os.close(seg.fd)
             self.closed = True
         os.close(self._jdir_fd)
         os.close(self._dir_fd)
+        return clean
 
 
 def _file_lsn(path: str) -> int:

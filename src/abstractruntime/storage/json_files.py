@@ -27,7 +27,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
-from ._durable import check_run_id, shared_flusher
+from . import _fs
+from ._durable import NOFOLLOW, check_run_id, shared_flusher
 from ._files_writer import ledger_file, ledger_file_head, run_file
 from ._index import RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
@@ -79,9 +80,15 @@ class JsonFileRunStore(RunStore):
             self._verify(recent + self._recently_written(self._log.newest_write()) + replayed)
         # Present while the store is open: finding it at the next open means the last
         # process did not close cleanly, and index lines it wrote may not have reached disk.
-        with open(marker, "w") as f:
-            f.write(str(os.getpid()))
-        self._log.sync_dir()
+        # Empty, so creating it needs no room on a full disk (only an inode). Without it (it
+        # cannot be made) a crash is still caught: every commit the index log may lack is in
+        # the journal, whose replay re-checks its runs.
+        if not unclean:
+            try:
+                os.close(_fs.open(marker, os.O_WRONLY | os.O_CREAT | NOFOLLOW, 0o600))
+                self._log.sync_dir()
+            except OSError as e:
+                log.warning("could not mark %s open (%s)", self.base_dir, e)
 
     # -- index upkeep ---------------------------------------------------------------------
 
@@ -149,7 +156,10 @@ class JsonFileRunStore(RunStore):
     def _publish(self, s: RunSummary) -> None:
         self._index.put(s)
         if self._log.needs_compaction(len(self._index)):
-            self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=10**12)])
+            try:
+                self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=10**12)])
+            except OSError as e:  # the commit is done: compaction waits for the next chance
+                log.warning("index: compaction failed (%s); the log keeps growing until it works", e)
 
     def _write(self, run: RunState, lines: List[Tuple[int, str]]) -> RunSummary:
         """Commit the checkpoint (and the step's ledger lines) to the journal; the caller
@@ -157,19 +167,20 @@ class JsonFileRunStore(RunStore):
         so listeners hear of records first."""
         check_run_id(run.run_id)
         s = RunSummary.from_state(run)
-        old = self._index.get(run.run_id)
-        if old is None or _key(old) != _key(s):
-            # The index log is a cache of what the checkpoints say: queued here, written and
-            # synced by the flusher. A crash can lose or reorder its newest lines; the
-            # unclean-open check re-reads the runs written around the log's last write.
-            self._log.append([s])
-            self._flusher.mark(self._log.path(), before_sync=self._log.flush)
         d = run.to_dict()
         d["_lsn"] = lsn = self._journal.next_lsn()
         data = dumps(d).encode()
         with self._recent_lock:
             self._recent.pop(run.run_id, None)  # a failed commit below must not leave a stale copy
         self._journal.commit(run.run_id, lsn, data, lines)
+        old = self._index.get(run.run_id)
+        if old is None or _key(old) != _key(s):
+            # The index log is a cache of what the checkpoints say: queued once the commit is
+            # durable (never for one that failed), written and synced by the flusher. A crash
+            # can lose or reorder its newest lines; the unclean-open check re-reads the runs
+            # written around the log's last write.
+            self._log.append([s])
+            self._flusher.mark(self._log.path(), before_sync=self._log.flush)
         with self._recent_lock:
             self._recent[run.run_id] = data
             if len(self._recent) > 4096:
@@ -236,13 +247,25 @@ class JsonFileRunStore(RunStore):
         self._flusher.flush()
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._journal.release()  # the last store of the folder to close writes and syncs all
+        """Write and sync everything and mark the folder cleanly closed. Never fails: what
+        cannot be written now (a full disk) stays in the journal, and the folder stays marked
+        as not cleanly closed so the next open replays and re-checks it."""
+        if self._closed:
+            return
+        self._closed = True
+        journal_ok = self._journal.release()  # the last store of the folder to close writes and syncs all
+        try:
             self._flusher.flush()
-            os.unlink(os.path.join(self._log.dir, "OPEN"))
-            self._log.sync_dir()
-            self._log.close()
+        except OSError:
+            pass  # whatever failed is ours or not: the index log's own close tells
+        index_ok = self._log.close()
+        self._flusher.forget(self._log.path())
+        if journal_ok and index_ok:
+            try:
+                _fs.unlink(os.path.join(self._log.dir, "OPEN"))
+                self._log.sync_dir_path()
+            except OSError as e:
+                log.warning("could not mark %s cleanly closed (%s); the next open re-checks it", self.base_dir, e)
 
 
 def _key(s: RunSummary) -> tuple:
@@ -286,9 +309,14 @@ class JsonlLedgerStore(LedgerStore):
             with self.run_lock(run_id):
                 h = self._heads.get(run_id)
                 if h is None:
-                    # Not written by this process: the file is whole (the journal's replay at
-                    # open completed it), but for a torn last line, which is cut here.
-                    h = self._heads[run_id] = ledger_file_head(self.path_for(run_id), durable=self.durable)
+                    # Not written by this process: the file, but for a torn last line (cut
+                    # here), and after it whatever the journal still holds for it (replayed at
+                    # open, not yet written to the file).
+                    h = ledger_file_head(self.path_for(run_id), durable=self.durable)
+                    pending = self._journal.lines(run_id)
+                    if pending and pending[-1][0] > h[0]:
+                        h = (pending[-1][0], json.loads(pending[-1][1])["record_hash"])
+                    self._heads[run_id] = h
         return h
 
     def prepare(self, run_id: str, records: Iterable[StepRecord]) -> List[Tuple[Dict[str, Any], str]]:

@@ -21,7 +21,8 @@ from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ..core.timeutil import iso_to_epoch
-from ._durable import Batcher
+from . import _fs
+from ._durable import Batcher, unavailable
 from ._index import RunIndex
 from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, _reason_value, _status_value
 from .ledger_chain import chain_records
@@ -115,6 +116,8 @@ class SqliteDatabase:
         job = _Job(run, run_id, list(records), state_text, RunSummary.from_state(run) if run is not None else None)
         self._batcher.submit(job)
         if job.error is not None:
+            if isinstance(job.error, (OSError, sqlite3.OperationalError)):
+                raise unavailable(job.error, f"committing to {self.path}") from job.error
             raise job.error
         stored = [d for d, _ in job.chained]
         if stored:
@@ -152,7 +155,9 @@ class SqliteDatabase:
                         c.execute(f"ROLLBACK TO j{i}")
                         c.execute(f"RELEASE j{i}")
                         job.error = e
+                _fs.check("sqlite_commit")
                 c.execute("COMMIT")
+                _fs.check("sqlite_committed")
             except BaseException as e:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
