@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="don't reload workflow files when they change (reload on request: `abstractruntime reload`)",
     )
+    s.add_argument(
+        "--reload-grace",
+        type=float,
+        metavar="SECONDS",
+        help="how long a save that would remove workflows waits before it applies (default 1)",
+    )
     s.add_argument("--allow-remote", action="store_true", help="allow --tcp on a non-loopback address")
     s.add_argument("--workers", type=int, default=32, help="threads that run nodes and effects (default: 32)")
     s.add_argument("--max-frame", type=int, default=16 * 1024 * 1024, help="largest accepted message in bytes")
@@ -471,13 +477,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .client.connection import ConnectionLost
     from .core.errors import AbstractRuntimeError
     from .project import ConfigError
+    from .protocol.discovery import UnsafePathError
 
     try:
         return _run_command(args)
     except DaemonNotRunning as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 3
-    except ConfigError as e:
+    except (ConfigError, UnsafePathError) as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ConnectionRefusedError, ConnectionLost) as e:

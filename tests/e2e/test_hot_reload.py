@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -314,3 +315,36 @@ def test_saving_a_helper_reloads_the_workflows_that_import_it(tmp_path):
         assert {(e.file, e.line, e.module) for e in ch.new_errors} == {
             (str(wf / "_policy.py"), 1, str(wf / "a.py")), (str(wf / "_policy.py"), 1, str(wf / "b.py"))}
         assert c.start("a").state.output == {"limit": 250}  # the last good version serves on
+
+
+def test_an_in_place_save_that_leaves_the_file_empty_for_a_moment_unregisters_nothing(tmp_path, wf_dir):
+    # Editors that write in place truncate the file first; the daemon may see it empty. (A
+    # 10 s grace period here: the 300 ms the test holds the file empty never come near it.)
+    with daemon(tmp_path, "unix", workflows=wf_dir, extra=["--reload-grace", "10"]) as d, d.client() as c:
+        path = wf_dir / "dev.py"
+        text = module("v2")
+        failures = []
+        stop = threading.Event()
+
+        def keep_starting():
+            with d.client() as c2:
+                while not stop.is_set():
+                    try:
+                        c2.start("dev")
+                    except WorkflowNotFoundError as e:
+                        failures.append(e)
+
+        t = threading.Thread(target=keep_starting)
+        t.start()
+        try:
+            with open(path, "w"):
+                pass  # truncated: empty on disk
+            time.sleep(0.3)  # the file stays empty for 300 ms, ten times the watcher's quiet window
+            path.write_text(text)
+            ch = next_change(c, want=lambda ch: any(x.workflow_id == "dev" for x in ch.changed))
+            assert ch.changed[0].new_version is not None  # replaced, never removed
+        finally:
+            stop.set()
+            t.join()
+        assert failures == []
+        assert c.start("dev").state.status == "waiting"

@@ -237,3 +237,32 @@ def test_two_folders_with_a_helper_of_the_same_name_do_not_see_each_others(tmp_p
     cat = WorkflowCatalog([str(one), str(two)], reg)
     assert not cat.rescan().new_errors
     assert run_once(reg, "one") == {"limit": 1} and run_once(reg, "two") == {"limit": 2}
+
+
+def test_a_save_that_would_remove_workflows_is_held_for_a_grace_period(tmp_path):
+    from abstractruntime.core.clock import ManualClock
+
+    clock = ManualClock()
+    write(tmp_path / "flow.py", "a")
+    reg = WorkflowRegistry()
+    cat = WorkflowCatalog([str(tmp_path)], reg, clock=clock)
+    cat.rescan(grace_s=1.0)
+    v1 = reg.get("w").version
+    (tmp_path / "flow.py").write_text("")  # an in-place save, caught with the file still empty
+    r = cat.rescan(grace_s=1.0)
+    assert not r.changes and r.retry_after == 1.0 and reg.get("w").version == v1  # still serving
+    clock.advance(0.5)
+    write(tmp_path / "flow.py", "b")  # the save completes: applied at once, nothing removed
+    r = cat.rescan(grace_s=1.0)
+    assert [c.workflow_id for c in r.changes] == ["w"] and r.retry_after is None
+    assert run_once(reg) == {"tag": "b", "loads": 1}
+    (tmp_path / "flow.py").write_text("# the workflows moved out of this file\n")  # on purpose, this time
+    assert cat.rescan(grace_s=1.0).retry_after == 1.0 and reg.get("w") is not None
+    clock.advance(1.0)
+    r = cat.rescan(grace_s=1.0)
+    assert [(c.workflow_id, c.new_version) for c in r.changes] == [("w", None)] and reg.get("w") is None
+    # An explicit reload (no grace) applies at once.
+    write(tmp_path / "flow.py", "c")
+    cat.rescan()
+    (tmp_path / "flow.py").write_text("")
+    assert cat.rescan().changes[0].new_version is None

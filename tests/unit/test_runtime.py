@@ -597,3 +597,23 @@ def test_cancel(stores):
     rt.resume(workflow=done, run_id=rid, wait_key=None, payload={})
     with pytest.raises(RunFinishedError):
         rt.cancel_run(rid)
+
+
+def test_a_host_effect_whose_payload_is_not_json_fails_its_step_naming_the_key(stores):
+    # It used to raise out of tick and leave the run `running`, so recovery re-raised it at
+    # every start.
+    ran = []
+    rt = rt_for(stores, effect_handlers={"custom": lambda run, effect: ran.append(1) or EffectOutcome.completed({})})
+    w = wf(
+        "bad_effect",
+        "go",
+        go=lambda run, ctx: StepPlan(node_id="go", effect=Effect("custom", {"x": {1, 2}}), next_node="done"),  # type: ignore[arg-type]
+        done=lambda run, ctx: StepPlan(node_id="done", complete_output={}),
+    )
+    st = rt.start_and_tick(workflow=w)
+    assert st.status == RunStatus.FAILED and not ran
+    assert "payload['x'] (set) is not JSON-serializable" in st.error and "'custom'" in st.error
+    assert rt.get_state(st.run_id).status == RunStatus.FAILED  # committed, not left running
+    last = rt.get_ledger(st.run_id)[-1]
+    assert last["status"] == "failed" and last["effect"] == {"type": "custom", "payload": None, "result_key": None}
+    assert rt.verify_ledger(st.run_id)["ok"]

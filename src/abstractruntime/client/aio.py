@@ -43,11 +43,15 @@ class Target:
     # Where the target was found (discovery): named when nothing answers there.
     project_root: Optional[str] = None
     found_project: bool = True
+    # Found by discovery, not named by the user: its folder must be this user's.
+    discovered: bool = False
 
     async def open(self) -> Connection:
         try:
             if self.kind == "unix":
                 assert self.path
+                if self.discovered:
+                    paths.check_socket_folder(self.path)
                 return await Connection.unix(self.path)
             if self.kind == "tcp":
                 assert self.host and self.port

@@ -59,11 +59,15 @@ def ensure_daemon(
     The daemon is started as `abstractruntime serve` in the project root (`cwd`) with
     `serve_args`: it reads the same project config as the proxy, so an editor's daemon serves
     what `abstractruntime serve` in that folder would (the same workflows, store and model)."""
+    if os.path.isdir(data):
+        paths.check_private(data, "the data folder", fix="pass another --data folder")
     path = _socket_path(data, socket_path)
+    if not socket_path:
+        paths.check_socket_folder(path)
     conn = _connect(path)
     if conn is not None:
         return conn
-    os.makedirs(data, mode=0o700, exist_ok=True)
+    paths.ensure_data_dir(data)
     argv = [sys.executable, "-m", "abstractruntime", "serve", "--data", data, *serve_args]
     if socket_path:
         argv += ["--socket", socket_path]
@@ -136,7 +140,7 @@ def run(args) -> int:
         serve_args += ["--store", args.store]
     try:
         conn = ensure_daemon(proj.data_dir, serve_args, args.socket, cwd=proj.root)
-    except (DaemonUnavailable, OSError) as e:
+    except (DaemonUnavailable, OSError) as e:  # UnsafePathError included
         print(f"abstractruntime lsp: {e}", file=sys.stderr)
         return 1
     return relay(conn)

@@ -538,6 +538,15 @@ class Runtime:
         handler: EffectHandler,
         t: _Tick,
     ) -> EffectOutcome:
+        bad = find_unserializable(effect.payload, "payload")
+        if bad:
+            # The effect cannot be recorded as it is, so it is not run: the step fails, with a
+            # record that names the key (and carries the effect without its payload).
+            error = f"effect {_type_key(effect.type)!r} of node {node_id!r}: {bad} is not JSON-serializable"
+            rec = self._record(run, node_id, None).finish_failure(error)
+            rec.effect = {"type": _type_key(effect.type), "payload": None, "result_key": effect.result_key}
+            t.records.append(rec)
+            return EffectOutcome.failed(error)
         key = self.effect_policy.idempotency_key(run=run, node_id=node_id, effect=effect)
         # A result recorded before a crash is reused: the effect already happened once.
         done = self._ledger_store.find_completed(run.run_id, key)

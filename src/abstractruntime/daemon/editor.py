@@ -22,6 +22,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 from urllib.parse import unquote, urlparse
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("abstractruntime.daemon")
 
 PROGRESS_AFTER_S = 0.3
+# Workflow files larger than this get no lenses (a module is a few KB; a client could name a huge file).
+MAX_SOURCE_BYTES = 1 << 20
 LENS_REFRESH_DELAY_S = 0.05
 SOURCE = "abstractruntime"
 
@@ -166,13 +170,16 @@ class EditorFeatures:
 
         self.loop.call_later(LENS_REFRESH_DELAY_S, refresh)
 
-    def code_lenses(self, params: lsp.CodeLensParams) -> List[lsp.CodeLens]:
+    async def code_lenses(self, params: lsp.CodeLensParams) -> List[lsp.CodeLens]:
         uri = params.text_document.uri
-        try:
-            source = self.server.workspace.get_text_document(uri).source
-        except Exception:  # not open in the client: read it from disk
-            source = _read(uri)
-        found = find_workflows(source or "")
+        doc = self.server.workspace.text_documents.get(unquote(uri))
+        if doc is not None:
+            source = doc.source
+        else:  # not open in the client: a workflow file on disk, read off the event loop
+            source = await asyncio.to_thread(read_workflow_source, uri, self.hub.catalog.dirs)
+        if len(source) > MAX_SOURCE_BYTES:
+            return []
+        found = find_workflows(source)
         lenses: List[lsp.CodeLens] = []
         for wf in found:
             counts: Dict[str, int] = {}
@@ -195,8 +202,8 @@ class EditorFeatures:
         ls = self.server
 
         @ls.feature(lsp.TEXT_DOCUMENT_CODE_LENS)
-        def code_lens(params: lsp.CodeLensParams) -> List[lsp.CodeLens]:
-            return self.code_lenses(params)
+        async def code_lens(params: lsp.CodeLensParams) -> List[lsp.CodeLens]:
+            return await self.code_lenses(params)
 
         @ls.command("abstractruntime.start")
         async def start(*args: Any) -> Any:
@@ -292,7 +299,7 @@ class EditorFeatures:
             wf = self.hub.registry.get(wid)
             if wf is None or not wf.source:
                 continue
-            spec = next((f for f in find_workflows(_read_path(wf.source)) if f.workflow_id == wid), None)
+            spec = next((f for f in find_workflows(_read_bounded(wf.source)) if f.workflow_id == wid), None)
             nodes = sorted({str(r["node_id"]) for r in runs})
             msg = (
                 f"{len(runs)} waiting run(s) of {wid!r} are stranded: they resume at "
@@ -415,13 +422,32 @@ def _diag(line: int, message: str, severity: lsp.DiagnosticSeverity) -> lsp.Diag
     return lsp.Diagnostic(range=rng, message=message, severity=severity, source=SOURCE)
 
 
-def _read(uri: str) -> str:
+def read_workflow_source(uri: str, folders: List[str]) -> str:
+    """The text of a `file://` URI if it names a regular file of at most MAX_SOURCE_BYTES in one
+    of the workflow folders, else "". Never blocks on a FIFO or a device, never follows a link
+    out of the folders, never reads without bound (a client may name any path)."""
     p = urlparse(uri)
-    return _read_path(unquote(p.path)) if p.scheme == "file" else ""
+    if p.scheme != "file":
+        return ""
+    path = os.path.realpath(unquote(p.path))
+    roots = [os.path.realpath(d) for d in folders]
+    if not any(os.path.dirname(path) == r or path.startswith(r + os.sep) for r in roots):
+        return ""
+    return _read_bounded(path)
 
 
-def _read_path(path: str) -> str:
+def _read_bounded(path: str) -> str:
     try:
-        return Path(path).read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SOURCE_BYTES:
+            return ""
+        data = os.read(fd, MAX_SOURCE_BYTES + 1)
+        return data.decode() if len(data) <= MAX_SOURCE_BYTES else ""
     except (OSError, UnicodeDecodeError):
         return ""
+    finally:
+        os.close(fd)

@@ -20,6 +20,9 @@ log = logging.getLogger("abstractruntime.daemon")
 
 MAX_FRAME = 16 * 1024 * 1024
 MAX_HEADER_LINE = 8192
+# How deep a message may nest (objects and arrays). Deeper data could be stored but never
+# encoded again (Python's JSON recursion limit is near 1,000), so it is refused at the door.
+MAX_DEPTH = 64
 
 
 class FrameError(Exception):
@@ -67,13 +70,25 @@ async def _skip(reader: Any, n: int) -> None:
 
 def dispatch(session: Any, body: bytes) -> None:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+        # UTF-8 only (json.loads would guess UTF-16 or UTF-32 from the first bytes).
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        session.reply_error(None, PARSE_ERROR, f"parse error: the body must be UTF-8 ({e.reason} at byte {e.start})")
+        return
+    except ValueError as e:
         session.reply_error(None, PARSE_ERROR, f"parse error: {e}")
+        return
+    except RecursionError:
+        session.reply_error(None, PARSE_ERROR, f"parse error: the message nests deeper than {MAX_DEPTH} levels")
         return
     msg_id = data.get("id") if isinstance(data, dict) else None
     if not isinstance(msg_id, (str, int)) or isinstance(msg_id, bool):
         msg_id = None
+    if too_deep(data, MAX_DEPTH):
+        session.reply_error(
+            msg_id, INVALID_REQUEST, f"invalid request: the message nests deeper than {MAX_DEPTH} levels"
+        )
+        return
     problem = _check_envelope(data)
     if problem:
         session.reply_error(msg_id, INVALID_REQUEST, f"invalid request: {problem}")
@@ -88,7 +103,24 @@ def dispatch(session: Any, body: bytes) -> None:
     except Exception as e:  # isolation boundary: one message's failure is its own
         log.exception("handling %s failed", data.get("method"))
         if msg_id is not None and "method" in data:
-            session.reply_error(msg_id, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
+            session.reply_error(msg_id, INTERNAL_ERROR, f"internal error: {type(e).__name__}")
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether `value` nests objects and arrays deeper than `limit` (without recursing)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            children: Any = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def _check_envelope(data: Any) -> Optional[str]:

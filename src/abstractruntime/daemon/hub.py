@@ -191,19 +191,23 @@ class Hub:
         """`fn(report)` after each reload that changed something (a `workflows/changed`)."""
         self._reload_listeners.append(fn)
 
-    def reload_workflows(self) -> Dict[str, Any]:
+    def reload_workflows(self, *, grace_s: float = 0.0) -> Dict[str, Any]:
         """Re-import the workflow files whose source changed; returns the reload report.
+        With `grace_s` (the watcher's), a save that would remove workflows is held back for
+        that long (`report["retry_after"]`): an editor may be half-way through writing it.
 
         Blocking (it imports user modules): the daemon calls it off the event loop."""
         with self._reload_lock:
             t0 = time.monotonic()
-            result = self.catalog.rescan()
+            result = self.catalog.rescan(grace_s=grace_s)
             for e in result.new_errors:
                 log.error("workflow load error: %s:%s: %s", e["file"], e.get("line"), e["message"])
             for path in result.cleared:
                 log.info("workflow file loads again: %s", path)
             report = self._report(result)
             report["elapsed_ms"] = round((time.monotonic() - t0) * 1000, 3)
+            if result.retry_after is not None:
+                report["retry_after"] = result.retry_after
             if result.changes:
                 # A stranded timer may be runnable on the new code (its node came back).
                 self.scheduler.unpark()
@@ -269,6 +273,8 @@ class Hub:
                 stored = int(f.read().strip() or 0)
         except (FileNotFoundError, ValueError):
             stored = 0
+        # No daemon ever served this folder: there are no earlier events to have missed.
+        self._fresh = stored == 0
         # Microseconds since the epoch are a floor that grows faster than events are handed
         # out (a million a second), so a daemon that could not write its reservation (a full
         # disk) still starts past every cursor used before; the file guards a clock set back.
@@ -346,7 +352,12 @@ class Hub:
                 caught_up = (
                     after < self._first_cursor and self._previous_last is not None and after >= self._previous_last
                 )
-                if after + 1 < oldest and not (caught_up and oldest == self._first_cursor):
+                gap = after + 1 < oldest and not (caught_up and oldest == self._first_cursor)
+                if gap and self._fresh and oldest == self._first_cursor:
+                    gap = False  # the log still holds every event this folder ever had
+                if gap and run_id is not None and self._whole_history(run_id):
+                    gap = False  # the log holds every event of that run, from its first record
+                if gap:
                     raise CursorExpiredError(
                         f"events after cursor {after} are no longer kept (oldest kept: {oldest}); "
                         "re-read the runs you follow, then subscribe without `after`",
@@ -357,6 +368,14 @@ class Hub:
             sub_id = f"s-{next(self._sub_ids)}"
             self._subs[sub_id] = Subscription(sub_id, run_id, deliver)
             return sub_id, self._cursor, backlog
+
+    def _whole_history(self, run_id: str) -> bool:
+        """Whether the event log still holds a run's first ledger record (and so every later
+        event of the run). Called with self._lock held; scans the log (subscriptions are rare)."""
+        for _, e in self._events:
+            if e["run_id"] == run_id:
+                return e["kind"] == "record" and e["record"].get("seq") == 1
+        return False
 
     def unsubscribe(self, sub_id: str) -> bool:
         with self._lock:
@@ -393,7 +412,7 @@ class DataFolderInUse(RuntimeError):
 
 def _lock_data_dir(data_dir: str) -> int:
     """One daemon per data folder: two writers would corrupt the stores' indexes."""
-    fd = os.open(os.path.join(data_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(data_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

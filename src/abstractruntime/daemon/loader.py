@@ -39,6 +39,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..core.clock import SYSTEM_CLOCK
 from ..core.spec import WorkflowSpec
 from ..scheduler.registry import WorkflowRegistry
 
@@ -177,6 +178,10 @@ class _FileState:
     error_version: Optional[str] = None
     # The helpers the last load attempt imported, with their source versions then.
     deps: Dict[str, str] = field(default_factory=dict)
+    # A source that would remove workflows this file serves (an empty or half-written save),
+    # first seen at this monotonic time: applied only once it has stood for the grace period.
+    held_version: Optional[str] = None
+    held_since: float = 0.0
     # (kind, name) of the workflows and tools another file held when this one failed to load
     # for defining them too: the same source is tried again once they are free.
     conflicts: List[Tuple[str, str]] = field(default_factory=list)
@@ -198,6 +203,9 @@ class ReloadResult:
     changes: List[WorkflowChange] = field(default_factory=list)
     new_errors: List[Dict[str, Any]] = field(default_factory=list)  # errors this rescan found
     cleared: List[str] = field(default_factory=list)  # files whose error went away
+    # Files whose new source would remove workflows and is held back: rescan again after this
+    # many seconds to apply it if it still stands (None: nothing held).
+    retry_after: Optional[float] = None
 
     @property
     def anything(self) -> bool:
@@ -207,7 +215,8 @@ class ReloadResult:
 class WorkflowCatalog:
     """The workflow files of some folders, and which of their workflows the registry serves."""
 
-    def __init__(self, dirs: List[str], registry: WorkflowRegistry, tools: Any = None) -> None:
+    def __init__(self, dirs: List[str], registry: WorkflowRegistry, tools: Any = None, clock: Any = None) -> None:
+        self.clock = clock or SYSTEM_CLOCK  # the grace period of held-back saves goes by it
         self.dirs = [os.path.abspath(d) for d in dirs]
         self.registry = registry
         # A ToolRegistry (integrations) for the tools workflow modules define, or None.
@@ -235,11 +244,28 @@ class WorkflowCatalog:
 
     # -- loading --------------------------------------------------------------------------------
 
-    def rescan(self) -> ReloadResult:
+    def rescan(self, *, grace_s: float = 0.0) -> ReloadResult:
+        """Load what changed. With `grace_s`, a file whose new source would remove workflows it
+        serves (an editor's in-place save shows the file empty or cut short for a moment) is
+        held back until that source has stood for `grace_s` seconds; `retry_after` says when
+        to look again. Without it (an explicit reload), everything applies at once."""
         with self._lock:
-            return self._rescan()
+            return self._rescan(grace_s)
 
-    def _rescan(self) -> ReloadResult:
+    def _hold(self, st: _FileState, version: str, grace_s: float, result: ReloadResult) -> bool:
+        """Whether to hold back this file's new source (see `rescan`)."""
+        if grace_s <= 0:
+            return False
+        now = self.clock.monotonic()
+        if st.held_version != version:
+            st.held_version, st.held_since = version, now
+        wait = st.held_since + grace_s - now
+        if wait <= 0:
+            return False
+        result.retry_after = wait if result.retry_after is None else min(result.retry_after, wait)
+        return True
+
+    def _rescan(self, grace_s: float = 0.0) -> ReloadResult:
         result = ReloadResult()
         present: Dict[str, bytes] = {}
         versions: Dict[str, str] = {}  # every .py file of the folders, helpers included
@@ -287,6 +313,8 @@ class WorkflowCatalog:
             retry = self._conflict_resolved(path, st) or os.path.dirname(path) in helper_dirs
             if version == st.error_version and not retry:
                 continue  # the same broken source as before: its error stands
+            if st.workflow_ids and not source.strip() and self._hold(st, version, grace_s, result):
+                continue  # empty for now: most likely a save in progress
             deps: Dict[str, str] = {}
             try:
                 specs, tools = load_module(path, source, deps)
@@ -296,6 +324,10 @@ class WorkflowCatalog:
                 continue
             st.deps = deps
             version = module_version(source, deps)
+            new_ids = [wf.workflow_id for wf in specs]
+            if set(st.workflow_ids) - set(new_ids) and self._hold(st, version, grace_s, result):
+                continue  # it would drop workflows: hold it back in case the save is not done
+            st.held_version = None
             taken = self._taken(path, "tool", [t.name for t in tools]) or self._taken(
                 path, "workflow", [wf.workflow_id for wf in specs]
             )
@@ -314,7 +346,6 @@ class WorkflowCatalog:
                 result.cleared.append(path)
             st.error = st.error_version = None
             st.conflicts = []
-            new_ids = [wf.workflow_id for wf in specs]
             for wid in st.workflow_ids:
                 if wid not in new_ids:
                     self._unregister(wid, path, st.version, result)

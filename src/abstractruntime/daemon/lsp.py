@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict
 
+import attrs
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 
 class DaemonProtocol(LanguageServerProtocol):
     session: Session
+
+    def _send_response(self, msg_id: Any, result: Any = None, error: Any = None) -> None:
+        # pygls puts the server's traceback in an internal error's data: the daemon's log has
+        # it (pygls logs it), the client gets the message only.
+        if error is not None and isinstance(getattr(error, "data", None), dict) and "traceback" in error.data:
+            error = attrs.evolve(error, data=None)
+        super()._send_response(msg_id, result, error)
 
     @lsp_method(lsp.EXIT)
     def lsp_exit(self, *args: Any) -> None:  # type: ignore[override]

@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import sys
 import time
 from typing import Any, Dict, Optional
@@ -35,9 +36,16 @@ log = logging.getLogger("abstractruntime.daemon")
 
 class Daemon:
     def __init__(
-        self, hub: Hub, *, token: Optional[str] = None, max_frame: int = 16 * 1024 * 1024, watch: bool = True
+        self,
+        hub: Hub,
+        *,
+        token: Optional[str] = None,
+        max_frame: int = 16 * 1024 * 1024,
+        watch: bool = True,
+        reload_grace_s: float = 1.0,
     ) -> None:
         self.hub = hub
+        self.reload_grace_s = reload_grace_s
         self.token = token
         self.max_frame = max_frame
         self.watch = watch
@@ -85,7 +93,7 @@ class Daemon:
         self.hub.on_stop(wake)
         self.hub.on_reload(lambda report: loop.call_soon_threadsafe(self.workflows_changed, report))
         if self.watch:
-            self._watcher = Watcher(self.hub)
+            self._watcher = Watcher(self.hub, self.reload_grace_s)
             self._watcher.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -105,9 +113,12 @@ class Daemon:
             s.close()
         await loop.run_in_executor(None, self.hub.close)
 
-    async def serve_unix(self, path: str) -> None:
+    async def serve_unix(self, path: str, *, default_folder: bool = True) -> None:
         self._install_stop()
-        paths.ensure_private_dir(os.path.dirname(path))
+        if default_folder:
+            paths.ensure_private_dir(os.path.dirname(path))
+        # A socket path the user named lives in a folder of theirs: its mode is left alone
+        # (the socket itself is created 0600).
         _remove_stale_socket(path)
         old = os.umask(0o177)  # the socket is created 0600: no window where others can connect
         try:
@@ -117,13 +128,18 @@ class Daemon:
         os.chmod(path, 0o600)
         self._announce({"socket": path})
         log.info("serving on unix socket %s", path)
-        async with server:
-            await self._wait_stop()
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        await self._finish()
+            await self._wait_stop()
+        finally:
+            server.close()  # no new connections
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            await self._finish()
+            # Only now: from Python 3.12.1 on, wait_closed() waits for every connection, and
+            # connected editors leave only when _finish closes their sessions.
+            await server.wait_closed()
 
     async def serve_tcp(self, host: str, port: int) -> None:
         self._install_stop()
@@ -132,9 +148,12 @@ class Daemon:
         self._announce({"tcp": f"{bound[0]}:{bound[1]}"})
         log.info("serving on tcp %s:%s", bound[0], bound[1])
         print(f"abstractruntime: listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
-        async with server:
+        try:
             await self._wait_stop()
-        await self._finish()
+        finally:
+            server.close()
+            await self._finish()
+            await server.wait_closed()  # after the sessions closed (see serve_unix)
 
     async def serve_stdio(self) -> None:
         self._install_stop()
@@ -183,8 +202,12 @@ class Daemon:
 
 
 def _remove_stale_socket(path: str) -> None:
-    if not os.path.exists(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SystemExit(f"abstractruntime: {path} exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
@@ -199,12 +222,17 @@ def _remove_stale_socket(path: str) -> None:
 def make_token(data_dir: str) -> str:
     token = secrets.token_urlsafe(32)
     path = paths.token_file(data_dir)
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path + ".tmp"
+    try:
+        os.unlink(tmp)  # a leftover; never written through (it could be a planted link)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.write(fd, token.encode())
     finally:
         os.close(fd)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
     return token
 
 
@@ -241,6 +269,9 @@ def run(args: Any) -> int:
     except DataFolderInUse as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 1
+    except paths.UnsafePathError as e:
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 2
     if proj.config_file:
         log.info("project %s (config %s)", proj.root, proj.config_file)
     if llm:  # never the options: they may hold the API key
@@ -251,7 +282,7 @@ def run(args: Any) -> int:
                 "a model is configured but AbstractCore is not installed: pip install 'abstractruntime[abstractcore]'"
             )
     hub.start()
-    daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch)
+    daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch, reload_grace_s=proj.get("reload_grace"))
     try:
         if args.stdio:
             asyncio.run(daemon.serve_stdio())
@@ -261,8 +292,10 @@ def run(args: Any) -> int:
             check_tcp_host(host, args.allow_remote)
             daemon.token = make_token(proj.data_dir)
             asyncio.run(daemon.serve_tcp(host, int(port)))
+        elif args.socket:
+            asyncio.run(daemon.serve_unix(os.path.abspath(args.socket), default_folder=False))
         else:
-            asyncio.run(daemon.serve_unix(args.socket or paths.default_socket(proj.data_dir)))
+            asyncio.run(daemon.serve_unix(paths.default_socket(proj.data_dir)))
     except KeyboardInterrupt:
         hub.close()
     return 0

@@ -107,10 +107,15 @@ class Session:
 
     def send(self, obj: Dict[str, Any]) -> None:
         """Write one message (a JSON dump and a Content-Length header)."""
+        if self.writer is None or self.closed:
+            return
+        self.write(json.dumps(obj, separators=(",", ":")).encode())
+
+    def write(self, body: bytes) -> None:
+        """Write one encoded message."""
         writer = self.writer
         if writer is None or self.closed:
             return
-        body = json.dumps(obj, separators=(",", ":")).encode()
         writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
         if writer.buffered() > MAX_UNREAD:
             # A client that stopped reading (a stuck subscriber) must not make the daemon
@@ -220,15 +225,19 @@ class Session:
         return self._lsp
 
     async def _serve(self, msg_id: Any, method: str, params: Any) -> None:
+        # The reply is encoded inside the error handling: a result that cannot be encoded
+        # still gets an answer (an error), never silence.
         try:
             result = await self._handlers[method](params)
+            body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}, separators=(",", ":")).encode()
         except WireError as e:
             self.send({"jsonrpc": "2.0", "id": msg_id, "error": e.to_json()})
-        except Exception as e:  # isolation boundary: one request's bug is its own
+        except (Exception, RecursionError) as e:  # isolation boundary: one request's bug is its own
             log.exception("%s failed", method)
-            self.reply_error(msg_id, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
+            # The log keeps the traceback; the client gets what failed, not the daemon's code.
+            self.reply_error(msg_id, INTERNAL_ERROR, f"internal error in {method}: {type(e).__name__}")
         else:
-            self.send({"jsonrpc": "2.0", "id": msg_id, "result": result})
+            self.write(body)
 
     def _register(self) -> None:
         handlers: Dict[str, Callable[[Any], Any]] = {

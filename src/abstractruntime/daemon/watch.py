@@ -24,6 +24,9 @@ log = logging.getLogger("abstractruntime.daemon")
 # them and keeps save-to-serving latency low. DEBOUNCE_MS caps a batch under a stream of writes.
 STEP_MS = 30
 DEBOUNCE_MS = 1000
+# How long a save that would remove workflows (a file left empty or cut short for a moment by
+# an in-place write) must stand before it is applied.
+GRACE_S = 1.0
 
 
 def _is_workflow_change(_change: Any, path: str) -> bool:
@@ -31,16 +34,20 @@ def _is_workflow_change(_change: Any, path: str) -> bool:
 
 
 class Watcher:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, grace_s: float = GRACE_S) -> None:
         self.hub = hub
+        self.grace_s = grace_s
         self._stop = threading.Event()  # watchfiles' worker thread polls it
         self._task: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._retry is not None:
+            self._retry.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -65,12 +72,23 @@ class Watcher:
                 stop_event=self._stop,
                 recursive=False,
             ):
-                try:
-                    # Its own thread, not the tick pool: busy nodes never delay a reload.
-                    await asyncio.to_thread(self.hub.reload_workflows)
-                except Exception:  # isolation boundary: a failed reload never stops watching
-                    log.exception("workflow reload failed")
+                await self._reload()
         except asyncio.CancelledError:
             raise
         except Exception:  # the watcher itself broke (a folder removed): reload on request only
             log.exception("watching the workflow folders stopped")
+
+    async def _reload(self) -> None:
+        try:
+            # Its own thread, not the tick pool: busy nodes never delay a reload.
+            report = await asyncio.to_thread(self.hub.reload_workflows, grace_s=self.grace_s)
+        except Exception:  # isolation boundary: a failed reload never stops watching
+            log.exception("workflow reload failed")
+            return
+        retry = report.get("retry_after")
+        if retry is not None:  # a held-back save: look again once its grace period is over
+            if self._retry is not None:
+                self._retry.cancel()
+            self._retry = asyncio.get_running_loop().call_later(
+                retry + 0.01, lambda: asyncio.ensure_future(self._reload())
+            )

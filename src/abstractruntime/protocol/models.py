@@ -24,10 +24,15 @@ Status = Literal["running", "waiting", "completed", "failed", "cancelled"]
 WaitReasonName = Literal["user", "until", "event", "job", "subworkflow"]
 
 
-class Params(BaseModel):
-    """Params objects reject unknown fields: a typo is an error, not a silent no-op."""
+# The largest integer every client can hold exactly (a JavaScript number): cursors, seqs.
+MAX_SAFE_INT = 2**53 - 1
 
-    model_config = ConfigDict(extra="forbid")
+
+class Params(BaseModel):
+    """Params objects reject unknown fields (a typo is an error, not a silent no-op) and are
+    strict: a number must be a number, a string a string (no "10" for 10)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Result(BaseModel):
@@ -158,7 +163,7 @@ class StateResult(Result):
 
 class LedgerParams(Params):
     run_id: str = RunId
-    after: int = Field(0, ge=0, description="Return records with seq greater than this.")
+    after: int = Field(0, ge=0, le=MAX_SAFE_INT, description="Return records with seq greater than this.")
     limit: int = Field(100, ge=1, le=1000)
 
 
@@ -208,7 +213,10 @@ class EmitEventResult(Result):
 class SubscribeParams(Params):
     run_id: Optional[str] = Field(None, pattern=ID_PATTERN, description="Omit for every run.")
     after: Optional[int] = Field(
-        None, ge=0, description="Replay every event with a greater cursor first; omit for live events only."
+        None,
+        ge=0,
+        le=MAX_SAFE_INT,
+        description="Replay every event with a greater cursor first; omit for live events only.",
     )
 
 
@@ -292,6 +300,11 @@ class WorkflowsChanged(Result):
     stranded: List[StrandedRun] = Field(description="Waiting runs of the changed workflows that can't resume.")
     reloaded_at: float
     elapsed_ms: Optional[float] = Field(None, description="How long the reload took, in the daemon.")
+    retry_after: Optional[float] = Field(
+        None,
+        description="Seconds until a held-back save is looked at again: a save that would remove workflows "
+        "(a file left empty or cut short for a moment) applies only once it has stood for a grace period.",
+    )
 
 
 class WorkflowsListResult(Result):

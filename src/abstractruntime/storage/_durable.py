@@ -130,14 +130,19 @@ class _Throttle:
         elif now - self._last_log >= self.every_s:
             self._last_log = now
             log.error(
-                "%s still failing after %d attempts over %.0f s: %s", self.what, self.failures,
-                now - self.failing_since, e,
+                "%s still failing after %d attempts over %.0f s: %s",
+                self.what,
+                self.failures,
+                now - self.failing_since,
+                e,
             )
 
     def ok(self) -> None:
         if self.failing_since is not None:
             log.warning(
-                "%s works again after %d failed attempts over %.1f s", self.what, self.failures,
+                "%s works again after %d failed attempts over %.1f s",
+                self.what,
+                self.failures,
                 time.monotonic() - self.failing_since,
             )
         self.failing_since, self.failures = None, 0
