@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Key:
     name: str  # dotted for nested tables: "model.provider"
-    kind: str  # str | path | paths | strs | float | choice | table
+    kind: str  # str | path | paths | strs | float | int | choice | table
     default: Any
     env: Optional[str]
     help: str
@@ -71,6 +71,21 @@ KEYS: List[Key] = [
         "ABSTRACTRUNTIME_RELOAD_GRACE",
         "seconds a save that would remove workflows waits before it applies (an in-place write can show "
         "the file empty for a moment)",
+    ),
+    Key(
+        "event_log_mb",
+        "float",
+        64.0,
+        "ABSTRACTRUNTIME_EVENT_LOG_MB",
+        "memory for the event log that subscribers replay from (MB; the oldest events go first)",
+    ),
+    Key("cache_mb", "float", 32.0, "ABSTRACTRUNTIME_CACHE_MB", "memory for the stores' recent-checkpoint cache (MB)"),
+    Key(
+        "max_subscriptions",
+        "int",
+        64,
+        "ABSTRACTRUNTIME_MAX_SUBSCRIPTIONS",
+        "subscriptions one connection may hold",
     ),
     Key("model.provider", "str", None, "ABSTRACTRUNTIME_LLM_PROVIDER", "AbstractCore provider (ollama, openai, ...)"),
     Key("model.model", "str", None, "ABSTRACTRUNTIME_LLM_MODEL", "the model LLM_CALL uses"),
@@ -279,6 +294,15 @@ def _check(key: Key, value: Any, where: str, base: str, *, from_text: bool) -> A
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise bad("a positive number")
         return float(value)
+    if key.kind == "int":
+        if from_text and isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise bad("a whole number") from None
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise bad("a positive whole number")
+        return value
     if key.kind == "table":
         if not isinstance(value, dict):
             raise bad("a table")

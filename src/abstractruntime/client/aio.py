@@ -93,17 +93,26 @@ def discover_target(
     else:
         data = os.path.abspath(data_dir)
         root = os.path.dirname(data)
-    info = paths.read_discovery(data) or {}
+    info = {}
+    if os.path.isdir(data):
+        # What the data folder says is trusted only if no one else can have written it.
+        paths.check_private(data, "the data folder", fix="pass another --data folder")
+        info = paths.read_discovery(data) or {}
     if info.get("tcp"):
         host, _, port = info["tcp"].rpartition(":")
         token = None
-        try:
+        if os.path.exists(paths.token_file(data)):
+            paths.check_private(paths.token_file(data), "the token file", fix="remove it; the daemon writes a new one")
             with open(paths.token_file(data)) as f:
                 token = f.read().strip()
-        except FileNotFoundError:
-            pass
         return Target("tcp", host=host, port=int(port), token=token, project_root=root, found_project=found)
-    return Target("unix", path=info.get("socket") or paths.default_socket(data), project_root=root, found_project=found)
+    return Target(
+        "unix",
+        path=info.get("socket") or paths.default_socket(data),
+        project_root=root,
+        found_project=found,
+        discovered=True,
+    )
 
 
 class AsyncClient:

@@ -8,6 +8,7 @@ named, so a waiting effect resumes there without repeating it in its payload.
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
@@ -46,12 +47,16 @@ def call_handler(handler: EffectHandler, run: RunState, effect: Effect, default_
     return handler(run, effect)
 
 
-_ARITY_CACHE: Dict[Any, int] = {}
+# Weak: hot reload makes new handler functions; the old ones (and their modules) must go.
+_ARITY_CACHE: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def _arity(fn: Callable[..., Any]) -> int:
     key = getattr(fn, "__func__", fn)
-    n = _ARITY_CACHE.get(key)
+    try:
+        n = _ARITY_CACHE.get(key)
+    except TypeError:  # not weak-referenceable: work it out each time
+        n = None
     if n is None:
         try:
             params = list(inspect.signature(fn).parameters.values())
@@ -61,7 +66,10 @@ def _arity(fn: Callable[..., Any]) -> int:
             n = 3
         else:
             n = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
-        _ARITY_CACHE[key] = n
+        try:
+            _ARITY_CACHE[key] = n
+        except TypeError:
+            pass
     return n
 
 

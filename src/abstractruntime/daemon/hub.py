@@ -46,7 +46,10 @@ from .pool import TickPool
 
 log = logging.getLogger("abstractruntime.daemon")
 
-EVENT_LOG_SIZE = 200_000
+TERMINAL = frozenset(s.value for s in RunStatus if s.is_terminal)
+EVENT_LOG_SIZE = 200_000  # events at most, whatever their size
+EVENT_LOG_BYTES = 64 << 20  # and at most this much of them (their JSON size)
+STATE_EVENT_BYTES = 512  # a state event carries a run summary: about this size
 CURSOR_BLOCK = 1_000_000
 
 Event = Dict[str, Any]
@@ -72,22 +75,28 @@ class Hub:
         llm: Optional[Dict[str, Any]] = None,
         external: Optional[List[str]] = None,
         project: Optional[Any] = None,
+        event_log_bytes: int = EVENT_LOG_BYTES,
+        cache_bytes: int = 32 << 20,
+        max_subscriptions: int = 64,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.project = project  # the project.Project it was configured from, if any
+        self.max_subscriptions = max_subscriptions  # per connection
         self.address: Dict[str, str] = {}  # {"socket": path} or {"tcp": "host:port"}, once listening
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        discovery.ensure_data_dir(self.data_dir)  # ours and private, or the daemon refuses it
         self._lock_fd = _lock_data_dir(self.data_dir)
         self.store_kind = store
         self.started = time.time()
         if store == "files":
             runs_dir = os.path.join(self.data_dir, "runs")
-            self.run_store: Any = JsonFileRunStore(runs_dir, durable=durable)
+            self.run_store: Any = JsonFileRunStore(runs_dir, durable=durable, cache_bytes=cache_bytes)
             self.ledger_store: Any = JsonlLedgerStore(runs_dir, durable=durable)
         elif store == "memory":  # for tests and benchmarks: nothing survives the process
             self.run_store, self.ledger_store = InMemoryRunStore(), InMemoryLedgerStore()
         elif store == "sqlite":
-            db = SqliteDatabase(os.path.join(self.data_dir, "runtime.sqlite3"), durable=durable)
+            db = SqliteDatabase(
+                os.path.join(self.data_dir, "runtime.sqlite3"), durable=durable, cache_bytes=cache_bytes
+            )
             self.run_store, self.ledger_store = SqliteRunStore(db), SqliteLedgerStore(db)
         else:
             raise ValueError(f"unknown store {store!r} (expected files, sqlite or memory)")
@@ -115,7 +124,10 @@ class Hub:
         self._sub_ids = itertools.count(1)
         self._subs: Dict[str, Subscription] = {}
         self._lock = threading.Lock()
-        self._events: Deque[Tuple[int, Event]] = deque(maxlen=EVENT_LOG_SIZE)
+        # The event log: (cursor, event, size); bounded by count and by bytes (oldest out first).
+        self._events: Deque[Tuple[int, Event, int]] = deque()
+        self._event_bytes = 0
+        self.event_log_bytes = event_log_bytes
         self._cursor_file = os.path.join(self.data_dir, "cursor")
         self._cursor = self._reserve_first_block()
         self._first_cursor = self._cursor + 1
@@ -307,14 +319,18 @@ class Hub:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _emit(self, run_id: str, kind: str, body: Dict[str, Any]) -> None:
+    def _emit(self, run_id: str, kind: str, body: Dict[str, Any], nbytes: int) -> None:
         # Called with self._lock held.
         self._cursor += 1
         if self._cursor >= self._block_end:
             self._block_end += CURSOR_BLOCK
             self._save_cursor_block(self._block_end)
         event = {"cursor": self._cursor, "run_id": run_id, "kind": kind, kind: body, "committed_at": time.time()}
-        self._events.append((self._cursor, event))
+        events = self._events
+        events.append((self._cursor, event, nbytes))
+        self._event_bytes += nbytes
+        while len(events) > EVENT_LOG_SIZE or (self._event_bytes > self.event_log_bytes and len(events) > 1):
+            self._event_bytes -= events.popleft()[2]
         for sub in self._subs.values():
             if sub.run_id is None or sub.run_id == run_id:
                 sub.deliver(event)
@@ -323,20 +339,25 @@ class Hub:
         """A streamed piece of a model's answer: an event for subscribers, not a ledger record
         (the whole answer is one record when the call completes)."""
         with self._lock:
-            self._emit(run_id, "progress", {"node_id": node_id, "text": text})
+            self._emit(run_id, "progress", {"node_id": node_id, "text": text}, len(text) + 128)
 
     def _on_records(self, run_id: str, records: List[Dict[str, Any]]) -> None:
+        # The stores say how big the records' JSON is (StoredRecords.nbytes); spread it evenly.
+        each = (getattr(records, "nbytes", 0) or 1024 * len(records)) // max(1, len(records))
         with self._lock:
             for rec in records:
-                self._emit(run_id, "record", rec)
+                self._emit(run_id, "record", rec, each)
 
     def _on_summary(self, s: RunSummary) -> None:
         key = (s.status, s.wait_key)
         with self._lock:
             if self._last_seen.get(s.run_id) == key:
                 return  # the same state heard twice (a lease release re-announces timers)
-            self._last_seen[s.run_id] = key
-            self._emit(s.run_id, "state", s.to_dict())
+            if s.status in TERMINAL:
+                self._last_seen.pop(s.run_id, None)  # nothing re-announces a run that ended
+            else:
+                self._last_seen[s.run_id] = key
+            self._emit(s.run_id, "state", s.to_dict(), STATE_EVENT_BYTES)
 
     def subscribe(
         self, run_id: Optional[str], after: Optional[int], deliver: Callable[[Event], None]
@@ -364,7 +385,7 @@ class Hub:
                         oldest=oldest,
                         requested=after,
                     )
-                backlog = [e for c, e in self._events if c > after and (run_id is None or e["run_id"] == run_id)]
+                backlog = [e for c, e, _ in self._events if c > after and (run_id is None or e["run_id"] == run_id)]
             sub_id = f"s-{next(self._sub_ids)}"
             self._subs[sub_id] = Subscription(sub_id, run_id, deliver)
             return sub_id, self._cursor, backlog
@@ -372,7 +393,7 @@ class Hub:
     def _whole_history(self, run_id: str) -> bool:
         """Whether the event log still holds a run's first ledger record (and so every later
         event of the run). Called with self._lock held; scans the log (subscriptions are rare)."""
-        for _, e in self._events:
+        for _, e, _ in self._events:
             if e["run_id"] == run_id:
                 return e["kind"] == "record" and e["record"].get("seq") == 1
         return False

@@ -33,6 +33,10 @@ from .watch import Watcher
 
 log = logging.getLogger("abstractruntime.daemon")
 
+# Pending connections the kernel queues before accept: a burst of clients (an editor and its
+# plugins, a script's pool) must not meet refusals. (asyncio's default is 100.)
+BACKLOG = 1024
+
 
 class Daemon:
     def __init__(
@@ -85,6 +89,7 @@ class Daemon:
 
     def _install_stop(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_throttled_exception_handler())
         stopped = self._stopped = asyncio.Event()
 
         def wake() -> None:
@@ -122,7 +127,7 @@ class Daemon:
         _remove_stale_socket(path)
         old = os.umask(0o177)  # the socket is created 0600: no window where others can connect
         try:
-            server = await asyncio.start_unix_server(self._connection, path=path, limit=1 << 16)
+            server = await asyncio.start_unix_server(self._connection, path=path, limit=1 << 16, backlog=BACKLOG)
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -143,7 +148,7 @@ class Daemon:
 
     async def serve_tcp(self, host: str, port: int) -> None:
         self._install_stop()
-        server = await asyncio.start_server(self._connection, host, port, limit=1 << 16)
+        server = await asyncio.start_server(self._connection, host, port, limit=1 << 16, backlog=BACKLOG)
         bound = server.sockets[0].getsockname()
         self._announce({"tcp": f"{bound[0]}:{bound[1]}"})
         log.info("serving on tcp %s:%s", bound[0], bound[1])
@@ -201,6 +206,28 @@ class Daemon:
             log.warning("could not write the discovery file in %s (%s)", self.hub.data_dir, e)
 
 
+def _throttled_exception_handler() -> Any:
+    """The loop's exception handler, logging a repeated message once a minute: out of file
+    descriptors, asyncio's accept loop fails (and logs) again every second per listener."""
+    last: Dict[str, float] = {}
+    skipped: Dict[str, int] = {}
+
+    def handler(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
+        message = str(context.get("message", ""))
+        key = message[:120]
+        now = time.monotonic()
+        if now - last.get(key, -1e9) < 60.0:
+            skipped[key] = skipped.get(key, 0) + 1
+            return
+        last[key] = now
+        n = skipped.pop(key, 0)
+        if n:
+            context = dict(context, message=f"{message} ({n} more like it in the last minute, not logged)")
+        loop.default_exception_handler(context)
+
+    return handler
+
+
 def _remove_stale_socket(path: str) -> None:
     try:
         st = os.lstat(path)
@@ -256,6 +283,9 @@ def run(args: Any) -> int:
     # Every configured secret is masked in every log record, whoever writes it.
     logs.configure(proj.log_level, [str(v) for k, v in (llm or {}).get("options", {}).items() if k == "api_key"])
     try:
+        if not (args.stdio or args.tcp or args.socket):
+            # Checked before anything starts: a socket folder another user made is refused.
+            paths.ensure_private_dir(os.path.dirname(paths.default_socket(proj.data_dir)))
         hub = Hub(
             data_dir=proj.data_dir,
             workflow_dirs=proj.workflow_dirs,
@@ -265,6 +295,9 @@ def run(args: Any) -> int:
             llm=llm,
             external=proj.external,
             project=proj,
+            event_log_bytes=int(proj.get("event_log_mb") * (1 << 20)),
+            cache_bytes=int(proj.get("cache_mb") * (1 << 20)),
+            max_subscriptions=proj.get("max_subscriptions"),
         )
     except DataFolderInUse as e:
         print(f"abstractruntime: {e}", file=sys.stderr)

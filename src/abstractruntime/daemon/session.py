@@ -28,6 +28,7 @@ from ..protocol.errors import (
     SERVER_NOT_INITIALIZED,
     ShuttingDownError,
     SubscriptionNotFoundError,
+    TooManySubscriptionsError,
     UnauthorizedError,
 )
 from ..protocol.methods import BY_NAME, EDITOR_COMMANDS, NOTIFICATION_NAMES, REQUEST_NAMES
@@ -341,6 +342,13 @@ class Session:
         return {"resumed": resumed}
 
     async def subscribe(self, p: m.SubscribeParams) -> Dict[str, Any]:
+        if len(self.subscriptions) >= self.hub.max_subscriptions:
+            # Each subscription costs every event a callback: one client must not slow the rest.
+            raise TooManySubscriptionsError(
+                f"this connection already holds {len(self.subscriptions)} subscriptions (at most "
+                f"{self.hub.max_subscriptions}); unsubscribe one, or subscribe once to every run",
+                limit=self.hub.max_subscriptions,
+            )
         queue: list = []
         ready = False
 

@@ -54,6 +54,13 @@ class ShuttingDownError(DaemonError):
     NAME = "shutting_down"
 
 
+class TooManySubscriptionsError(DaemonError):
+    """This connection holds as many subscriptions as it may (max_subscriptions)."""
+
+    CODE = 1105
+    NAME = "too_many_subscriptions"
+
+
 APP_ERRORS = list(ERROR_TYPES) + [
     InvalidRunIdError,
     DaemonError,
@@ -61,6 +68,7 @@ APP_ERRORS = list(ERROR_TYPES) + [
     SubscriptionNotFoundError,
     CursorExpiredError,
     ShuttingDownError,
+    TooManySubscriptionsError,
 ]
 
 STANDARD = {

@@ -60,7 +60,7 @@ METHODS: List[Method] = [
         m.StartParams,
         m.StartResult,
         "Start a run of a workflow and run it until it waits or ends.",
-        ["workflow_not_found", "not_json_serializable"],
+        ["workflow_not_found", "not_json_serializable", "storage_unavailable"],
         {"workflow_id": "approval", "vars": {"amount": 120}},
     ),
     Method(
@@ -75,6 +75,7 @@ METHODS: List[Method] = [
             "wait_key_mismatch",
             "workflow_not_found",
             "run_stranded",
+            "storage_unavailable",
         ],
         {"run_id": _STATE["run_id"], "payload": {"text": "approve"}},
     ),
@@ -107,7 +108,14 @@ METHODS: List[Method] = [
         m.MigrateParams,
         m.StateResult,
         "Move a waiting run (one a reload stranded) on to the current version, resuming at `to_node`.",
-        ["run_not_found", "run_not_waiting", "run_already_finished", "workflow_not_found", "invalid_workflow"],
+        [
+            "run_not_found",
+            "run_not_waiting",
+            "run_already_finished",
+            "workflow_not_found",
+            "invalid_workflow",
+            "storage_unavailable",
+        ],
         {"run_id": _STATE["run_id"], "to_node": "ask"},
     ),
     Method(
@@ -115,7 +123,7 @@ METHODS: List[Method] = [
         m.CancelParams,
         m.StateResult,
         "Cancel a run that has not finished (and a child it waits on).",
-        ["run_not_found", "run_already_finished"],
+        ["run_not_found", "run_already_finished", "storage_unavailable"],
         {"run_id": _STATE["run_id"], "reason": "no longer needed"},
     ),
     Method(
@@ -123,7 +131,7 @@ METHODS: List[Method] = [
         m.EmitEventParams,
         m.EmitEventResult,
         "Resume every run waiting on a named event.",
-        [],
+        ["storage_unavailable"],
         {"name": "payment_received", "payload": {"amount": 120}},
     ),
     Method(
@@ -131,7 +139,7 @@ METHODS: List[Method] = [
         m.SubscribeParams,
         m.SubscribeResult,
         "Receive `runtime/event` notifications for one run or all runs; `after` replays what was missed.",
-        ["cursor_expired"],
+        ["cursor_expired", "too_many_subscriptions"],
         {"after": 41},
     ),
     Method(

@@ -23,6 +23,19 @@ RunListener = Callable[["RunSummary"], None]
 LedgerListener = Callable[[str, List[Dict[str, Any]]], None]
 
 
+class StoredRecords(List[Dict[str, Any]]):
+    """The records a ledger listener is given: a list, plus `nbytes`, the size of their
+    canonical JSON (what a listener that keeps them counts against a memory budget)."""
+
+    nbytes: int = 0
+
+    @classmethod
+    def of(cls, chained: List[Any]) -> StoredRecords:
+        out = cls(d for d, _ in chained)
+        out.nbytes = sum(len(line) for _, line in chained)
+        return out
+
+
 @dataclass
 class RunSummary:
     """What listings show of a run, kept in store indexes so a listing loads no run file."""

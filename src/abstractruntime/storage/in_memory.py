@@ -15,7 +15,7 @@ from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ._index import RunIndex
-from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary
+from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, StoredRecords
 from .ledger_chain import chain_records
 
 
@@ -82,7 +82,7 @@ class InMemoryLedgerStore(LedgerStore):
                 return []
             self._lines.setdefault(run_id, []).extend(line for _, line in chained)
             self._heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
-        stored = [d for d, _ in chained]
+        stored = StoredRecords.of(chained)
         for fn in self._listeners:
             fn(run_id, stored)
         return stored

@@ -21,22 +21,25 @@ import json
 import logging
 import os
 import threading
-from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from . import _fs
+from ._cache import DEFAULT_BYTES, BoundedCache
 from ._durable import NOFOLLOW, check_run_id, shared_flusher
 from ._files_writer import ledger_file, ledger_file_head, run_file
 from ._index import RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
 from ._journal import Journal
-from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary
+from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, StoredRecords
 from .ledger_chain import chain_records
 
 log = logging.getLogger("abstractruntime.storage")
+
+_STRIPES = 256
+_MAX_HEADS = 65536
 
 # A summary change that matters to listings; other fields (current_node while running,
 # updated_at) are refreshed in memory only, so a plain step writes no index line.
@@ -46,7 +49,9 @@ _INDEXED = tuple(f for f in FIELDS if f not in ("updated_at", "current_node"))
 class JsonFileRunStore(RunStore):
     """`run_<run_id>.json` per run, with an index of summaries under `_index/`."""
 
-    def __init__(self, base_dir: Any, *, durable: bool = True, clock: Optional[Clock] = None) -> None:
+    def __init__(
+        self, base_dir: Any, *, durable: bool = True, clock: Optional[Clock] = None, cache_bytes: int = DEFAULT_BYTES
+    ) -> None:
         self.base_dir = os.path.abspath(str(base_dir))
         os.makedirs(self.base_dir, exist_ok=True)
         self.durable = durable
@@ -57,8 +62,7 @@ class JsonFileRunStore(RunStore):
         self._journal = Journal.open(self.base_dir, durable=durable)
         # The newest checkpoints as written: the next tick of a run reads back what this store
         # wrote moments ago, and one process owns the folder, so no file read is needed.
-        self._recent: OrderedDict[str, bytes] = OrderedDict()
-        self._recent_lock = threading.Lock()
+        self._recent: BoundedCache[bytes] = BoundedCache(cache_bytes)
         self._index = RunIndex(clock=clock)
         self._log = IndexLog(self.base_dir, durable=durable)
         # Loading builds one object per run and no cycles: pausing the cyclic GC meanwhile
@@ -170,8 +174,7 @@ class JsonFileRunStore(RunStore):
         d = run.to_dict()
         d["_lsn"] = lsn = self._journal.next_lsn()
         data = dumps(d).encode()
-        with self._recent_lock:
-            self._recent.pop(run.run_id, None)  # a failed commit below must not leave a stale copy
+        self._recent.pop(run.run_id)  # a failed commit below must not leave a stale copy
         self._journal.commit(run.run_id, lsn, data, lines)
         old = self._index.get(run.run_id)
         if old is None or _key(old) != _key(s):
@@ -181,10 +184,7 @@ class JsonFileRunStore(RunStore):
             # written around the log's last write.
             self._log.append([s])
             self._flusher.mark(self._log.path(), before_sync=self._log.flush)
-        with self._recent_lock:
-            self._recent[run.run_id] = data
-            if len(self._recent) > 4096:
-                self._recent.popitem(last=False)
+        self._recent.put(run.run_id, data)
         return s
 
     def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
@@ -281,27 +281,30 @@ class JsonlLedgerStore(LedgerStore):
         self.durable = durable
         self._closed = False
         self._journal = Journal.open(self.base_dir, durable=durable)
+        # A cache: a miss reads the file's last line and the journal (bounded, see _remember_head).
         self._heads: Dict[str, Tuple[int, Optional[str]]] = {}
-        self._guard = threading.Lock()
-        self._run_locks: Dict[str, threading.RLock] = {}
+        # Striped: a lock per run would grow with every run ever seen.
+        self._locks = [threading.RLock() for _ in range(_STRIPES)]
         self._listeners: List[LedgerListener] = []
 
     def path_for(self, run_id: str) -> str:
         return ledger_file(self.base_dir, run_id)
 
-    def run_lock(self, run_id: str) -> threading.RLock:
-        with self._guard:
-            lock = self._run_locks.get(run_id)
-            if lock is None:
-                lock = self._run_locks[run_id] = threading.RLock()
-            return lock
+    def run_lock(self, run_id: str) -> Any:
+        return self._locks[hash(run_id) % _STRIPES]
+
+    def _remember_head(self, run_id: str, head: Tuple[int, Optional[str]]) -> None:
+        if len(self._heads) >= _MAX_HEADS and run_id not in self._heads:
+            self._heads.clear()  # forgetting costs a read of the run's last line, next time
+        self._heads[run_id] = head
 
     def know_new(self, run_id: str) -> None:
         """The run store has never seen this run: its ledger is empty. Saves a lookup in the
         folder, which waits behind the flusher's file creates there. (A ledger file the index
         does not account for cannot be extended by mistake: the journal appends only lines
         that continue a file.)"""
-        self._heads.setdefault(run_id, (0, None))
+        if run_id not in self._heads:
+            self._remember_head(run_id, (0, None))
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self._heads.get(run_id)
@@ -316,7 +319,7 @@ class JsonlLedgerStore(LedgerStore):
                     pending = self._journal.lines(run_id)
                     if pending and pending[-1][0] > h[0]:
                         h = (pending[-1][0], json.loads(pending[-1][1])["record_hash"])
-                    self._heads[run_id] = h
+                    self._remember_head(run_id, h)
         return h
 
     def prepare(self, run_id: str, records: Iterable[StepRecord]) -> List[Tuple[Dict[str, Any], str]]:
@@ -327,8 +330,8 @@ class JsonlLedgerStore(LedgerStore):
         """The chained lines are committed: move the head and tell the listeners."""
         if not chained:
             return
-        self._heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
-        stored = [d for d, _ in chained]
+        self._remember_head(run_id, (chained[-1][0]["seq"], chained[-1][0]["record_hash"]))
+        stored = StoredRecords.of(chained)
         for fn in self._listeners:
             fn(run_id, stored)
 

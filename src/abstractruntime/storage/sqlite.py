@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
@@ -22,9 +21,19 @@ from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ..core.timeutil import iso_to_epoch
 from . import _fs
+from ._cache import DEFAULT_BYTES, BoundedCache
 from ._durable import Batcher, unavailable
 from ._index import RunIndex
-from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, _reason_value, _status_value
+from .base import (
+    LedgerListener,
+    LedgerStore,
+    RunListener,
+    RunStore,
+    RunSummary,
+    StoredRecords,
+    _reason_value,
+    _status_value,
+)
 from .ledger_chain import chain_records
 
 _SCHEMA = """
@@ -74,7 +83,7 @@ class _Job:
 class SqliteDatabase:
     """The shared database of a `SqliteRunStore` and a `SqliteLedgerStore`."""
 
-    def __init__(self, path: Any, *, durable: bool = True) -> None:
+    def __init__(self, path: Any, *, durable: bool = True, cache_bytes: int = DEFAULT_BYTES) -> None:
         self.path = str(path)
         self.durable = durable
         self.lock = threading.RLock()
@@ -92,7 +101,7 @@ class SqliteDatabase:
         # The newest checkpoints as committed. A tick reads back the state it committed
         # moments ago, and reading through the connection would wait behind the batch
         # leader's lock for a whole commit (its fsync); one daemon owns the database.
-        self.recent: OrderedDict[str, str] = OrderedDict()
+        self.recent: BoundedCache[str] = BoundedCache(cache_bytes)
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self.heads.get(run_id)
@@ -102,8 +111,14 @@ class SqliteDatabase:
                     "SELECT seq, record FROM ledger WHERE run_id=? ORDER BY seq DESC LIMIT 1", (run_id,)
                 ).fetchone()
                 h = (int(row[0]), json.loads(row[1])["record_hash"]) if row else (0, None)
-                self.heads[run_id] = h
+                self._remember_head(run_id, h)
         return h
+
+    def _remember_head(self, run_id: str, head: Tuple[int, Optional[str]]) -> None:
+        # A cache of each run's last ledger record: bounded (a miss is one indexed query).
+        if len(self.heads) >= 65536 and run_id not in self.heads:
+            self.heads.clear()
+        self.heads[run_id] = head
 
     def write(self, run: Optional[RunState], run_id: str, records: List[StepRecord]) -> List[Dict[str, Any]]:
         """Insert records and upsert the checkpoint in one transaction.
@@ -119,7 +134,7 @@ class SqliteDatabase:
             if isinstance(job.error, (OSError, sqlite3.OperationalError)):
                 raise unavailable(job.error, f"committing to {self.path}") from job.error
             raise job.error
-        stored = [d for d, _ in job.chained]
+        stored = StoredRecords.of(job.chained)
         if stored:
             for fn in self.ledger_listeners:
                 fn(run_id, stored)
@@ -167,12 +182,9 @@ class SqliteDatabase:
                 ok = []
             for job in ok:
                 if job.chained:
-                    self.heads[job.run_id] = (job.chained[-1][0]["seq"], job.chained[-1][0]["record_hash"])
+                    self._remember_head(job.run_id, (job.chained[-1][0]["seq"], job.chained[-1][0]["record_hash"]))
                 if job.state_text is not None:
-                    self.recent[job.run_id] = job.state_text
-                    self.recent.move_to_end(job.run_id)
-                    if len(self.recent) > 4096:
-                        self.recent.popitem(last=False)
+                    self.recent.put(job.run_id, job.state_text)
         for job in batch:
             job.done = True
 

@@ -1,0 +1,85 @@
+"""Memory is bounded by bytes, not only by counts: the stores' checkpoint caches, the daemon's
+event log, and the per-run maps that used to grow with every run ever seen."""
+
+from __future__ import annotations
+
+import pytest
+
+from abstractruntime import Effect, EffectType, JsonFileRunStore, JsonlLedgerStore, Runtime, StepPlan, WorkflowSpec
+from abstractruntime.daemon.hub import Hub
+from abstractruntime.protocol.errors import CursorExpiredError
+from abstractruntime.storage._cache import BoundedCache
+
+ASK = WorkflowSpec(
+    workflow_id="ask",
+    entry_node="ask",
+    nodes={
+        "ask": lambda run, ctx: StepPlan(
+            node_id="ask", effect=Effect(EffectType.ASK_USER, {"prompt": "?"}, "ans"), next_node="done"
+        ),
+        "done": lambda run, ctx: StepPlan(node_id="done", complete_output={"n": len(str(run.vars))}),
+    },
+)
+MB = 1 << 20
+
+
+def test_bounded_cache_evicts_by_bytes_and_by_count():
+    c: BoundedCache[bytes] = BoundedCache(max_bytes=100, max_entries=3)
+    for k in "abc":
+        c.put(k, b"x" * 30)
+    assert len(c) == 3 and c.bytes == 90
+    c.put("d", b"x" * 30)  # over the count: the oldest goes
+    assert c.get("a") is None and len(c) == 3
+    c.put("e", b"x" * 60)  # over the bytes: the oldest go until it fits
+    assert c.bytes <= 100 and c.get("e") is not None and c.get("b") is None
+    c.put("huge", b"x" * 101)  # larger than the whole budget: not kept, nothing else lost
+    assert c.get("huge") is None and c.get("e") is not None
+    c.pop("e")
+    assert c.get("e") is None and c.bytes == sum(len(c.get(k) or b"") for k in "abcd")
+
+
+def test_the_file_stores_checkpoint_cache_stays_within_its_budget(tmp_path):
+    rs, ls = JsonFileRunStore(tmp_path, cache_bytes=2 * MB), JsonlLedgerStore(tmp_path)
+    rt = Runtime(run_store=rs, ledger_store=ls)
+    ids = [rt.start_and_tick(workflow=ASK, vars={"blob": "x" * MB}).run_id for _ in range(10)]
+    assert rs._recent.bytes <= 2 * MB
+    for rid in ids:  # what the cache let go is read from the journal or the file, whole
+        assert len(rt.get_state(rid).vars["blob"]) == MB
+    rs.close()
+    ls.close()
+
+
+@pytest.fixture
+def hub(tmp_path):
+    (tmp_path / "workflows").mkdir()
+    h = Hub(data_dir=str(tmp_path / "data"), workflow_dirs=[str(tmp_path / "workflows")], store="memory",
+            workers=2, event_log_bytes=1 * MB)
+    h.registry.register(ASK)
+    yield h
+    h.close()
+
+
+def test_the_event_log_is_bounded_by_bytes_and_says_so_to_a_late_subscriber(hub):
+    rt = hub.runtime
+    first = hub.cursor
+    ids = []
+    for _ in range(8):  # each resume records a 512 KB payload
+        st = rt.start_and_tick(workflow=ASK)
+        rt.resume(workflow=ASK, run_id=st.run_id, wait_key=None, payload={"text": "y" * (512 << 10)})
+        ids.append(st.run_id)
+    assert hub._event_bytes <= 1 * MB and len(hub._events) >= 1
+    with pytest.raises(CursorExpiredError):
+        hub.subscribe(None, first, lambda e: None)  # the oldest events were dropped
+    # A subscriber from the newest kept cursor on gets everything after it, once.
+    newest_kept = hub._events[0][0]
+    _, _, backlog = hub.subscribe(None, newest_kept, lambda e: None)
+    assert [e["cursor"] for e in backlog] == [c for c, _, _ in hub._events if c > newest_kept]
+
+
+def test_per_run_maps_forget_a_run_once_it_ends(hub):
+    rt = hub.runtime
+    for _ in range(50):
+        st = rt.start_and_tick(workflow=ASK)
+        rt.resume(workflow=ASK, run_id=st.run_id, wait_key=None, payload={"text": "y"})
+    waiting = rt.start_and_tick(workflow=ASK).run_id
+    assert list(hub._last_seen) == [waiting]  # 50 ended runs: none left behind
