@@ -35,7 +35,13 @@ SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
 def llm_server():
     srv = FakeLLMServer()
     yield srv
+    for rt in _RUNTIMES:  # AbstractCore's HTTP clients keep connections open: close them
+        rt._handlers["llm_call"].close()
+    _RUNTIMES.clear()
     srv.close()
+
+
+_RUNTIMES: list = []
 
 
 def one_call(payload):
@@ -51,7 +57,9 @@ def one_call(payload):
 
 def runtime(srv, provider, model, suffix, **kw):
     opts = {"api_key": SECRET} if provider != "ollama" else {}
-    return create_local_runtime(provider=provider, model=model, base_url=srv.url + suffix, timeout=1.0, **opts, **kw)
+    rt = create_local_runtime(provider=provider, model=model, base_url=srv.url + suffix, timeout=1.0, **opts, **kw)
+    _RUNTIMES.append(rt)
+    return rt
 
 
 @pytest.mark.parametrize("provider,model,suffix", PROVIDERS)
@@ -95,6 +103,7 @@ def test_text_tool_calls_retries_and_failures(llm_server, provider, model, suffi
     # Connection refused is transient too.
     dead = create_local_runtime(provider=provider, model=model, base_url="http://127.0.0.1:9" + suffix, timeout=1.0,
                                 **({"validate_model": False} if provider != "ollama" else {}))
+    _RUNTIMES.append(dead)
     st = dead.start_and_tick(workflow=one_call({"prompt": "hi"}))
     assert st.status.value == "failed" and "Connection refused" in st.error and "after 3 attempts" in st.error
 
@@ -140,6 +149,7 @@ def test_tools_allowed_approval_denied_and_external_in_process(llm_server):
 
     lookup = external_tool("lookup", description="Done by the host")
     rt = create_local_runtime(provider="ollama", model="qwen3:4b", base_url=llm_server.url, tools=[add, wipe, lookup])
+    _RUNTIMES.append(rt)
     calls = [
         {"name": "add", "arguments": {"a": 1, "b": 2}, "call_id": "c1"},
         {"name": "wipe", "arguments": {"path": "/tmp/x"}, "call_id": "c2"},

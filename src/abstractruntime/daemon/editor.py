@@ -206,7 +206,7 @@ class EditorFeatures:
             return await self.code_lenses(params)
 
         @ls.command("abstractruntime.start")
-        async def start(*args: Any) -> Any:
+        async def start(*args) -> Any:  # no annotation: pygls calls issubclass() on it (fails on 3.10)
             a = _first_dict(args, "workflow_id")
             wf = self.hub.registry.get(str(a.get("workflow_id")))
             if wf is None:
@@ -217,7 +217,7 @@ class EditorFeatures:
             return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}
 
         @ls.command("abstractruntime.answer")
-        async def answer(*args: Any) -> Any:
+        async def answer(*args) -> Any:  # no annotation: pygls calls issubclass() on it (fails on 3.10)
             a = _first_dict(args, "run_id", "text")
             run_id = a.get("run_id") or self._oldest_waiting(a.get("workflow_id"), a.get("node_id"))
             if run_id is None:
@@ -249,13 +249,13 @@ class EditorFeatures:
             return {"run_id": run_id, "answered": True, "status": st.status.value, "state": st.to_dict()}
 
         @ls.command("abstractruntime.cancel")
-        async def cancel(*args: Any) -> Any:
+        async def cancel(*args) -> Any:  # no annotation: pygls calls issubclass() on it (fails on 3.10)
             a = _first_dict(args, "run_id", "reason")
             st = await self._call(self.hub.runtime.cancel_run, str(a.get("run_id")), reason=a.get("reason"))
             return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}
 
         @ls.command("abstractruntime.showRun")
-        async def show_run(*args: Any) -> Any:
+        async def show_run(*args) -> Any:  # no annotation: pygls calls issubclass() on it (fails on 3.10)
             a = _first_dict(args, "run_id")
             st = await self._call(self.hub.runtime.get_state, str(a.get("run_id")))
             return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}

@@ -89,7 +89,7 @@ class Daemon:
 
     def _install_stop(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.set_exception_handler(_throttled_exception_handler())
+        loop.set_exception_handler(_throttled_exception_handler(lambda: self.hub.stopping))
         stopped = self._stopped = asyncio.Event()
 
         def wake() -> None:
@@ -206,7 +206,7 @@ class Daemon:
             log.warning("could not write the discovery file in %s (%s)", self.hub.data_dir, e)
 
 
-def _throttled_exception_handler() -> Any:
+def _throttled_exception_handler(stopping: Any) -> Any:
     """The loop's exception handler, logging a repeated message once a minute: out of file
     descriptors, asyncio's accept loop fails (and logs) again every second per listener."""
     last: Dict[str, float] = {}
@@ -214,6 +214,11 @@ def _throttled_exception_handler() -> Any:
 
     def handler(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
         message = str(context.get("message", ""))
+        if stopping() and "_start_serving" in message:
+            # asyncio retries an accept that ran out of descriptors a second later, even when
+            # the server has closed meanwhile; that retry fails on the closed socket. Harmless.
+            log.debug("%s", message)
+            return
         key = message[:120]
         now = time.monotonic()
         if now - last.get(key, -1e9) < 60.0:

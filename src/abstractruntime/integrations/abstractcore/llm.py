@@ -95,6 +95,14 @@ class LLMCallHandler:
                 self._llm = import_abstractcore().create_llm(self.provider, model=self.model, **opts)
             return self._llm
 
+    def close(self) -> None:
+        """Close the provider's HTTP connections (the handler stays usable: the next call
+        connects again)."""
+        with self._lock:
+            llm, self._llm = self._llm, None
+        if llm is not None and hasattr(llm, "unload_model"):
+            llm.unload_model(self.model)
+
     def mask(self, text: str) -> str:
         for s in self._secrets:
             text = text.replace(s, "***")
