@@ -8,7 +8,15 @@ STAMP      := $(VENV)/.installed
 # What `make test` needs on top: the test tools and the AbstractCore extra its tier exercises.
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test test-deps check lint typecheck bench install clean protocol
+.PHONY: serve test test-deps test-pythons check lint typecheck bench install clean protocol
+
+# The other interpreters the project claims (pyproject's requires-python): `make test` runs the
+# unit and e2e tiers on each one it finds (python3.X on PATH, or pyenv's 3.X.*), in its own
+# .venv-3.X. Outside CI a missing one is skipped with a line; in CI it is an error.
+PYTHONS ?= 3.10 3.11 3.12 3.13
+# Tiers that do not depend on the Python version run on the main interpreter only.
+MAIN_ONLY := --ignore=tests/e2e/test_typescript.py --ignore=tests/e2e/test_neovim.py \
+	--ignore=tests/e2e/test_fresh_clone.py --ignore=tests/e2e/test_docs.py
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +42,24 @@ test: $(TEST_STAMP) test-deps
 	@$(PY) -m mypy
 	@$(PY) -m abstractruntime.protocol.spec --check
 	@$(PY) -m pytest tests/unit -q -n 2
-	@$(PY) -m pytest tests/e2e -q --timeout 300
+	@$(PY) -m pytest tests/e2e -q -n 2 --dist loadfile --timeout 300
+	@$(MAKE) --no-print-directory test-pythons
+
+test-pythons:
+	@main=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	for v in $(PYTHONS); do \
+		[ "$$v" = "$$main" ] && continue; \
+		py=$$(command -v python$$v || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python 2>/dev/null | tail -n 1); \
+		if [ -z "$$py" ]; then \
+			if [ "$(CI)" = true ]; then echo "Python $$v is missing (CI tests every version we claim)"; exit 1; fi; \
+			echo "Python $$v tier skipped: no python$$v found; install Python $$v (e.g. pyenv install $$v)"; continue; \
+		fi; \
+		venv=.venv-$$v; \
+		test -x $$venv/bin/python || $$py -m venv $$venv || exit 1; \
+		test $$venv/.installed -nt pyproject.toml || { $$venv/bin/python -m pip install -q -e ".[dev]" && touch $$venv/.installed; } || exit 1; \
+		echo "Python $$v: unit and e2e tiers"; \
+		$$venv/bin/python -m pytest tests/unit tests/e2e -q -n 2 --dist loadfile --timeout 300 $(MAIN_ONLY) || exit 1; \
+	done
 
 # Tools some tiers need beyond Python. In CI (CI=true) they are installed: Debian's neovim (as
 # root, or with sudo) and the TypeScript client's npm packages. Elsewhere a tier whose tool is
@@ -66,4 +91,4 @@ bench: $(TEST_STAMP)
 	@$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .bench-venvs bench/results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* .bench-venvs bench/results .pytest_cache .mypy_cache .ruff_cache

@@ -188,7 +188,7 @@ class Hub:
         """Drain, then flush and close the stores. Never fails: on a full disk what cannot be
         written stays in the stores' journals for the next start."""
         self.drain()
-        llm = self.runtime._handlers.get(EffectType.LLM_CALL.value)
+        llm: Any = self.runtime._handlers.get(EffectType.LLM_CALL.value)
         if hasattr(llm, "close"):
             llm.close()
         self.run_store.close()
