@@ -49,7 +49,9 @@ test-pythons:
 	@main=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	for v in $(PYTHONS); do \
 		[ "$$v" = "$$main" ] && continue; \
-		py=$$(command -v python$$v || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python 2>/dev/null | tail -n 1); \
+		py=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python 2>/dev/null | tail -n 1); \
+		[ -n "$$py" ] || py=$$(command -v python$$v); \
+		[ -n "$$py" ] && "$$py" -c 'import sys' >/dev/null 2>&1 || py=; \
 		if [ -z "$$py" ]; then \
 			if [ "$(CI)" = true ]; then echo "Python $$v is missing (CI tests every version we claim)"; exit 1; fi; \
 			echo "Python $$v tier skipped: no python$$v found; install Python $$v (e.g. pyenv install $$v)"; continue; \

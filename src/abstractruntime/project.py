@@ -75,7 +75,7 @@ KEYS: List[Key] = [
     Key(
         "event_log_mb",
         "float",
-        64.0,
+        32.0,
         "ABSTRACTRUNTIME_EVENT_LOG_MB",
         "memory for the event log that subscribers replay from (MB; the oldest events go first)",
     ),

@@ -16,6 +16,10 @@ data = "{DATA_NAME}"     # runs, ledgers, the daemon's log and token
 store = "files"              # files | sqlite | memory
 # log_level = "info"         # debug | info | warning | error
 # external = ["tool_calls"]  # effect types a host outside the daemon executes
+# reload_grace = 1.0         # seconds a save that would remove workflows waits (in-place writes)
+# event_log_mb = 32          # memory for the events subscribers replay from
+# cache_mb = 32              # memory for the stores' recent-checkpoint cache
+# max_subscriptions = 64     # per client connection
 
 # A model for LLM_CALL (needs: pip install 'abstractruntime[abstractcore]'):
 # [model]

@@ -73,7 +73,7 @@ def test_the_event_log_is_bounded_by_bytes_and_says_so_to_a_late_subscriber(hub)
     # A subscriber from the newest kept cursor on gets everything after it, once.
     newest_kept = hub._events[0][0]
     _, _, backlog = hub.subscribe(None, newest_kept, lambda e: None)
-    assert [e["cursor"] for e in backlog] == [c for c, _, _ in hub._events if c > newest_kept]
+    assert [e["cursor"] for e in backlog] == [c for c, _, _, _ in hub._events if c > newest_kept]
 
 
 def test_per_run_maps_forget_a_run_once_it_ends(hub):

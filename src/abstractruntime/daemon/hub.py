@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import json
 import logging
 import os
 import threading
@@ -48,8 +49,8 @@ log = logging.getLogger("abstractruntime.daemon")
 
 TERMINAL = frozenset(s.value for s in RunStatus if s.is_terminal)
 EVENT_LOG_SIZE = 200_000  # events at most, whatever their size
-EVENT_LOG_BYTES = 64 << 20  # and at most this much of them (their JSON size)
-STATE_EVENT_BYTES = 512  # a state event carries a run summary: about this size
+EVENT_LOG_BYTES = 32 << 20  # and at most this much of them (their JSON text, kept as text)
+EVENT_OVERHEAD = 120  # what an entry of the log costs beside its text (a tuple, its cursor)
 CURSOR_BLOCK = 1_000_000
 
 Event = Dict[str, Any]
@@ -125,7 +126,8 @@ class Hub:
         self._subs: Dict[str, Subscription] = {}
         self._lock = threading.Lock()
         # The event log: (cursor, event, size); bounded by count and by bytes (oldest out first).
-        self._events: Deque[Tuple[int, Event, int]] = deque()
+        # (cursor, run id, whether it is the run's first ledger record, the event's JSON)
+        self._events: Deque[Tuple[int, str, bool, str]] = deque()
         self._event_bytes = 0
         self.event_log_bytes = event_log_bytes
         self._cursor_file = os.path.join(self.data_dir, "cursor")
@@ -322,18 +324,24 @@ class Hub:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _emit(self, run_id: str, kind: str, body: Dict[str, Any], nbytes: int) -> None:
-        # Called with self._lock held.
+    def _emit(self, run_id: str, kind: str, body: Dict[str, Any], body_json: str, first: bool = False) -> None:
+        # Called with self._lock held. Live subscribers get the event as a dict; the log keeps
+        # it as JSON text (its size is what the budget counts: a dict is several times larger).
         self._cursor += 1
         if self._cursor >= self._block_end:
             self._block_end += CURSOR_BLOCK
             self._save_cursor_block(self._block_end)
-        event = {"cursor": self._cursor, "run_id": run_id, "kind": kind, kind: body, "committed_at": time.time()}
+        now = time.time()
+        event = {"cursor": self._cursor, "run_id": run_id, "kind": kind, kind: body, "committed_at": now}
+        text = (
+            f'{{"cursor":{self._cursor},"run_id":{json.dumps(run_id)},"kind":"{kind}",'
+            f'"{kind}":{body_json},"committed_at":{now!r}}}'
+        )
         events = self._events
-        events.append((self._cursor, event, nbytes))
-        self._event_bytes += nbytes
+        events.append((self._cursor, run_id, first, text))
+        self._event_bytes += len(text) + EVENT_OVERHEAD
         while len(events) > EVENT_LOG_SIZE or (self._event_bytes > self.event_log_bytes and len(events) > 1):
-            self._event_bytes -= events.popleft()[2]
+            self._event_bytes -= len(events.popleft()[3]) + EVENT_OVERHEAD
         for sub in self._subs.values():
             if sub.run_id is None or sub.run_id == run_id:
                 sub.deliver(event)
@@ -341,15 +349,16 @@ class Hub:
     def publish_progress(self, run_id: str, node_id: str, text: str) -> None:
         """A streamed piece of a model's answer: an event for subscribers, not a ledger record
         (the whole answer is one record when the call completes)."""
+        body = {"node_id": node_id, "text": text}
         with self._lock:
-            self._emit(run_id, "progress", {"node_id": node_id, "text": text}, len(text) + 128)
+            self._emit(run_id, "progress", body, json.dumps(body))
 
     def _on_records(self, run_id: str, records: List[Dict[str, Any]]) -> None:
-        # The stores say how big the records' JSON is (StoredRecords.nbytes); spread it evenly.
-        each = (getattr(records, "nbytes", 0) or 1024 * len(records)) // max(1, len(records))
+        # The stores hand over each record's canonical JSON too (StoredRecords.lines).
+        lines = getattr(records, "lines", None) or [json.dumps(r) for r in records]
         with self._lock:
-            for rec in records:
-                self._emit(run_id, "record", rec, each)
+            for rec, line in zip(records, lines, strict=True):
+                self._emit(run_id, "record", rec, line, first=rec.get("seq") == 1)
 
     def _on_summary(self, s: RunSummary) -> None:
         key = (s.status, s.wait_key)
@@ -360,7 +369,8 @@ class Hub:
                 self._last_seen.pop(s.run_id, None)  # nothing re-announces a run that ended
             else:
                 self._last_seen[s.run_id] = key
-            self._emit(s.run_id, "state", s.to_dict(), STATE_EVENT_BYTES)
+            body = s.to_dict()
+            self._emit(s.run_id, "state", body, json.dumps(body))
 
     def subscribe(
         self, run_id: Optional[str], after: Optional[int], deliver: Callable[[Event], None]
@@ -388,7 +398,11 @@ class Hub:
                         oldest=oldest,
                         requested=after,
                     )
-                backlog = [e for c, e, _ in self._events if c > after and (run_id is None or e["run_id"] == run_id)]
+                backlog = [
+                    json.loads(text)
+                    for c, rid, _, text in self._events
+                    if c > after and (run_id is None or rid == run_id)
+                ]
             sub_id = f"s-{next(self._sub_ids)}"
             self._subs[sub_id] = Subscription(sub_id, run_id, deliver)
             return sub_id, self._cursor, backlog
@@ -396,9 +410,9 @@ class Hub:
     def _whole_history(self, run_id: str) -> bool:
         """Whether the event log still holds a run's first ledger record (and so every later
         event of the run). Called with self._lock held; scans the log (subscriptions are rare)."""
-        for _, e, _ in self._events:
-            if e["run_id"] == run_id:
-                return e["kind"] == "record" and e["record"].get("seq") == 1
+        for _, rid, first, _ in self._events:
+            if rid == run_id:
+                return first
         return False
 
     def unsubscribe(self, sub_id: str) -> bool:

@@ -24,15 +24,16 @@ LedgerListener = Callable[[str, List[Dict[str, Any]]], None]
 
 
 class StoredRecords(List[Dict[str, Any]]):
-    """The records a ledger listener is given: a list, plus `nbytes`, the size of their
-    canonical JSON (what a listener that keeps them counts against a memory budget)."""
+    """The records a ledger listener is given: a list, plus `lines`, their canonical JSON as
+    stored (a listener that keeps them, like the daemon's event log, keeps the text: a few
+    times smaller than the dicts, and already encoded)."""
 
-    nbytes: int = 0
+    lines: List[str] = []
 
     @classmethod
     def of(cls, chained: List[Any]) -> StoredRecords:
         out = cls(d for d, _ in chained)
-        out.nbytes = sum(len(line) for _, line in chained)
+        out.lines = [line for _, line in chained]
         return out
 
 
