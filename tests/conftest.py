@@ -6,24 +6,17 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator, Tuple  # noqa: F401
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from abstractruntime import (  # noqa: E402
-    InMemoryLedgerStore,
-    InMemoryRunStore,
-    JsonFileRunStore,
-    JsonlLedgerStore,
-    SqliteDatabase,
-    SqliteLedgerStore,
-    SqliteRunStore,
-)
+from abstractruntime.storage import open_stores  # noqa: E402
 
 STORE_KINDS = ["memory", "jsonfile", "sqlite"]
+KIND = {"memory": "memory", "jsonfile": "files", "sqlite": "sqlite"}
 
 
 class StoreFactory:
@@ -32,7 +25,7 @@ class StoreFactory:
     def __init__(self, kind: str, root: Path) -> None:
         self.kind = kind
         self.root = root
-        self._mem: Tuple[InMemoryRunStore, InMemoryLedgerStore] | None = None
+        self._mem = None
         self.opened: list = []
         # The time the run stores' indexes go by (leases, due timers); None: the system clock.
         self.clock = None
@@ -43,21 +36,16 @@ class StoreFactory:
 
     def open(self):
         if self.kind == "memory":
-            if self._mem is None:
-                self._mem = (InMemoryRunStore(clock=self.clock), InMemoryLedgerStore())
-            return self._mem
-        if self.kind == "jsonfile":
-            pair = (JsonFileRunStore(self.root, clock=self.clock), JsonlLedgerStore(self.root))
-        else:
-            db = SqliteDatabase(self.root / "runtime.sqlite3")
-            pair = (SqliteRunStore(db, clock=self.clock), SqliteLedgerStore(db))
-        self.opened.append(pair)
-        return pair
+            if self._mem is None:  # memory has nothing to re-open: the same pair again
+                self._mem = open_stores("memory", clock=self.clock)
+            return self._mem.runs, self._mem.ledger
+        stores = open_stores(KIND[self.kind], self.root, clock=self.clock)
+        self.opened.append(stores)
+        return stores.runs, stores.ledger
 
     def close_all(self) -> None:
-        for rs, ls in self.opened:
-            rs.close()
-            ls.close()
+        for stores in self.opened:
+            stores.close()
         self.opened.clear()
 
 

@@ -32,6 +32,7 @@ from abstractruntime.storage import _fs, _journal
 from abstractruntime.storage._durable import Flusher, shared_flusher
 from abstractruntime.storage._index_log import IndexLog
 from abstractruntime.storage.base import RunSummary
+from abstractruntime.storage.json_files import FileBackend
 
 ASK = WorkflowSpec(
     workflow_id="ask",
@@ -133,7 +134,7 @@ def test_a_failed_flusher_cycle_keeps_everything_and_is_retried_without_new_comm
         assert rt.get_state(rid).status == RunStatus.WAITING
     # Nothing more is committed: the flusher retries by itself until the files are written.
     wait_for(lambda: all((tmp_path / f"run_{rid}.json").exists() for rid in ids), "the retried cycle")
-    wait_for(lambda: shared_flusher().pending == 0 and rs._journal.pending == 0, "everything written")
+    wait_for(lambda: shared_flusher().pending == 0 and rs.unit.journal.pending == 0, "everything written")
     assert _fs.calls("write") > 4
     close(rs, ls)
     for rid in ids:
@@ -185,8 +186,8 @@ def test_a_store_opens_and_closes_on_a_disk_with_no_room(tmp_path):
     # leaves it (no close, the flusher never ran).
     _fs.configure("write:ENOSPC@1+,pwrite:ENOSPC@1+,ftruncate:ENOSPC@1+,replace:ENOSPC@1+")
     rs._closed = ls._closed = True
-    _journal.Journal._registry.clear()
-    shared_flusher().forget(rs._journal._marker)
+    FileBackend._registry.clear()
+    shared_flusher().forget(rs.unit.journal._marker)
     # Every write fails: it opens all the same (replay in place), and serves reads.
     rs, ls, rt = files(tmp_path)
     assert [rt.get_state(r).status for r in ids] == [RunStatus.WAITING] * 5

@@ -342,6 +342,6 @@ def test_reads_stay_whole_while_the_flusher_writes_the_files(tmp_path):
 def test_a_durable_store_makes_a_shared_folder_durable(tmp_path):
     rs = JsonFileRunStore(tmp_path, durable=False)
     ls = JsonlLedgerStore(tmp_path)  # durable
-    assert rs._journal is ls._journal and ls._journal.durable
+    assert rs.unit is ls.unit and ls.unit.journal.durable  # one unit: one journal
     rs.close()
     ls.close()

@@ -617,3 +617,37 @@ def test_a_host_effect_whose_payload_is_not_json_fails_its_step_naming_the_key(s
     last = rt.get_ledger(st.run_id)[-1]
     assert last["status"] == "failed" and last["effect"] == {"type": "custom", "payload": None, "result_key": None}
     assert rt.verify_ledger(st.run_id)["ok"]
+
+
+def test_a_replayed_step_that_asks_for_another_effect_fails_with_both_named(stores):
+    # Like DBOS's unexpected-step error: after a crash the node's code changed what it asks
+    # for at a step whose effect was already recorded. Running it again would act twice.
+    ran = []
+    rt = rt_for(stores, effect_handlers={"pay": lambda run, eff: ran.append(eff.payload) or EffectOutcome.completed({"ok": 1})})
+
+    class Crash(BaseException):
+        pass
+
+    def crash(run, ctx):
+        raise Crash()  # the process "dies" after the effect was recorded, before the tick commits
+
+    v1 = wf("pay", "pay", pay=lambda run, ctx: StepPlan(node_id="pay", effect=Effect("pay", {"amount": 10}, "r"), next_node="after"),  # type: ignore[arg-type]
+            after=crash)
+    rid = rt.start(workflow=v1)
+    with pytest.raises(Crash):
+        rt.tick(workflow=v1, run_id=rid)
+    assert ran == [{"amount": 10}] and rt.get_state(rid).status == RunStatus.RUNNING
+    # v2 asks for another amount at the same step.
+    v2 = wf("pay", "pay", pay=lambda run, ctx: StepPlan(node_id="pay", effect=Effect("pay", {"amount": 99}, "r"), next_node="after"),  # type: ignore[arg-type]
+            after=lambda run, ctx: StepPlan(node_id="after", complete_output={}))
+    st = rt.tick(workflow=v2, run_id=rid)
+    assert ran == [{"amount": 10}]  # not run again, with other arguments
+    assert st.status == RunStatus.FAILED and st.error.startswith("UnexpectedStepError:")
+    assert "'amount': 99" in st.error and "'amount': 10" in st.error
+    # The same code replays fine: the recorded result is reused.
+    rid2 = rt.start(workflow=v1)
+    with pytest.raises(Crash):
+        rt.tick(workflow=v1, run_id=rid2)
+    v1_fixed = wf("pay", "pay", pay=v1.nodes["pay"], after=lambda run, ctx: StepPlan(node_id="after", complete_output={"r": run.vars["r"]}))
+    st = rt.tick(workflow=v1_fixed, run_id=rid2)
+    assert st.status == RunStatus.COMPLETED and st.output == {"r": {"ok": 1}} and len(ran) == 2

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from abstractruntime import RunState, RunStatus, StepRecord, StepStatus, WaitReason, WaitState
+from abstractruntime import InMemoryLedgerStore, RunState, RunStatus, StepRecord, StepStatus, WaitReason, WaitState
 from abstractruntime.core.clock import ManualClock
 from abstractruntime.core.errors import NotJsonSerializableError
 from abstractruntime.storage import RunSummary, verify_ledger_chain
@@ -207,7 +207,7 @@ def test_commit_writes_records_and_checkpoint_together(stores):
     rs.save(run)
     run.status = RunStatus.COMPLETED
     run.output = {"x": 1}
-    stored = rs.commit(run, [_rec(run, "a"), _rec(run, "b")], ls)
+    stored = rs.commit(run, [_rec(run, "a"), _rec(run, "b")])  # the run store commits to its own unit
     assert [r["seq"] for r in stored] == [1, 2]
     assert rs.load(run.run_id).status == RunStatus.COMPLETED
     assert len(ls.list(run.run_id)) == 2
@@ -219,7 +219,7 @@ def test_commit_of_unserializable_writes_nothing(stores):
     rs.save(run)
     run.vars = {"bad": object()}
     with pytest.raises((TypeError, ValueError)):
-        rs.commit(run, [_rec(run, "a")], ls)
+        rs.commit(run, [_rec(run, "a")])
     assert rs.load(run.run_id).vars == {}
     assert ls.list(run.run_id) == []
 
@@ -233,7 +233,7 @@ def test_reopen_keeps_everything(stores):
     )
     done = _run(status=RunStatus.COMPLETED)
     for r in (w, done):
-        rs.commit(r, [_rec(r, "a")], ls)
+        rs.commit(r, [_rec(r, "a")])
     stores.close_all()
     rs2, ls2 = stores.open()
     assert rs2.load(w.run_id).to_dict() == w.to_dict()
@@ -253,7 +253,7 @@ def test_concurrent_appends_to_many_runs(stores):
     def work(r):
         for i in range(25):
             r.steps = i
-            rs.commit(r, [_rec(r, f"n{i}")], ls)
+            rs.commit(r, [_rec(r, f"n{i}")])
 
     threads = [threading.Thread(target=work, args=(r,)) for r in runs]
     for t in threads:
@@ -265,3 +265,49 @@ def test_concurrent_appends_to_many_runs(stores):
         assert [x["seq"] for x in recs] == list(range(1, 26))
         assert verify_ledger_chain(recs)["ok"]
         assert rs.load(r.run_id).steps == 24
+
+
+# -- the ports the kernel uses, on every backend ------------------------------------------------------
+
+
+def test_a_unit_commits_records_and_checkpoint_and_knows_its_pair(stores):
+    rs, ls = stores.open()
+    from abstractruntime.core.ports import same_unit
+
+    assert same_unit(rs, ls)  # opened together: one unit
+    assert not same_unit(rs, InMemoryLedgerStore())  # another backend's ledger: not its pair
+
+
+def test_find_step_and_find_completed_answer_from_the_index(stores):
+    rs, ls = stores.open()
+    run = _run()
+    rs.save(run)
+    run.steps = 3
+    started = _rec(run, "pay", status=StepStatus.STARTED, idempotency_key="k3", step=3)
+    done = _rec(run, "pay", idempotency_key="k3", step=3, result={"ok": 1})
+    plain = _rec(run, "next", step=4)  # no key: not a host effect
+    ls.append_many(run.run_id, [started, done, plain])
+    assert ls.find_step(run.run_id, 3)["status"] == "completed" and ls.find_step(run.run_id, 3)["result"] == {"ok": 1}
+    assert ls.find_step(run.run_id, 4) is None and ls.find_step(run.run_id, 9) is None
+    assert ls.find_completed(run.run_id, "k3")["seq"] == 2 and ls.find_completed(run.run_id, "nope") is None
+    if stores.durable_across_reopen:
+        stores.close_all()
+        rs, ls = stores.open()
+        assert ls.find_step(run.run_id, 3)["seq"] == 2  # the index is rebuilt from what was stored
+
+
+def test_timers_have_their_own_signal_and_a_lease_release_announces_no_state(stores):
+    rs, _ = stores.open()
+    states, timers = [], []
+    rs.add_listener(lambda s: states.append(s.status))
+    rs.add_timer_listener(timers.append)
+    due = datetime.now(timezone.utc) - timedelta(seconds=1)
+    r = _waiting(reason=WaitReason.UNTIL, key="t", until=due.isoformat())
+    rs.save(r)
+    assert states == ["waiting"] and timers == [pytest.approx(due.timestamp())]
+    [claimed] = rs.claim_due_runs(now=due.timestamp() + 1, owner="A", lease_s=60, limit=10)
+    rs.release_lease(claimed, "A")
+    # The run did not change: no state; its timer is due again: the timer signal.
+    assert states == ["waiting"] and len(timers) == 2
+    rs.save(r)  # saved again unchanged: nothing to announce
+    assert states == ["waiting"]

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..core.errors import AbstractRuntimeError
 from ..protocol.errors import from_wire
+from ..protocol.framing import FrameError, encode_frame, read_frame
 
 
 class ProtocolError(AbstractRuntimeError):
@@ -120,8 +121,7 @@ class Connection:
     def _send(self, obj: Dict[str, Any]) -> None:
         if self.closed.is_set():
             raise ConnectionLost("the connection to the daemon is closed")
-        body = json.dumps(obj, separators=(",", ":")).encode()
-        self._writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self._writer.write(encode_frame(json.dumps(obj, separators=(",", ":")).encode()))
 
     async def request(self, method: str, params: Any = None, *, timeout: Optional[float] = None) -> Any:
         msg_id = next(self._ids)
@@ -147,21 +147,12 @@ class Connection:
     async def _read_loop(self) -> None:
         try:
             while True:
-                length = None
-                while True:
-                    line = await self._reader.readline()
-                    if not line:
-                        return
-                    if line in (b"\r\n", b"\n"):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value.strip())
-                if length is None:
-                    continue
-                msg = json.loads(await self._reader.readexactly(length))
-                self._dispatch(msg)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                body = await read_frame(self._reader)
+                if body is None:
+                    return
+                assert isinstance(body, bytes)  # no size limit on the client's side
+                self._dispatch(json.loads(body))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, FrameError):
             return
         finally:
             self.closed.set()

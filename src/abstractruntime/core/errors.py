@@ -10,7 +10,13 @@ keep working.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict
+
+# Run and workflow ids: letters, digits and `_.:-`, starting with a letter or digit, at most
+# 200. Stores make file names of run ids, so no valid id can name a path outside their folder.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+_ID = re.compile(ID_PATTERN)
 
 
 class AbstractRuntimeError(Exception):
@@ -94,11 +100,20 @@ class WorkflowMismatchError(AbstractRuntimeError, ValueError):
     NAME = "workflow_mismatch"
 
 
-class EffectHandlerMissingError(AbstractRuntimeError):
-    """No handler is registered for an effect type."""
+class InvalidRunIdError(AbstractRuntimeError, ValueError):
+    """A run id with characters a store cannot use as a file name."""
 
-    CODE = 1010
-    NAME = "effect_handler_missing"
+    CODE = 1011
+    NAME = "invalid_run_id"
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` if it is a valid id (see ID_PATTERN, and no `..`), else InvalidRunIdError."""
+    if not isinstance(run_id, str) or not _ID.match(run_id) or ".." in run_id:
+        raise InvalidRunIdError(
+            f"invalid run id {run_id!r}: use letters, digits and _.:- (max 200)", run_id=str(run_id)[:200]
+        )
+    return run_id
 
 
 class RunStrandedError(InvalidWorkflowError):
@@ -108,6 +123,15 @@ class RunStrandedError(InvalidWorkflowError):
 
     CODE = 1012
     NAME = "run_stranded"
+
+
+class UnexpectedStepError(AbstractRuntimeError):
+    """A replayed step asked for another effect than the one its ledger recorded: the workflow's
+    code changed what it requests (data: `recorded` and `requested`). The run fails rather than
+    act a second time, differently."""
+
+    CODE = 1014
+    NAME = "unexpected_step"
 
 
 class StorageUnavailableError(AbstractRuntimeError, OSError):
@@ -129,7 +153,8 @@ ERROR_TYPES = (
     NotJsonSerializableError,
     RunBusyError,
     WorkflowMismatchError,
-    EffectHandlerMissingError,
+    InvalidRunIdError,
     RunStrandedError,
     StorageUnavailableError,
+    UnexpectedStepError,
 )

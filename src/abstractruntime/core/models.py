@@ -288,6 +288,9 @@ class StepRecord:
     idempotency_key: Optional[str] = None
     traceback: Optional[str] = None
     workflow_version: Optional[str] = None
+    # The run's node execution count (RunState.steps) when the record was made: a replay of
+    # that step looks its host effect up by it (a changed effect there is an error).
+    step: Optional[int] = None
     seq: Optional[int] = None
     prev_hash: Optional[str] = None
     record_hash: Optional[str] = None
@@ -314,6 +317,7 @@ class StepRecord:
             attempt=attempt,
             idempotency_key=idempotency_key,
             workflow_version=run.last_version or run.workflow_version,
+            step=run.steps,
         )
 
     def finish_success(self, result: Optional[Dict[str, Any]] = None) -> StepRecord:
@@ -352,6 +356,7 @@ class StepRecord:
             "idempotency_key": self.idempotency_key,
             "traceback": self.traceback,
             "workflow_version": self.workflow_version,
+            "step": self.step,
             "seq": self.seq,
             "prev_hash": self.prev_hash,
             "record_hash": self.record_hash,

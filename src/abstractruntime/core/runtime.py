@@ -16,24 +16,23 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import traceback as tb
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from .clock import SYSTEM_CLOCK, Clock
+from .composition import Composition
 from .effects import (
     EffectHandler,
-    EffectOutcome,
-    call_handler,
     event_wait_key,
     handle_answer_user,
     handle_ask_user,
     handle_wait_event,
     wait_until_handler,
 )
+from .effects import EffectOutcome as EffectOutcome  # its published path is this module
 from .errors import (
     AbstractRuntimeError,
     InvalidWorkflowError,
@@ -47,31 +46,25 @@ from .errors import (
     WorkflowMismatchError,
     WorkflowNotFoundError,
 )
+from .execution import EffectExecutor, describe_unserializable, new_record, type_key
 from .jsonutil import find_unserializable
 from .ledger_hash import verify_ledger_chain
 from .models import (
-    Effect,
-    EffectType,
     RunState,
     RunStatus,
     StepPlan,
     StepRecord,
     StepStatus,
     WaitReason,
-    WaitState,
     utc_now_iso,
 )
 from .policy import DefaultEffectPolicy, EffectPolicy
+from .ports import LedgerPort, RunPort, SplitCommit, same_unit
 from .spec import WorkflowSpec
+from .tick import Tick
 from .timeutil import iso_to_epoch
 
 log = logging.getLogger("abstractruntime.runtime")
-
-# Effects whose handlers only decide a wait or a value: nothing outside the run happens,
-# so replaying them after a crash needs no idempotency lookup.
-_PURE_EFFECTS = frozenset(
-    {EffectType.ASK_USER.value, EffectType.WAIT_EVENT.value, EffectType.WAIT_UNTIL.value, EffectType.ANSWER_USER.value}
-)
 
 
 @dataclass
@@ -110,24 +103,14 @@ class _RunLocks:
                     self._locks.pop(run_id, None)
 
 
-@dataclass
-class _Tick:
-    """Per-tick scratch: records not yet committed, and work to do once the lock is released."""
-
-    records: List[StepRecord] = field(default_factory=list)
-    after: List[Callable[[], None]] = field(default_factory=list)
-    # False when a parent ticks its child inline and handles the child's ending itself.
-    notify_parent: bool = True
-
-
 class Runtime:
     """Durable graph runner. Thread-safe: one tick per run at a time, any number of runs."""
 
     def __init__(
         self,
         *,
-        run_store: Any,
-        ledger_store: Any,
+        run_store: Any = None,
+        ledger_store: Any = None,
         effect_handlers: Optional[Dict[Any, EffectHandler]] = None,
         context: Optional[Any] = None,
         workflow_registry: Optional[Any] = None,
@@ -137,10 +120,24 @@ class Runtime:
         owner_id: Optional[str] = None,
         lease_s: float = 300.0,
         clock: Optional[Clock] = None,
+        stores: Optional[Any] = None,
     ) -> None:
+        """`stores` is a unit from `storage.open_stores` (runs, ledger, artifacts); or give
+        `run_store` and `ledger_store` (two views of one backend commit atomically, others
+        through `SplitCommit`)."""
+        if stores is not None:
+            run_store, ledger_store = stores.runs, stores.ledger
+            if artifact_store is None:
+                artifact_store = getattr(stores, "artifacts", None)
+        if run_store is None or ledger_store is None:
+            raise TypeError("Runtime needs stores=open_stores(...), or both run_store= and ledger_store=")
         self._run_store = run_store
+        self._ledger_store: LedgerPort = ledger_store
+        # How a step is committed: by the run store itself when the two are one unit.
+        self._commit_to: RunPort = (
+            run_store if same_unit(run_store, ledger_store) else SplitCommit(run_store, ledger_store)
+        )
         self.clock: Clock = clock or SYSTEM_CLOCK
-        self._ledger_store = ledger_store
         self._ctx = context or DefaultRunContext()
         self.workflow_registry = workflow_registry
         self.artifact_store = artifact_store
@@ -148,19 +145,18 @@ class Runtime:
         self.owner_id = owner_id or f"runtime-{uuid.uuid4().hex[:12]}"
         self.lease_s = lease_s
         self._locks = _RunLocks()
-        self._tls = threading.local()  # the tick a composition handler (emit, subworkflow) belongs to
         self._cancel_requests: Dict[str, Optional[str]] = {}
         self._handlers: Dict[str, EffectHandler] = {
-            EffectType.ASK_USER.value: handle_ask_user,
-            EffectType.WAIT_EVENT.value: handle_wait_event,
-            EffectType.WAIT_UNTIL.value: wait_until_handler(self.clock),
-            EffectType.ANSWER_USER.value: handle_answer_user,
-            EffectType.EMIT_EVENT.value: self._handle_emit_event,
-            EffectType.START_SUBWORKFLOW.value: self._handle_start_subworkflow,
+            "ask_user": handle_ask_user,
+            "wait_event": handle_wait_event,
+            "wait_until": wait_until_handler(self.clock),
+            "answer_user": handle_answer_user,
         }
         for t, h in (effect_handlers or {}).items():
             self.register_effect_handler(t, h)
-        self._external: Set[str] = {_type_key(t) for t in (external_effects or ())}
+        self._external: Set[str] = {type_key(t) for t in (external_effects or ())}
+        self._effects = EffectExecutor(self._ledger_store, self.effect_policy, self._handlers, self._external)
+        self._composition = Composition(self)
 
     # ------------------------------------------------------------------------------------
     # Configuration
@@ -175,12 +171,23 @@ class Runtime:
         return self._ledger_store
 
     def register_effect_handler(self, effect_type: Any, handler: EffectHandler) -> None:
-        self._handlers[_type_key(effect_type)] = handler
+        self._handlers[type_key(effect_type)] = handler
 
     def declare_external(self, effect_type: Any) -> None:
         """Effects of this type are executed outside the process: the run waits (reason
         job) with the effect in the wait's details until a host resumes it with the result."""
-        self._external.add(_type_key(effect_type))
+        self._external.add(type_key(effect_type))
+
+    def workflow(self, workflow_id: str) -> WorkflowSpec:
+        """The registered workflow with this id, or WorkflowNotFoundError (1002) naming the ones
+        there are. The one place a workflow id is resolved: the daemon, the editor features and
+        the scheduler all ask here."""
+        if self.workflow_registry is None:
+            raise WorkflowNotFoundError(
+                f"workflow {workflow_id!r} is not registered (this runtime has no workflow registry)",
+                workflow_id=workflow_id,
+            )
+        return self.workflow_registry.get_or_raise(workflow_id)
 
     # ------------------------------------------------------------------------------------
     # Public API
@@ -198,7 +205,7 @@ class Runtime:
     ) -> str:
         """Create and durably store a new run at the workflow's entry node; returns its id."""
         run = self._new_run(workflow, vars, actor_id, session_id, parent_run_id, run_id)
-        self._run_store.commit(run, [], self._ledger_store)
+        self._commit_to.commit(run, [])
         return run.run_id
 
     def start_and_tick(
@@ -213,7 +220,7 @@ class Runtime:
         """`start` then `tick`, with one commit instead of two: the run is stored when it first
         waits or ends. A crash before that leaves no run at all (the caller got no id)."""
         run = self._new_run(workflow, vars, actor_id, session_id, None, None)
-        t = _Tick()
+        t = Tick()
         with self._guard(run.run_id):
             state = self._advance(workflow, run, max_steps, t)
         self._run_after(t)
@@ -264,7 +271,7 @@ class Runtime:
 
     def tick(self, *, workflow: WorkflowSpec, run_id: str, max_steps: int = 100) -> RunState:
         """Run nodes until the run waits, completes, fails, is cancelled or `max_steps` pass."""
-        t = _Tick()
+        t = Tick()
         with self._guard(run_id):
             run = self.get_state(run_id)
             _check_workflow(workflow, run)
@@ -292,7 +299,7 @@ class Runtime:
         bad = find_unserializable(payload, "payload")
         if bad:
             raise NotJsonSerializableError(f"{bad} is not JSON-serializable")
-        t = _Tick()
+        t = Tick()
         with self._guard(run_id):
             run, workflow = self._load_waiting(run_id, workflow, "resumed")
             w = run.waiting
@@ -315,7 +322,7 @@ class Runtime:
         """The run (which must be waiting) and its workflow; under the run's guard."""
         run = self.get_state(run_id)
         if workflow is None:  # hosts with a registry may let the run name its workflow
-            workflow = self._workflow_for(run)
+            workflow = self.workflow(run.workflow_id)
         _check_workflow(workflow, run)
         if run.status.is_terminal:
             raise RunFinishedError(
@@ -331,7 +338,7 @@ class Runtime:
         """Cancel a run that has not finished; a run being ticked stops after its current step."""
         self._cancel_requests[run_id] = reason
         try:
-            t = _Tick()
+            t = Tick()
             with self._guard(run_id, timeout=60.0):
                 run = self.get_state(run_id)
                 if run.status == RunStatus.CANCELLED:
@@ -363,7 +370,7 @@ class Runtime:
         keeps its resume node if the current version has it, else goes back to the entry node;
         its vars and its wait are kept, and the ledger records the move.
         """
-        t = _Tick()
+        t = Tick()
         with self._guard(run_id):
             run, workflow = self._load_waiting(run_id, workflow, "migrated")
             w = run.waiting
@@ -415,7 +422,8 @@ class Runtime:
         for rid in self._run_store.find_waiting_on(key):
             try:
                 run = self.get_state(rid)
-                wf = self._workflow_for(run, workflow)
+                wf = workflow if workflow is not None and workflow.workflow_id == run.workflow_id else None
+                wf = wf or self.workflow(run.workflow_id)
                 self.resume(workflow=wf, run_id=rid, wait_key=key, payload=body)
                 resumed.append(rid)
             except (RunNotWaitingError, WaitKeyMismatchError, RunNotFoundError):
@@ -438,7 +446,7 @@ class Runtime:
             finally:
                 self._run_store.release_lease(run_id, self.owner_id)
 
-    def _advance(self, workflow: WorkflowSpec, run: RunState, max_steps: int, t: _Tick) -> RunState:
+    def _advance(self, workflow: WorkflowSpec, run: RunState, max_steps: int, t: Tick) -> RunState:
         if run.status.is_terminal:
             return run
         _bind_version(workflow, run)
@@ -492,7 +500,7 @@ class Runtime:
                 run.current_node = nxt
                 continue
 
-            outcome = self._execute(workflow, run, node_id, plan.effect, nxt, t)
+            outcome = self._effects.execute(run, node_id, plan.effect, nxt, t, self._composition.handler)
             if outcome.status == "failed":
                 return self._fail(run, t, node_id, outcome.error or "effect failed", recorded=True)
             if outcome.status == "waiting":
@@ -506,138 +514,14 @@ class Runtime:
                 return self._fail(run, t, node_id, f"node {node_id!r} requested an effect but named no next_node")
             run.current_node = nxt
 
-    def _record(self, run: RunState, node_id: str, effect: Optional[Effect], **kw: Any) -> StepRecord:
-        return StepRecord.start(run=run, node_id=node_id, effect=effect, **kw)
-
-    def _execute(
-        self, workflow: WorkflowSpec, run: RunState, node_id: str, effect: Effect, nxt: Optional[str], t: _Tick
-    ) -> EffectOutcome:
-        etype = _type_key(effect.type)
-        if etype in self._external:
-            return self._external_wait(run, node_id, effect, nxt, t)
-        handler = self._handlers.get(etype)
-        if handler is None:
-            rec = self._record(run, node_id, effect).finish_failure(f"no handler registered for effect {etype!r}")
-            t.records.append(rec)
-            return EffectOutcome.failed(f"no handler registered for effect {etype!r}")
-        if etype in _PURE_EFFECTS:
-            # One record: nothing happens outside the run between "started" and its outcome,
-            # so the outcome record (which carries the effect) says all there is to say.
-            out = _safe_call(handler, run, effect, nxt)
-            t.records.append(self._finish(self._record(run, node_id, effect), out))
-            return out
-        return self._execute_host_effect(workflow, run, node_id, effect, nxt, handler, t)
-
-    def _execute_host_effect(
-        self,
-        workflow: WorkflowSpec,
-        run: RunState,
-        node_id: str,
-        effect: Effect,
-        nxt: Optional[str],
-        handler: EffectHandler,
-        t: _Tick,
-    ) -> EffectOutcome:
-        bad = find_unserializable(effect.payload, "payload")
-        if bad:
-            # The effect cannot be recorded as it is, so it is not run: the step fails, with a
-            # record that names the key (and carries the effect without its payload).
-            error = f"effect {_type_key(effect.type)!r} of node {node_id!r}: {bad} is not JSON-serializable"
-            rec = self._record(run, node_id, None).finish_failure(error)
-            rec.effect = {"type": _type_key(effect.type), "payload": None, "result_key": effect.result_key}
-            t.records.append(rec)
-            return EffectOutcome.failed(error)
-        key = self.effect_policy.idempotency_key(run=run, node_id=node_id, effect=effect)
-        # A result recorded before a crash is reused: the effect already happened once.
-        done = self._ledger_store.find_completed(run.run_id, key)
-        if done is not None:
-            return EffectOutcome.completed(done.get("result"))
-        policy = self.effect_policy.retry_for(effect)
-        prev_tick, self._tls.tick = getattr(self._tls, "tick", None), t
-        try:
-            return self._attempts(run, node_id, effect, nxt, handler, key, policy, t)
-        finally:
-            self._tls.tick = prev_tick
-
-    def _attempts(
-        self,
-        run: RunState,
-        node_id: str,
-        effect: Effect,
-        nxt: Optional[str],
-        handler: EffectHandler,
-        key: str,
-        policy: Any,
-        t: _Tick,
-    ) -> EffectOutcome:
-        out = EffectOutcome.failed("effect not attempted")
-        for attempt in range(1, policy.max_attempts + 1):
-            if attempt > 1:
-                time.sleep(policy.delay_before(attempt))
-            started = self._record(run, node_id, effect, attempt=attempt, idempotency_key=key)
-            # Durable before the side effect: the ledger shows the attempt even if we die in it.
-            self._append_now(run, t.records + [started], t)
-            t.records = []
-            try:
-                out = call_handler(handler, run, effect, nxt)
-                if not isinstance(out, EffectOutcome):
-                    out = EffectOutcome.failed(
-                        f"handler for {effect.type} returned {type(out).__name__}, not an EffectOutcome"
-                    )
-                elif out.status == "completed" and out.result is not None:
-                    bad = find_unserializable(out.result, "result")
-                    if bad:
-                        out = EffectOutcome.failed(
-                            f"effect {_type_key(effect.type)!r} returned {bad}, which is not JSON-serializable"
-                        )
-                retry = False
-                trace = None
-            except (Exception, SystemExit) as e:  # isolation boundary: a failing handler fails this attempt only
-                out = EffectOutcome.failed(f"{type(e).__name__}: {e}")
-                retry = True
-                trace = tb.format_exc()
-            rec = self._finish(self._record(run, node_id, effect, attempt=attempt, idempotency_key=key), out, trace)
-            # Durable before the run moves on: after a crash this result is found by its key.
-            self._append_now(run, [rec], t)
-            if not (retry and attempt < policy.max_attempts):
-                break
-        if out.status == "failed" and attempt > 1:
-            out = EffectOutcome.failed(f"{out.error} (after {attempt} attempts)")
-        return out
-
-    def _append_now(self, run: RunState, records: List[StepRecord], t: _Tick) -> None:
-        try:
-            self._ledger_store.append_many(run.run_id, records)
-        except (TypeError, ValueError) as e:
-            raise NotJsonSerializableError(_describe_unserializable(run, records, e)) from e
-
-    def _finish(self, rec: StepRecord, out: EffectOutcome, trace: Optional[str] = None) -> StepRecord:
-        if out.status == "completed":
-            return rec.finish_success(out.result)
-        if out.status == "waiting" and out.wait is not None:
-            return rec.finish_waiting(out.wait)
-        return rec.finish_failure(out.error or "effect failed", trace)
-
-    def _external_wait(
-        self, run: RunState, node_id: str, effect: Effect, nxt: Optional[str], t: _Tick
-    ) -> EffectOutcome:
-        key = self.effect_policy.idempotency_key(run=run, node_id=node_id, effect=effect)
-        wait = WaitState(
-            reason=WaitReason.JOB,
-            wait_key=f"job:{run.run_id}:{key[:16]}",
-            resume_to_node=effect.payload.get("resume_to_node") or nxt,
-            result_key=effect.result_key,
-            details={"effect": effect.to_dict(), "idempotency_key": key, "node_id": node_id, "external": True},
-        )
-        t.records.append(self._record(run, node_id, effect, idempotency_key=key))
-        t.records.append(self._record(run, node_id, effect, idempotency_key=key).finish_waiting(wait))
-        return EffectOutcome.waiting(wait)
+    def _record(self, run: RunState, node_id: str, effect: Any, **kw: Any) -> StepRecord:
+        return new_record(run, node_id, effect, **kw)
 
     # ------------------------------------------------------------------------------------
     # Waits
     # ------------------------------------------------------------------------------------
 
-    def _unblock_if_ready(self, workflow: WorkflowSpec, run: RunState, t: _Tick) -> bool:
+    def _unblock_if_ready(self, workflow: WorkflowSpec, run: RunState, t: Tick) -> bool:
         """Continue a wait that needs no answer from outside: a due timer, a finished child."""
         w = run.waiting
         if w is None:
@@ -688,7 +572,7 @@ class Runtime:
                 run_version=waited_under,
             )
 
-    def _apply_resume(self, run: RunState, payload: Dict[str, Any], t: _Tick) -> None:
+    def _apply_resume(self, run: RunState, payload: Dict[str, Any], t: Tick) -> None:
         w = run.waiting
         assert w is not None
         if w.result_key:
@@ -708,7 +592,7 @@ class Runtime:
     def _fail(
         self,
         run: RunState,
-        t: _Tick,
+        t: Tick,
         node_id: str,
         error: str,
         traceback: Optional[str] = None,
@@ -722,7 +606,7 @@ class Runtime:
             t.records.append(self._record(run, node_id, None).finish_failure(error, traceback))
         return self._commit(run, t) if commit else run
 
-    def _finish_cancelled(self, run: RunState, reason: Optional[str], t: _Tick) -> RunState:
+    def _finish_cancelled(self, run: RunState, reason: Optional[str], t: Tick) -> RunState:
         run.status = RunStatus.CANCELLED
         run.waiting = None
         run.error = f"cancelled: {reason}" if reason else "cancelled"
@@ -733,15 +617,15 @@ class Runtime:
         t.records.append(rec)
         return self._commit(run, t)
 
-    def _commit(self, run: RunState, t: _Tick) -> RunState:
+    def _commit(self, run: RunState, t: Tick) -> RunState:
         run.updated_at = utc_now_iso()
         records, t.records = t.records, []
         try:
-            self._run_store.commit(run, records, self._ledger_store)
+            self._commit_to.commit(run, records)
         except (TypeError, ValueError) as e:
             # Nothing was written (stores serialize before they write): keep the last
             # checkpoint, fail the run from there, and say which key could not be stored.
-            msg = _describe_unserializable(run, records, e)
+            msg = describe_unserializable(run, records, e)
             last = self._run_store.load(run.run_id)
             if last is None:
                 raise NotJsonSerializableError(msg) from e
@@ -752,135 +636,20 @@ class Runtime:
             last.updated_at = utc_now_iso()
             last.steps = run.steps
             rec = StepRecord.start(run=last, node_id=node_id, effect=None).finish_failure(msg)
-            self._run_store.commit(last, [rec], self._ledger_store)
+            self._commit_to.commit(last, [rec])
             run = last
         if run.status.is_terminal and run.parent_run_id and t.notify_parent:
             finished = run
-            t.after.append(lambda: self._notify_parent(finished))
+            t.after.append(lambda: self._composition.notify_parent(finished))
         return run
 
-    def _run_after(self, t: _Tick) -> None:
+    def _run_after(self, t: Tick) -> None:
         while t.after:
             fn = t.after.pop(0)
             try:
                 fn()
             except AbstractRuntimeError as e:
                 log.warning("follow-up after tick failed: %s", e)
-
-    # ------------------------------------------------------------------------------------
-    # Composition: events and subworkflows
-    # ------------------------------------------------------------------------------------
-
-    def _workflow_for(self, run: RunState, hint: Optional[WorkflowSpec] = None) -> WorkflowSpec:
-        if hint is not None and hint.workflow_id == run.workflow_id:
-            return hint
-        if self.workflow_registry is not None:
-            wf = self.workflow_registry.get(run.workflow_id)
-            if wf is not None:
-                return wf
-        raise WorkflowNotFoundError(
-            f"workflow {run.workflow_id!r} of run {run.run_id} is not registered", workflow_id=run.workflow_id
-        )
-
-    def _handle_emit_event(self, run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
-        p = effect.payload
-        name = p.get("name")
-        if not name and not p.get("wait_key"):
-            return EffectOutcome.failed("emit_event needs payload.name")
-        try:
-            key = p.get("wait_key") or event_wait_key(
-                str(name), p.get("scope"), session_id=p.get("session_id") or run.session_id, run_id=p.get("run_id")
-            )
-        except ValueError as e:
-            return EffectOutcome.failed(f"emit_event: {e}")
-        targets = [r for r in self._run_store.find_waiting_on(key) if r != run.run_id]
-        body = p.get("payload")
-        # The resumes happen after this run's tick has committed and released its lock, so
-        # two runs that signal each other cannot deadlock.
-        t = self._tls.tick
-        t.after.append(lambda: self.emit_event(wait_key=key, payload=body))
-        return EffectOutcome.completed({"name": name, "wait_key": key, "resumed": targets})
-
-    def _handle_start_subworkflow(
-        self, run: RunState, effect: Effect, default_next_node: Optional[str]
-    ) -> EffectOutcome:
-        p = effect.payload
-        wf_id = p.get("workflow_id")
-        if not wf_id:
-            return EffectOutcome.failed("start_subworkflow needs payload.workflow_id")
-        if self.workflow_registry is None:
-            return EffectOutcome.failed("start_subworkflow needs a WorkflowRegistry (Runtime(workflow_registry=...))")
-        child_wf = self.workflow_registry.get(wf_id)
-        if child_wf is None:
-            return EffectOutcome.failed(f"start_subworkflow: workflow {wf_id!r} is not registered")
-        vars_ = p.get("vars") or {}
-        if not isinstance(vars_, dict):
-            return EffectOutcome.failed("start_subworkflow: payload.vars must be an object")
-        # The child's id is derived from the parent's step, so a replay after a crash finds
-        # the child it already started instead of starting a second one.
-        key = self.effect_policy.idempotency_key(run=run, node_id=run.current_node, effect=effect)
-        child_id = str(uuid.UUID(key[:32]))
-        child = self._run_store.load(child_id)
-        if child is None:
-            self.start(
-                workflow=child_wf,
-                vars=vars_,
-                actor_id=run.actor_id,
-                session_id=run.session_id,
-                parent_run_id=run.run_id,
-                run_id=child_id,
-            )
-        is_async = bool(p.get("async"))
-        # A sync parent handles its child's ending right here, so the child must not also
-        # wake the parent (which is mid-tick and holds its own lock).
-        child_t = _Tick(notify_parent=is_async)
-        with self._guard(child_id):
-            state = self._advance(child_wf, self.get_state(child_id), 100, child_t)
-        self._tls.tick.after.extend(child_t.after)
-        if is_async:
-            return EffectOutcome.completed({"sub_run_id": child_id, "status": state.status.value})
-        if state.status == RunStatus.COMPLETED:
-            return EffectOutcome.completed({"sub_run_id": child_id, "output": state.output})
-        if state.status.is_terminal:
-            return EffectOutcome.failed(
-                f"subworkflow run {child_id} ({wf_id}) {state.status.value}: {state.error or 'no error given'}"
-            )
-        return EffectOutcome.waiting(
-            WaitState(
-                reason=WaitReason.SUBWORKFLOW,
-                wait_key=f"subworkflow:{child_id}",
-                resume_to_node=p.get("resume_to_node") or default_next_node,
-                result_key=effect.result_key,
-                details={"sub_run_id": child_id, "workflow_id": wf_id},
-            )
-        )
-
-    def _notify_parent(self, child: RunState) -> None:
-        parent = self._run_store.load(child.parent_run_id) if child.parent_run_id else None
-        if parent is None or parent.status != RunStatus.WAITING or parent.waiting is None:
-            return
-        if (parent.waiting.details or {}).get("sub_run_id") != child.run_id:
-            return
-        try:
-            wf = self._workflow_for(parent)
-        except WorkflowNotFoundError as e:
-            log.warning("child %s finished but its parent cannot continue: %s", child.run_id, e)
-            return
-        self.tick(workflow=wf, run_id=parent.run_id)
-
-
-def _safe_call(handler: EffectHandler, run: RunState, effect: Effect, nxt: Optional[str]) -> EffectOutcome:
-    try:
-        out = call_handler(handler, run, effect, nxt)
-    except (Exception, SystemExit) as e:  # isolation boundary for built-in handlers
-        return EffectOutcome.failed(f"{type(e).__name__}: {e}")
-    if not isinstance(out, EffectOutcome):
-        return EffectOutcome.failed(f"handler returned {type(out).__name__}, not an EffectOutcome")
-    return out
-
-
-def _type_key(t: Any) -> str:
-    return t.value if isinstance(t, EffectType) else str(t)
 
 
 def _bind_version(workflow: WorkflowSpec, run: RunState) -> None:
@@ -895,22 +664,6 @@ def _check_workflow(workflow: WorkflowSpec, run: RunState) -> None:
             f"run {run.run_id} belongs to workflow {run.workflow_id!r}, not {workflow.workflow_id!r}",
             run_id=run.run_id,
         )
-
-
-def _describe_unserializable(run: RunState, records: List[StepRecord], err: Exception) -> str:
-    bad = find_unserializable(run.vars, "vars")
-    if bad:
-        return f"{bad} is not JSON-serializable; the run keeps its last checkpoint"
-    for r in records:
-        for label, value in (("effect", r.effect), ("result", r.result)):
-            bad = find_unserializable(value, f"{label} of node {r.node_id!r}")
-            if bad:
-                return f"{bad} is not JSON-serializable"
-    for label, value in (("output", run.output), ("waiting", run.waiting.to_dict() if run.waiting else None)):
-        bad = find_unserializable(value, label)
-        if bad:
-            return f"{bad} is not JSON-serializable"
-    return f"state is not JSON-serializable: {err}"
 
 
 def set_nested(target: Dict[str, Any], dotted_key: str, value: Any) -> None:

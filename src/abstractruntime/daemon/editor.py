@@ -33,10 +33,10 @@ from pygls.exceptions import JsonRpcException
 
 from ..core.errors import AbstractRuntimeError, RunNotWaitingError, WaitKeyMismatchError
 from ..core.models import RunStatus
+from ..protocol.errors import invalid_params, to_wire
 
 if TYPE_CHECKING:
-    from .lsp import LspBridge
-    from .session import Session
+    from .peer import Peer
 
 log = logging.getLogger("abstractruntime.daemon")
 
@@ -48,12 +48,15 @@ SOURCE = "abstractruntime"
 
 
 class EditorFeatures:
-    def __init__(self, session: Session, bridge: LspBridge) -> None:
-        self.session = session
-        self.hub = session.hub
-        self.server = bridge.server
-        self.loop = asyncio.get_running_loop()
-        params = session.init_params
+    """Given the connection (`peer`: send, close, the init params, the hub) and the
+    connection's pygls server; owns its subscription to the hub's events."""
+
+    def __init__(self, peer: Peer, server: Any) -> None:
+        self.peer = peer
+        self.hub = peer.hub
+        self.server = server
+        self.loop = peer.loop
+        params = peer.init_params
         opts = params.get("initializationOptions") or {}
         caps = params.get("capabilities") or {}
         self.answer_prompts = bool(isinstance(opts, dict) and opts.get("answerPrompts"))
@@ -66,9 +69,12 @@ class EditorFeatures:
         self._diag_uris: Set[str] = set()
         self._running: Dict[str, Any] = {}  # idempotency key -> progress token or pending timer
         self._register()
-        self._sub_id, _, _ = self.hub.subscribe(None, None, self._deliver)
-        session.subscriptions.add(self._sub_id)  # the session drops it when it closes
+        self._sub_id, _, _ = self.hub.events.subscribe(None, None, self._deliver)
         self.publish_diagnostics()
+
+    def close(self) -> None:
+        """The connection closed: stop following the hub's events."""
+        self.hub.events.unsubscribe(self._sub_id)
 
     # -- hub events (delivered under the hub's lock, from any thread) -----------------------------
 
@@ -76,7 +82,7 @@ class EditorFeatures:
         self.loop.call_soon_threadsafe(self._on_event, event)
 
     def _on_event(self, event: Dict[str, Any]) -> None:
-        if self.session.closed:
+        if self.peer.closed:
             return
         if event["kind"] == "state":
             self._on_state(event["run_id"], event["state"])
@@ -119,7 +125,7 @@ class EditorFeatures:
         self._prompts[run_id] = (key, msg_id)
         # Sent as it is, not through pygls: its typed params would drop the extra field.
         self._awaiting[msg_id] = (run_id, key)
-        self.session.send({"jsonrpc": "2.0", "id": msg_id, "method": lsp.WINDOW_SHOW_MESSAGE_REQUEST, "params": params})
+        self.peer.send({"jsonrpc": "2.0", "id": msg_id, "method": lsp.WINDOW_SHOW_MESSAGE_REQUEST, "params": params})
 
     def take_response(self, msg: Dict[str, Any]) -> bool:
         """The client's answer to one of our prompts (True), or someone else's response."""
@@ -144,8 +150,8 @@ class EditorFeatures:
 
     def _withdraw(self, run_id: str) -> None:
         key, msg_id = self._prompts.pop(run_id)
-        self.session.send({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": msg_id}})
-        self.session.send(
+        self.peer.send({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": msg_id}})
+        self.peer.send(
             {
                 "jsonrpc": "2.0",
                 "method": "abstractruntime/promptWithdrawn",
@@ -165,7 +171,7 @@ class EditorFeatures:
 
         def refresh() -> None:
             self._refresh_pending = False
-            if not self.session.closed:
+            if not self.peer.closed:
                 self.server.protocol.send_request(lsp.WORKSPACE_CODE_LENS_REFRESH, None)
 
         self.loop.call_later(LENS_REFRESH_DELAY_S, refresh)
@@ -185,7 +191,7 @@ class EditorFeatures:
             counts: Dict[str, int] = {}
             if wf.workflow_id in self.hub.registry:
                 for s in self.hub.run_store.list_run_summaries(
-                    status=RunStatus.WAITING, workflow_id=wf.workflow_id, limit=10**9
+                    status=RunStatus.WAITING, workflow_id=wf.workflow_id, limit=None
                 ):
                     counts[s.current_node] = counts.get(s.current_node, 0) + 1
             lenses.append(_lens(wf.line, f"start {wf.workflow_id}", "abstractruntime.start", [wf.workflow_id]))
@@ -208,11 +214,10 @@ class EditorFeatures:
         @ls.command("abstractruntime.start")
         async def start(*args) -> Any:  # no annotation: pygls calls issubclass() on it (fails on 3.10)
             a = _first_dict(args, "workflow_id")
-            wf = self.hub.registry.get(str(a.get("workflow_id")))
-            if wf is None:
-                raise _error(
-                    f"no workflow {a.get('workflow_id')!r} (serving: {', '.join(self.hub.registry.list_ids())})"
-                )
+            try:
+                wf = self.hub.runtime.workflow(str(a.get("workflow_id")))
+            except AbstractRuntimeError as e:  # workflow_not_found (1002), as runtime/start answers
+                raise _wire(e) from None
             st = await self._call(self.hub.runtime.start_and_tick, workflow=wf, vars=a.get("vars") or {})
             return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}
 
@@ -221,12 +226,12 @@ class EditorFeatures:
             a = _first_dict(args, "run_id", "text")
             run_id = a.get("run_id") or self._oldest_waiting(a.get("workflow_id"), a.get("node_id"))
             if run_id is None:
-                raise _error(f"no run waits at {a.get('workflow_id')}.{a.get('node_id')}")
+                raise _wire(invalid_params(f"no run waits at {a.get('workflow_id')}.{a.get('node_id')}"))
             if a.get("text") is None:
                 st = await self._call(self.hub.runtime.get_state, run_id)
                 w = st.waiting
                 if st.status != RunStatus.WAITING or w is None:
-                    raise _app_error(RunNotWaitingError(f"run {run_id} is not waiting (status {st.status.value})"))
+                    raise _wire(RunNotWaitingError(f"run {run_id} is not waiting (status {st.status.value})"))
                 if not w.choices:  # free text: the client asks, then calls again with the text
                     return {"run_id": run_id, "prompt": w.prompt, "choices": [], "needs_text": True}
                 action = await self.server.window_show_message_request_async(
@@ -264,12 +269,12 @@ class EditorFeatures:
         try:
             return await self.hub.call(fn, *args, **kw)
         except AbstractRuntimeError as e:
-            raise _app_error(e) from None
+            raise _wire(e) from None
 
     def _oldest_waiting(self, workflow_id: Any, node_id: Any) -> Optional[str]:
         if not workflow_id:
             return None
-        for s in self.hub.run_store.list_run_summaries(status=RunStatus.WAITING, workflow_id=workflow_id, limit=10**9):
+        for s in self.hub.run_store.list_run_summaries(status=RunStatus.WAITING, workflow_id=workflow_id, limit=None):
             if node_id is None or s.current_node == node_id:
                 return s.run_id
         return None
@@ -403,13 +408,10 @@ def _first_dict(args: Tuple[Any, ...], *names: str) -> Dict[str, Any]:
     return dict(zip(names, args, strict=False))  # fewer args than names: the rest are unset
 
 
-def _error(message: str) -> JsonRpcException:
-    return JsonRpcException(message=message, code=-32602)
-
-
-def _app_error(e: AbstractRuntimeError) -> JsonRpcException:
-    obj = e.to_error_object()
-    return JsonRpcException(message=obj["message"], code=obj["code"], data=obj["data"])
+def _wire(e: BaseException) -> JsonRpcException:
+    """What pygls answers a command with: the error object `to_wire` makes, as every path does."""
+    obj = to_wire(e)
+    return JsonRpcException(message=obj["message"], code=obj["code"], data=obj.get("data"))
 
 
 def _lens(line: int, title: str, command: str, args: List[Any]) -> lsp.CodeLens:

@@ -1,10 +1,10 @@
-"""The LSP base protocol on a byte stream: `Content-Length` headers, then a JSON body.
+"""Reading a connection's frames and handing each message to its session.
 
-pygls's own reader drops malformed frames silently; this loop answers them as JSON-RPC
-requires (parse error, invalid request, with `"id": null` when the id cannot be read),
-refuses frames over a size limit (and skips their body to stay in sync), and hands every
-well-formed message to the connection's session. Nothing a client sends can end the daemon:
-at worst its own connection closes.
+The frames themselves are read by `protocol/framing.py` (shared with the Python client). This
+loop answers what is malformed as JSON-RPC requires (parse error, invalid request, with `"id":
+null` when the id cannot be read), refuses frames over a size limit, refuses messages nested
+deeper than `MAX_DEPTH`, and hands every well-formed message to the connection's session.
+Nothing a client sends can end the daemon: at worst its own connection closes.
 """
 
 from __future__ import annotations
@@ -12,86 +12,65 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from ..protocol.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
+from ..protocol.errors import INVALID_REQUEST, PARSE_ERROR, RpcError
+from ..protocol.framing import FrameError, FrameTooLarge, read_frame
+
+if TYPE_CHECKING:
+    from .session import Session
 
 log = logging.getLogger("abstractruntime.daemon")
 
 MAX_FRAME = 16 * 1024 * 1024
-MAX_HEADER_LINE = 8192
 # How deep a message may nest (objects and arrays). Deeper data could be stored but never
 # encoded again (Python's JSON recursion limit is near 1,000), so it is refused at the door.
 MAX_DEPTH = 64
 
-
-class FrameError(Exception):
-    """The stream cannot be read further (a broken header): the connection closes."""
+__all__ = ["MAX_DEPTH", "MAX_FRAME", "FrameError", "StreamWriterAdapter", "dispatch", "read_frames", "too_deep"]
 
 
-async def read_frames(reader: Any, session: Any, *, max_frame: int = MAX_FRAME) -> None:
+async def read_frames(reader: Any, session: Session, *, max_frame: int = MAX_FRAME) -> None:
     while not session.closed:
-        length: Optional[int] = None
-        while True:
-            line = await reader.readline()
-            if not line:
-                return  # the client went away
-            if len(line) > MAX_HEADER_LINE:
-                raise FrameError("header line too long")
-            if line in (b"\r\n", b"\n"):
-                break
-            name, sep, value = line.decode("latin-1").partition(":")
-            if not sep:
-                raise FrameError(f"malformed header line {line[:80]!r}")
-            if name.strip().lower() == "content-length":
-                try:
-                    length = int(value.strip())
-                except ValueError:
-                    raise FrameError(f"bad Content-Length {value.strip()[:40]!r}") from None
-                if length < 0:
-                    raise FrameError("negative Content-Length")
-        if length is None:
-            raise FrameError("a frame without Content-Length")
-        if length > max_frame:
-            await _skip(reader, length)
+        body = await read_frame(reader, max_frame)
+        if body is None:
+            return  # the client went away
+        if isinstance(body, FrameTooLarge):
             session.reply_error(
-                None, INVALID_REQUEST, f"frame of {length} bytes exceeds the limit of {max_frame} bytes"
+                None, RpcError(INVALID_REQUEST, f"frame of {body.length} bytes exceeds the limit of {max_frame} bytes")
             )
             continue
-        body = await reader.readexactly(length)
         dispatch(session, body)
 
 
-async def _skip(reader: Any, n: int) -> None:
-    while n > 0:
-        chunk = await reader.readexactly(min(n, 1 << 20))
-        n -= len(chunk)
-
-
-def dispatch(session: Any, body: bytes) -> None:
+def dispatch(session: Session, body: bytes) -> None:
     try:
         # UTF-8 only (json.loads would guess UTF-16 or UTF-32 from the first bytes).
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as e:
-        session.reply_error(None, PARSE_ERROR, f"parse error: the body must be UTF-8 ({e.reason} at byte {e.start})")
+        session.reply_error(
+            None, RpcError(PARSE_ERROR, f"parse error: the body must be UTF-8 ({e.reason} at byte {e.start})")
+        )
         return
     except ValueError as e:
-        session.reply_error(None, PARSE_ERROR, f"parse error: {e}")
+        session.reply_error(None, RpcError(PARSE_ERROR, f"parse error: {e}"))
         return
     except RecursionError:
-        session.reply_error(None, PARSE_ERROR, f"parse error: the message nests deeper than {MAX_DEPTH} levels")
+        session.reply_error(
+            None, RpcError(PARSE_ERROR, f"parse error: the message nests deeper than {MAX_DEPTH} levels")
+        )
         return
     msg_id = data.get("id") if isinstance(data, dict) else None
     if not isinstance(msg_id, (str, int)) or isinstance(msg_id, bool):
         msg_id = None
     if too_deep(data, MAX_DEPTH):
         session.reply_error(
-            msg_id, INVALID_REQUEST, f"invalid request: the message nests deeper than {MAX_DEPTH} levels"
+            msg_id, RpcError(INVALID_REQUEST, f"invalid request: the message nests deeper than {MAX_DEPTH} levels")
         )
         return
     problem = _check_envelope(data)
     if problem:
-        session.reply_error(msg_id, INVALID_REQUEST, f"invalid request: {problem}")
+        session.reply_error(msg_id, RpcError(INVALID_REQUEST, f"invalid request: {problem}"))
         return
     try:
         if "method" not in data:
@@ -103,7 +82,7 @@ def dispatch(session: Any, body: bytes) -> None:
     except Exception as e:  # isolation boundary: one message's failure is its own
         log.exception("handling %s failed", data.get("method"))
         if msg_id is not None and "method" in data:
-            session.reply_error(msg_id, INTERNAL_ERROR, f"internal error: {type(e).__name__}")
+            session.reply_error(msg_id, e)
 
 
 def too_deep(value: Any, limit: int) -> bool:

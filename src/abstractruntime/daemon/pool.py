@@ -15,9 +15,9 @@ import threading
 from collections import deque
 from typing import Any, Callable, Deque, List, Tuple
 
+from ..protocol.errors import ShuttingDownError
 
-class ShutDownError(RuntimeError):
-    pass
+ShutDownError = ShuttingDownError  # the one error for "stopping, no new work"; its older name
 
 
 class TickPool:
@@ -39,7 +39,7 @@ class TickPool:
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         if self._closed:
-            raise ShutDownError("the daemon is stopping: no new work is taken")
+            raise ShuttingDownError("the daemon is shutting down: no new work is taken")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._queue.put((fn, fut, loop))

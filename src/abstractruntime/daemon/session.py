@@ -19,17 +19,18 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set
 from pydantic import ValidationError
 
 from .. import __version__
-from ..core.errors import AbstractRuntimeError, WorkflowNotFoundError
+from ..core.errors import AbstractRuntimeError
 from ..protocol import models as m
 from ..protocol.errors import (
-    INTERNAL_ERROR,
-    INVALID_PARAMS,
     INVALID_REQUEST,
     SERVER_NOT_INITIALIZED,
+    RpcError,
     ShuttingDownError,
     SubscriptionNotFoundError,
     TooManySubscriptionsError,
     UnauthorizedError,
+    invalid_params,
+    to_wire,
 )
 from ..protocol.methods import BY_NAME, EDITOR_COMMANDS, NOTIFICATION_NAMES, REQUEST_NAMES
 from ..protocol.models import PROTOCOL_VERSION
@@ -40,25 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("abstractruntime.daemon")
 
 MAX_UNREAD = 64 * 1024 * 1024
-
-
-class WireError(Exception):
-    """An error to answer a request with: a JSON-RPC code, a message, optional data."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
-
-    def to_json(self) -> Dict[str, Any]:
-        err: Dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
-
-
-def wire_error(e: AbstractRuntimeError) -> WireError:
-    obj = e.to_error_object()
-    return WireError(obj["code"], obj["message"], obj["data"])
 
 
 class Session:
@@ -83,17 +65,17 @@ class Session:
             return
         given = options.get("token") if isinstance(options, dict) else None
         if not isinstance(given, str) or not hmac.compare_digest(given, self.token):
-            raise wire_error(
-                UnauthorizedError("this daemon needs the token from its token file in initializationOptions.token")
-            )
+            raise UnauthorizedError("this daemon needs the token from its token file in initializationOptions.token")
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         for sub in list(self.subscriptions):
-            self.hub.unsubscribe(sub)
+            self.hub.events.unsubscribe(sub)
         self.subscriptions.clear()
+        if self._lsp is not None:
+            self._lsp.close()  # the editor features let go of what they hold
         writer = self.writer
         if writer is not None:
             try:
@@ -124,18 +106,21 @@ class Session:
             log.warning("closing a client with %d unread bytes", writer.buffered())
             self.close()
 
-    def reply_error(self, msg_id: Any, code: int, message: str, data: Any = None) -> None:
-        self.send({"jsonrpc": "2.0", "id": msg_id, "error": WireError(code, message, data).to_json()})
+    def reply_error(self, msg_id: Any, exc: BaseException, context: Optional[str] = None) -> None:
+        """Answer a request with the error for `exc` (see protocol.errors.to_wire)."""
+        self.send({"jsonrpc": "2.0", "id": msg_id, "error": to_wire(exc, context)})
 
     def handle_request(self, msg_id: Any, method: str, params: Any) -> None:
         if method == "initialize":
             self._initialize(msg_id, params)
             return
         if not self.initialized:
-            self.reply_error(msg_id, SERVER_NOT_INITIALIZED, f"server not initialized: send initialize before {method}")
+            self.reply_error(
+                msg_id, RpcError(SERVER_NOT_INITIALIZED, f"server not initialized: send initialize before {method}")
+            )
             return
         if self.shut_down:
-            self.reply_error(msg_id, INVALID_REQUEST, f"{method} after shutdown: only exit is accepted")
+            self.reply_error(msg_id, RpcError(INVALID_REQUEST, f"{method} after shutdown: only exit is accepted"))
             return
         if method == "shutdown":
             self.shut_down = True
@@ -159,19 +144,17 @@ class Session:
 
     def handle_response(self, msg: Dict[str, Any]) -> None:
         if self._lsp is not None:  # an answer to a request the editor features sent
-            if self._lsp.editor is not None and self._lsp.editor.take_response(msg):
-                return
             self._lsp.response(msg)
 
     def _initialize(self, msg_id: Any, params: Any) -> None:
         if self.initialized:
-            self.reply_error(msg_id, INVALID_REQUEST, "initialize was already sent on this connection")
+            self.reply_error(msg_id, RpcError(INVALID_REQUEST, "initialize was already sent on this connection"))
             return
         params = params if isinstance(params, dict) else {}
         try:
             self.authorize(params.get("initializationOptions"))
-        except WireError as e:
-            self.send({"jsonrpc": "2.0", "id": msg_id, "error": e.to_json()})
+        except UnauthorizedError as e:
+            self.reply_error(msg_id, e)
             return
         self.init_params = params
         self.initialized = True
@@ -213,9 +196,8 @@ class Session:
     def workflows_changed(self, report: Dict[str, Any]) -> None:
         """After a reload: the notification, and fresh diagnostics and lenses for an editor."""
         self.send({"jsonrpc": "2.0", "method": "workflows/changed", "params": report})
-        editor = self._lsp.editor if self._lsp is not None else None
-        if editor is not None:
-            editor.workflows_changed(report)
+        if self._lsp is not None:
+            self._lsp.workflows_changed(report)
 
     def lsp(self) -> Any:
         """This connection's pygls server, created (and told about `initialize`) on first need."""
@@ -231,12 +213,12 @@ class Session:
         try:
             result = await self._handlers[method](params)
             body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}, separators=(",", ":")).encode()
-        except WireError as e:
-            self.send({"jsonrpc": "2.0", "id": msg_id, "error": e.to_json()})
+        except (AbstractRuntimeError, RpcError) as e:
+            self.reply_error(msg_id, e)
         except (Exception, RecursionError) as e:  # isolation boundary: one request's bug is its own
             log.exception("%s failed", method)
             # The log keeps the traceback; the client gets what failed, not the daemon's code.
-            self.reply_error(msg_id, INTERNAL_ERROR, f"internal error in {method}: {type(e).__name__}")
+            self.reply_error(msg_id, e, method)
         else:
             self.write(body)
 
@@ -265,12 +247,8 @@ class Session:
 
         async def handler(raw: Any) -> Any:
             if self.hub.stopping and name != "daemon/status":
-                raise wire_error(ShuttingDownError("the daemon is shutting down"))
-            params = _validate(method.params, name, raw)
-            try:
-                result = await fn(params)
-            except AbstractRuntimeError as e:
-                raise wire_error(e) from None
+                raise ShuttingDownError("the daemon is shutting down")
+            result = await fn(_validate(method.params, name, raw))
             # Results are built from plain JSON data by this module; the models validate them in
             # the tests (and in every client), not on each response.
             return result if method.result is not None else None
@@ -280,15 +258,8 @@ class Session:
 
     # -- methods -----------------------------------------------------------------------------------
 
-    def _workflow(self, workflow_id: str):
-        wf = self.hub.registry.get(workflow_id)
-        if wf is None:
-            known = ", ".join(self.hub.registry.list_ids()) or "none"
-            raise WorkflowNotFoundError(f"no workflow {workflow_id!r} (serving: {known})", workflow_id=workflow_id)
-        return wf
-
     async def start(self, p: m.StartParams) -> Dict[str, Any]:
-        wf = self._workflow(p.workflow_id)
+        wf = self.hub.runtime.workflow(p.workflow_id)
         rt = self.hub.runtime
 
         def work():
@@ -359,7 +330,7 @@ class Session:
             # Called under the hub's lock from any thread: only schedule, in order.
             self.loop.call_soon_threadsafe(lambda: send(event) if ready else queue.append(event))
 
-        sub_id, cursor, backlog = self.hub.subscribe(p.run_id, p.after, deliver)
+        sub_id, cursor, backlog = self.hub.events.subscribe(p.run_id, p.after, deliver)
         self.subscriptions.add(sub_id)
 
         def flush(_: Any) -> None:
@@ -376,7 +347,7 @@ class Session:
         return {"subscription_id": sub_id, "cursor": cursor}
 
     async def unsubscribe(self, p: m.UnsubscribeParams) -> None:
-        if p.subscription_id not in self.subscriptions or not self.hub.unsubscribe(p.subscription_id):
+        if p.subscription_id not in self.subscriptions or not self.hub.events.unsubscribe(p.subscription_id):
             raise SubscriptionNotFoundError(
                 f"no subscription {p.subscription_id!r} on this connection", subscription_id=p.subscription_id
             )
@@ -429,15 +400,14 @@ def _validate(model: Any, name: str, raw: Any) -> Any:
     if raw is None or raw == []:
         raw = {}  # no params; some JSON encoders (Lua's) can't tell an empty object from []
     if not isinstance(raw, dict):
-        raise WireError(INVALID_PARAMS, f"{name}: params must be an object", {"got": type(raw).__name__})
+        raise invalid_params(f"{name}: params must be an object", {"got": type(raw).__name__})
     try:
         return model.model_validate(raw)
     except ValidationError as e:
         detail = json.loads(e.json(include_url=False, include_context=False, include_input=False))
         first = detail[0] if detail else {}
         where = ".".join(str(x) for x in first.get("loc", ())) or "params"
-        raise WireError(
-            INVALID_PARAMS,
+        raise invalid_params(
             f"{name}: invalid params: {where}: {first.get('msg', 'invalid')}",
             {"name": "invalid_params", "errors": detail},
         ) from None

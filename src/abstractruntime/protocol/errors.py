@@ -2,14 +2,17 @@
 
 Application codes come from the kernel's typed errors (`core.errors`, 1000 and up) plus the
 few only the daemon raises. Each error's `data.name` is the stable name clients switch on.
+
+Every path that answers a request with an error (the session's methods, the framing, the
+editor features) builds the error object with `to_wire(exc)`: one conversion, so a code, a
+message and its data look the same whichever way a request came in.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..core.errors import ERROR_TYPES, AbstractRuntimeError
-from ..storage._durable import InvalidRunIdError
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -62,7 +65,6 @@ class TooManySubscriptionsError(DaemonError):
 
 
 APP_ERRORS = list(ERROR_TYPES) + [
-    InvalidRunIdError,
     DaemonError,
     UnauthorizedError,
     SubscriptionNotFoundError,
@@ -82,6 +84,33 @@ STANDARD = {
     "internal_error": (INTERNAL_ERROR, "A bug in the daemon; the daemon keeps serving."),
     "server_not_initialized": (SERVER_NOT_INITIALIZED, "A request came before `initialize`."),
 }
+
+
+class RpcError(Exception):
+    """A JSON-RPC level error (a code below 1000: parse error, invalid request or params...)."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+
+def invalid_params(message: str, data: Any = None) -> RpcError:
+    return RpcError(INVALID_PARAMS, message, data)
+
+
+def to_wire(exc: BaseException, context: Optional[str] = None) -> Dict[str, Any]:
+    """The JSON-RPC error object for an exception: typed errors keep their code, message and
+    data; anything else is an internal error that names its type, never its traceback (the
+    daemon's log has that). `context` (a method name) goes into an internal error's message."""
+    if isinstance(exc, AbstractRuntimeError):
+        return exc.to_error_object()
+    if isinstance(exc, RpcError):
+        err: Dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.data is not None:
+            err["data"] = exc.data
+        return err
+    where = f" in {context}" if context else ""
+    return {"code": INTERNAL_ERROR, "message": f"internal error{where}: {type(exc).__name__}"}
 
 
 def error_table() -> Dict[str, Dict[str, Any]]:

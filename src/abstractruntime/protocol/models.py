@@ -12,10 +12,9 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = "1.0"
+from ..core.errors import ID_PATTERN  # ids become file names in the stores
 
-# Ids become file names in the stores: letters, digits and _.:- only.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+PROTOCOL_VERSION = "1.0"
 
 RunId = Field(pattern=ID_PATTERN, description="A run id.")
 WorkflowId = Field(pattern=ID_PATTERN, description="A workflow id.")
@@ -125,6 +124,7 @@ class LedgerRecordModel(Result):
     attempt: int = 1
     idempotency_key: Optional[str] = None
     workflow_version: Optional[str] = Field(None, description="The workflow version this step ran under.")
+    step: Optional[int] = Field(None, description="The run's node execution count when the record was made.")
     actor_id: Optional[str] = None
     session_id: Optional[str] = None
     prev_hash: Optional[str] = None

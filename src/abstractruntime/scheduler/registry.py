@@ -9,6 +9,12 @@ from ..core.errors import WorkflowNotFoundError
 from ..core.spec import WorkflowSpec
 
 
+def not_found(workflow_id: str, known: List[str]) -> WorkflowNotFoundError:
+    return WorkflowNotFoundError(
+        f"workflow {workflow_id!r} is not registered (serving: {', '.join(known) or 'none'})", workflow_id=workflow_id
+    )
+
+
 class WorkflowRegistry:
     def __init__(self, workflows: Optional[List[WorkflowSpec]] = None) -> None:
         self._lock = threading.Lock()
@@ -30,12 +36,11 @@ class WorkflowRegistry:
         return self._specs.get(workflow_id)
 
     def get_or_raise(self, workflow_id: str) -> WorkflowSpec:
+        """The workflow, or WorkflowNotFoundError (1002) naming the ones registered: the one
+        message for an unknown workflow id, wherever it was asked for."""
         wf = self._specs.get(workflow_id)
         if wf is None:
-            known = ", ".join(sorted(self._specs)) or "none"
-            raise WorkflowNotFoundError(
-                f"workflow {workflow_id!r} is not registered (registered: {known})", workflow_id=workflow_id
-            )
+            raise not_found(workflow_id, sorted(self._specs))
         return wf
 
     def list_ids(self) -> List[str]:

@@ -19,7 +19,6 @@ from ..core.clock import Clock
 from ..core.errors import AbstractRuntimeError, RunStrandedError, StorageUnavailableError
 from ..core.models import RunState, RunStatus, WaitReason
 from ..core.runtime import Runtime
-from ..core.timeutil import iso_to_epoch
 from .registry import WorkflowRegistry
 
 log = logging.getLogger("abstractruntime.scheduler")
@@ -62,6 +61,8 @@ class Scheduler:
         # The runtime's clock unless told otherwise: both must agree on when a timer is due.
         self.clock: Clock = clock or runtime.clock
         self.registry = registry
+        if runtime.workflow_registry is None:
+            runtime.workflow_registry = registry  # the runtime resolves every workflow id
         self.poll_interval_s = poll_interval_s
         self.on_run_resumed = on_run_resumed
         self.on_run_failed = on_run_failed
@@ -76,7 +77,9 @@ class Scheduler:
         # does not spin on them) until `unpark` after the next reload, a migrate or a cancel.
         self.parked: Dict[str, str] = {}
         self._storage_failed = False
-        runtime.run_store.add_listener(self._on_saved)
+        add = getattr(runtime.run_store, "add_timer_listener", None)
+        if add is not None:  # else it looks every poll_interval_s
+            add(self._on_timer)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -100,15 +103,11 @@ class Scheduler:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _on_saved(self, summary: Any) -> None:
-        if summary.status == "waiting" and summary.wait_reason == "until" and summary.until:
-            try:
-                due = iso_to_epoch(summary.until)
-            except ValueError:
-                due = 0.0
-            if due < self._target:
-                self._target = due
-                self._wake.set()
+    def _on_timer(self, due: float) -> None:
+        """The store's timer signal: a timer may be due before the one the loop sleeps towards."""
+        if due < self._target:
+            self._target = due
+            self._wake.set()
 
     def _loop(self) -> None:
         self.recover()
@@ -166,7 +165,7 @@ class Scheduler:
     def _tick(self, run_id: str) -> Optional[RunState]:
         try:
             run = self.runtime.get_state(run_id)
-            wf = self.registry.get_or_raise(run.workflow_id)
+            wf = self.runtime.workflow(run.workflow_id)
             state = self.runtime.tick(workflow=wf, run_id=run_id)
         except RunStrandedError as e:
             if run_id not in self.parked:
@@ -193,10 +192,10 @@ class Scheduler:
         """Tick runs a crash left mid-tick, and parents whose child finished meanwhile."""
         store = self.runtime.run_store
         n = 0
-        for s in store.list_run_summaries(status=RunStatus.RUNNING, limit=10**9):
+        for s in store.list_run_summaries(status=RunStatus.RUNNING, limit=None):
             if self._tick(s.run_id) is not None:
                 n += 1
-        for s in store.list_run_summaries(status=RunStatus.WAITING, wait_reason=WaitReason.SUBWORKFLOW, limit=10**9):
+        for s in store.list_run_summaries(status=RunStatus.WAITING, wait_reason=WaitReason.SUBWORKFLOW, limit=None):
             self._tick(s.run_id)
         self.stats.runs_recovered += n
         return n
@@ -205,8 +204,9 @@ class Scheduler:
 
     def resume_event(self, *, run_id: str, wait_key: str, payload: Dict[str, Any]) -> RunState:
         run = self.runtime.get_state(run_id)
-        wf = self.registry.get_or_raise(run.workflow_id)
-        return self.runtime.resume(workflow=wf, run_id=run_id, wait_key=wait_key, payload=payload)
+        return self.runtime.resume(
+            workflow=self.runtime.workflow(run.workflow_id), run_id=run_id, wait_key=wait_key, payload=payload
+        )
 
     def find_waiting_runs(
         self, *, wait_reason: Any = None, workflow_id: Optional[str] = None, limit: int = 100

@@ -6,6 +6,7 @@ from .in_memory import InMemoryLedgerStore, InMemoryRunStore
 from .json_files import JsonFileRunStore, JsonlLedgerStore
 from .ledger_chain import HashChainedLedgerStore, verify_ledger_chain
 from .sqlite import SqliteDatabase, SqliteLedgerStore, SqliteRunStore
+from .stores import Stores, open_stores
 
 __all__ = [
     "ArtifactStore",
@@ -23,7 +24,9 @@ __all__ = [
     "SqliteDatabase",
     "SqliteLedgerStore",
     "SqliteRunStore",
+    "Stores",
     "artifact_ref",
     "is_artifact_ref",
+    "open_stores",
     "verify_ledger_chain",
 ]

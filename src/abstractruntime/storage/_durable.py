@@ -6,38 +6,20 @@ import atexit
 import errno
 import logging
 import os
-import re
 import threading
 import time
 import uuid
 from typing import Any, Callable, Optional
 
-from ..core.errors import AbstractRuntimeError, StorageUnavailableError
+from ..core.errors import InvalidRunIdError as InvalidRunIdError  # re-exported: the stores use both
+from ..core.errors import StorageUnavailableError
+from ..core.errors import check_run_id as check_run_id
 from . import _fs
 
 log = logging.getLogger("abstractruntime.storage")
 # Files inside a data folder are never opened through a symlink: a planted link would make the
 # daemon write wherever it points.
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
-
-
-class InvalidRunIdError(AbstractRuntimeError, ValueError):
-    """A run id with characters a store cannot use as a file name."""
-
-    CODE = 1011
-    NAME = "invalid_run_id"
-
-
-def check_run_id(run_id: str) -> str:
-    """Run ids become file names: letters, digits and `_.:-` only, so no id can name a
-    path outside the store's folder."""
-    if not isinstance(run_id, str) or not _SAFE_ID.match(run_id) or ".." in run_id:
-        raise InvalidRunIdError(
-            f"invalid run id {run_id!r}: use letters, digits and _.:- (max 200)", run_id=str(run_id)[:200]
-        )
-    return run_id
 
 
 def open_dir_fd(path: str) -> int:

@@ -3,22 +3,40 @@
 It answers listings, wait-key lookups and due-timer claims from memory, so none of them
 reads run files. Timers sit in a heap keyed by due time; entries are checked lazily when
 popped (a run that moved on leaves a stale heap entry that is simply dropped).
+
+Two kinds of listeners, for two purposes: run listeners hear a run's status or wait change
+(the daemon's state events); timer listeners hear that a timer may now be due earlier than the
+scheduler thinks (a new timer, or a timer whose lease was let go). A lease release announces
+no state: the run did not change.
 """
 
 from __future__ import annotations
 
 import heapq
 import threading
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from ..core.clock import SYSTEM_CLOCK, Clock
+from ..core.clock import Clock
 from ..core.timeutil import iso_to_epoch
+from ._leases import LeaseTable
 from .base import RunListener, RunSummary, _reason_value, _status_value
+
+TimerListener = Callable[[float], None]
+
+
+def due_epoch(s: RunSummary) -> Optional[float]:
+    """When a waiting run's timer is due (epoch seconds), or None for any other run."""
+    if s.status == "waiting" and s.wait_reason == "until" and s.until:
+        try:
+            return iso_to_epoch(s.until)
+        except ValueError:
+            return 0.0  # an unparseable time is treated as due: the runtime reports it
+    return None
 
 
 class RunIndex:
     def __init__(self, *, clock: Optional[Clock] = None) -> None:
-        self.clock: Clock = clock or SYSTEM_CLOCK
+        self.leases = LeaseTable(clock=clock)
         self._lock = threading.RLock()
         self._entries: Dict[str, RunSummary] = {}
         # status -> run ids in the order they reached that status (dicts keep order).
@@ -26,8 +44,12 @@ class RunIndex:
         self._by_wait_key: Dict[str, Set[str]] = {}
         self._timers: List[Tuple[float, str]] = []
         self._due_epoch: Dict[str, float] = {}
-        self._leases: Dict[str, Tuple[str, float]] = {}
         self._listeners: List[RunListener] = []
+        self._timer_listeners: List[TimerListener] = []
+
+    @property
+    def clock(self) -> Clock:
+        return self.leases.clock
 
     # writes -----------------------------------------------------------------------------
 
@@ -47,19 +69,22 @@ class RunIndex:
             self._by_status.setdefault(s.status, {})[s.run_id] = None
             if s.wait_key:
                 self._by_wait_key.setdefault(s.wait_key, set()).add(s.run_id)
-            if s.status == "waiting" and s.wait_reason == "until" and s.until:
-                try:
-                    due = iso_to_epoch(s.until)
-                except ValueError:
-                    due = 0.0  # an unparseable time is treated as due: the runtime reports it
+            due = due_epoch(s)
+            new_timer = False
+            if due is not None:
                 if self._due_epoch.get(s.run_id) != due:
                     self._due_epoch[s.run_id] = due
                     heapq.heappush(self._timers, (due, s.run_id))
+                    new_timer = True
             else:
                 self._due_epoch.pop(s.run_id, None)
-            listeners = self._listeners if notify else ()
+            changed = old is None or old.status != s.status or old.wait_key != s.wait_key
+            listeners = self._listeners if notify and changed else ()
+            timer_listeners = self._timer_listeners if notify and new_timer else ()
         for fn in listeners:
             fn(s)
+        for tl in timer_listeners:
+            tl(due)  # type: ignore[arg-type]
 
     def bulk_load(self, summaries: list[RunSummary]) -> None:
         """Fill an empty index at open: one pass, no per-entry locking or listeners."""
@@ -76,11 +101,8 @@ class RunIndex:
                 bucket[s.run_id] = None
                 if s.wait_key:
                     by_key.setdefault(s.wait_key, set()).add(s.run_id)
-                if s.status == "waiting" and s.wait_reason == "until" and s.until:
-                    try:
-                        due = iso_to_epoch(s.until)
-                    except ValueError:
-                        due = 0.0
+                due = due_epoch(s)
+                if due is not None:
                     self._due_epoch[s.run_id] = due
                     self._timers.append((due, s.run_id))
             heapq.heapify(self._timers)
@@ -102,6 +124,10 @@ class RunIndex:
         with self._lock:
             self._listeners = self._listeners + [fn]
 
+    def add_timer_listener(self, fn: TimerListener) -> None:
+        with self._lock:
+            self._timer_listeners = self._timer_listeners + [fn]
+
     # reads ------------------------------------------------------------------------------
 
     def get(self, run_id: str) -> Optional[RunSummary]:
@@ -116,7 +142,7 @@ class RunIndex:
         status=None,
         wait_reason=None,
         workflow_id: Optional[str] = None,
-        limit: int = 100,
+        limit: Optional[int] = 100,
         after: Optional[str] = None,
     ) -> List[RunSummary]:
         st = _status_value(status)
@@ -142,7 +168,7 @@ class RunIndex:
             if workflow_id is not None and s.workflow_id != workflow_id:
                 continue
             out.append(s)
-            if len(out) >= limit:
+            if limit is not None and len(out) >= limit:
                 break
         return out
 
@@ -156,65 +182,41 @@ class RunIndex:
 
     # timers and leases ----------------------------------------------------------------------
 
-    def _lease_free(self, run_id: str, owner: Optional[str], now_m: float) -> bool:
-        held = self._leases.get(run_id)
-        return held is None or held[1] <= now_m or (owner is not None and held[0] == owner)
-
     def next_due_at(self) -> Optional[float]:
         with self._lock:
-            self._drop_stale_timers()
-            return self._timers[0][0] if self._timers else None
-
-    def _drop_stale_timers(self) -> None:
-        timers = self._timers
-        while timers:
-            due, rid = timers[0]
-            if self._due_epoch.get(rid) == due and self._lease_free(rid, None, self.clock.monotonic()):
-                return
-            heapq.heappop(timers)
+            timers = self._timers
+            while timers:
+                due, rid = timers[0]
+                if self._due_epoch.get(rid) == due and self.leases.is_free(rid):
+                    return due
+                heapq.heappop(timers)  # stale, or hidden while leased (release puts it back)
+            return None
 
     def claim_due(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
         out: List[str] = []
         with self._lock:
-            now_m = self.clock.monotonic()
             timers = self._timers
             while timers and len(out) < limit and timers[0][0] <= now:
                 due, rid = heapq.heappop(timers)
-                if self._due_epoch.get(rid) != due or not self._lease_free(rid, None, now_m):
+                if self._due_epoch.get(rid) != due or not self.leases.claim(rid, owner, lease_s):
                     continue
-                self._leases[rid] = (owner, now_m + lease_s)
                 out.append(rid)
         return out
 
     def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
-        return self._take(run_id, owner, lease_s, renew=True)
-
-    def claim(self, run_id: str, owner: str, lease_s: float) -> bool:
-        """Lease a run nobody holds (a claim never renews, unlike `try_lease`)."""
-        return self._take(run_id, owner, lease_s, renew=False)
-
-    def _take(self, run_id: str, owner: str, lease_s: float, *, renew: bool) -> bool:
-        with self._lock:
-            now_m = self.clock.monotonic()
-            if not self._lease_free(run_id, owner if renew else None, now_m):
-                return False
-            self._leases[run_id] = (owner, now_m + lease_s)
-            return True
+        return self.leases.try_lease(run_id, owner, lease_s)
 
     def release_lease(self, run_id: str, owner: str) -> None:
+        if not self.leases.release(run_id, owner):
+            return
         with self._lock:
-            held = self._leases.get(run_id)
-            if held is None or held[0] != owner:
-                return
-            del self._leases[run_id]
             due = self._due_epoch.get(run_id)
             if due is None:
                 return
-            # A timer hidden while its run was leased goes back on the heap, and listeners
-            # hear of it: a scheduler that looked for the next due time meanwhile missed it.
+            # A timer hidden while its run was leased goes back on the heap, and the timer
+            # listeners hear of it: a scheduler that looked for the next due time meanwhile
+            # missed it. (No state listener: the run did not change.)
             heapq.heappush(self._timers, (due, run_id))
-            summary = self._entries.get(run_id)
-            listeners = self._listeners
-        if summary is not None:
-            for fn in listeners:
-                fn(summary)
+            listeners = self._timer_listeners
+        for fn in listeners:
+            fn(due)

@@ -109,38 +109,12 @@ def _parse(data: bytes):
 
 
 class Journal:
-    """One per folder and process, shared by the run store and the ledger store opened on it
-    (`Journal.open`), so a step's checkpoint and ledger lines are one entry."""
-
-    _registry: Dict[str, Journal] = {}
-    _registry_lock = threading.Lock()
-
-    @classmethod
-    def open(cls, folder: str, *, durable: bool) -> Journal:
-        key = os.path.realpath(folder)
-        with cls._registry_lock:
-            j = cls._registry.get(key)
-            if j is None:
-                j = cls._registry[key] = Journal(key, durable=durable)
-            if durable and not j.durable:
-                j._make_durable()  # one durable store on a folder makes its journal durable
-            j._users += 1
-            return j
-
-    def release(self) -> bool:
-        """A store on this folder closed; the last one closes the journal. False when the
-        journal could not write everything (it stays on disk for the next start)."""
-        with self._registry_lock:
-            self._users -= 1
-            if self._users > 0:
-                return True
-            self._registry.pop(self.dir, None)
-        return self.close()
+    """One per folder and process, held by the folder's `FileBackend` (json_files.py), so the
+    run store's and the ledger store's writes of a step are one entry."""
 
     def __init__(self, folder: str, *, durable: bool) -> None:
         self.dir = folder
         self.durable = durable
-        self._users = 0
         self._jdir = os.path.join(folder, "_journal")
         os.makedirs(self._jdir, exist_ok=True)
         self._dir_fd = open_dir_fd(folder)
@@ -178,7 +152,7 @@ class Journal:
         if self._sealed:
             self._mark()  # the replayed entries go to the files in the flusher's first cycle
 
-    def _make_durable(self) -> None:
+    def make_durable(self) -> None:
         with self._cycle, self._seg_lock:
             self.durable = True
             self._fsync_each = not has_syncfs()

@@ -11,11 +11,12 @@ and `record_hash` when records are appended (see `ledger_chain`).
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
-from ..core.jsonutil import dumps
 from ..core.models import RunState, RunStatus, StepRecord, WaitReason
 from ..core.timeutil import iso_to_epoch
 
@@ -113,6 +114,10 @@ def _reason_value(reason: Any) -> Optional[str]:
 class RunStore(ABC):
     """Checkpoints, queries, due timers and run leases."""
 
+    # The backend this store is a view of (a journal, a database): a run store and a ledger
+    # store with the same unit commit a step together (see core.ports). None: a store of its own.
+    unit: Any = None
+
     @abstractmethod
     def save(self, run: RunState) -> None:
         """Durably replace the run's checkpoint (atomic: the old or the new, never a mix)."""
@@ -127,10 +132,11 @@ class RunStore(ABC):
         status: Any = None,
         wait_reason: Any = None,
         workflow_id: Optional[str] = None,
-        limit: int = 100,
+        limit: Optional[int] = 100,
         after: Optional[str] = None,
     ) -> List[RunSummary]:
-        """Summaries in a stable order; `after` is the last run_id of the previous page."""
+        """Summaries in a stable order; `after` is the last run_id of the previous page;
+        `limit=None` for all of them."""
 
     @abstractmethod
     def count_by_status(self) -> Dict[str, int]: ...
@@ -157,7 +163,13 @@ class RunStore(ABC):
 
     @abstractmethod
     def add_listener(self, listener: RunListener) -> None:
-        """Call `listener(summary)` after every save (from the saving thread)."""
+        """Call `listener(summary)` after a save that changed a run's status or what it waits on
+        (from the saving thread)."""
+
+    def add_timer_listener(self, listener: Callable[[float], None]) -> None:  # noqa: B027 - optional
+        """Call `listener(due_epoch)` when a timer may be due earlier than a scheduler last
+        saw: a run starts waiting on one, or a timer's lease is let go. Stores that cannot
+        tell leave this out: schedulers then look every `poll_interval_s`."""
 
     # Conveniences built on the primitives above ---------------------------------------
 
@@ -167,7 +179,7 @@ class RunStore(ABC):
         status: Any = None,
         wait_reason: Any = None,
         workflow_id: Optional[str] = None,
-        limit: int = 100,
+        limit: Optional[int] = 100,
     ) -> List[RunState]:
         out: List[RunState] = []
         want = _status_value(status)
@@ -181,24 +193,22 @@ class RunStore(ABC):
     def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> List[RunState]:
         now = iso_to_epoch(now_iso)
         out = []
-        for run in self.list_runs(status=RunStatus.WAITING, wait_reason=WaitReason.UNTIL, limit=10**9):
+        for run in self.list_runs(status=RunStatus.WAITING, wait_reason=WaitReason.UNTIL, limit=None):
             if run.waiting and run.waiting.until and iso_to_epoch(run.waiting.until) <= now:
                 out.append(run)
                 if len(out) >= limit:
                     break
         return out
 
-    def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
-        """Append a step's records, then save its checkpoint.
-
-        This generic order (ledger first) can leave records beyond the checkpoint if the
-        process dies in between; the runtime's idempotency keys make the replayed step reuse
-        recorded effect results. Backends that can write both atomically override this.
-        """
-        dumps(run.to_dict())  # an unserializable run must fail before anything is written
-        stored = ledger.append_many(run.run_id, records) if records else []
+    def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
+        """Store a step's records and checkpoint together. Only a store whose `unit` holds a
+        ledger too can; a Runtime commits a store of its own through `core.ports.SplitCommit`."""
+        if records:
+            raise NotImplementedError(
+                f"{type(self).__name__} keeps no ledger: give the Runtime its ledger store, which commits the records"
+            )
         self.save(run)
-        return stored
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing to release
         """Release files and connections (idempotent)."""
@@ -215,6 +225,8 @@ class QueryableRunStore(Protocol):
 
 class LedgerStore(ABC):
     """Append-only journal of `StepRecord`s, hash-chained per run."""
+
+    unit: Any = None  # see RunStore.unit
 
     @abstractmethod
     def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
@@ -239,11 +251,76 @@ class LedgerStore(ABC):
         return recs if limit is None else recs[:limit]
 
     def find_completed(self, run_id: str, idempotency_key: str) -> Optional[Dict[str, Any]]:
-        """The completed record of an effect with this idempotency key, if one was recorded."""
+        """The completed record of an effect with this idempotency key, if one was recorded.
+        (The stores here answer from an index; this scan is for stores of one's own.)"""
         for r in reversed(self.list(run_id)):
             if r.get("idempotency_key") == idempotency_key and r.get("status") == "completed":
                 return r
         return None
 
+    def find_step(self, run_id: str, step: int) -> Optional[Dict[str, Any]]:
+        """The newest host-effect record (one with an idempotency key) made at node execution
+        `step` of the run. (The stores here answer from an index; this scan is for stores of
+        one's own.)"""
+        for r in reversed(self.list(run_id)):
+            if r.get("step") == step and r.get("idempotency_key"):
+                return r
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing to release
         """Release files and connections (idempotent)."""
+
+
+class StepIndex:
+    """Per run: the newest host-effect record at each step, and each completed idempotency key
+    (what `find_step` and `find_completed` answer from). Kept for the runs seen lately: a run
+    not held is rebuilt from its ledger on the next question about it."""
+
+    def __init__(self, max_runs: int = 4096) -> None:
+        self.max_runs = max_runs
+        self._runs: OrderedDict[str, Tuple[Dict[int, Dict[str, Any]], Dict[str, Dict[str, Any]]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _entry(self, run_id: str, load: Callable[[], List[Dict[str, Any]]]):
+        with self._lock:
+            e = self._runs.get(run_id)
+            if e is not None:
+                self._runs.move_to_end(run_id)
+                return e
+        e = ({}, {})
+        for r in load():
+            _note(e, r)
+        with self._lock:
+            self._runs[run_id] = e
+            while len(self._runs) > self.max_runs:
+                self._runs.popitem(last=False)
+        return e
+
+    def add(self, run_id: str, records: Iterable[Dict[str, Any]]) -> None:
+        """Records just appended; a run not held is left to be rebuilt when asked about."""
+        with self._lock:
+            e = self._runs.get(run_id)
+            if e is None:
+                return
+            for r in records:
+                _note(e, r)
+
+    def forget(self, run_id: str) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def step(self, run_id: str, step: int, load: Callable[[], List[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+        return self._entry(run_id, load)[0].get(step)
+
+    def completed(self, run_id: str, key: str, load: Callable[[], List[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+        return self._entry(run_id, load)[1].get(key)
+
+
+def _note(entry: Tuple[Dict[int, Dict[str, Any]], Dict[str, Dict[str, Any]]], r: Dict[str, Any]) -> None:
+    key = r.get("idempotency_key")
+    if not key:
+        return
+    if r.get("step") is not None:
+        entry[0][r["step"]] = r
+    if r.get("status") == "completed":
+        entry[1][key] = r

@@ -3,35 +3,80 @@
 Checkpoints and records are kept as JSON text, not live objects: a caller that mutates a
 loaded `RunState` or a listed record cannot change what the store holds, and every save is
 checked for JSON-safety exactly as a durable store would check it.
+
+`InMemoryRunStore()` and `InMemoryLedgerStore()` made separately are stores of their own (a
+Runtime commits them one after the other); `open_stores("memory")` makes a pair on one
+`MemoryBackend`, whose run store commits a step's records and checkpoint together.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
 from ._index import RunIndex
-from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, StoredRecords
+from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, StepIndex, StoredRecords
 from .ledger_chain import chain_records
 
 
+class MemoryBackend:
+    """The ledger side of an in-memory pair: lines, heads, listeners, the step index."""
+
+    def __init__(self) -> None:
+        self.lines: Dict[str, List[str]] = {}
+        self.heads: Dict[str, Tuple[int, Optional[str]]] = {}
+        self.lock = threading.Lock()
+        self.listeners: List[LedgerListener] = []
+        self.steps = StepIndex(max_runs=1 << 30)  # in memory everything is held anyway
+
+    def chain(self, run_id: str, records: Iterable[StepRecord]) -> List[Tuple[Dict[str, Any], str]]:
+        seq, prev = self.heads.get(run_id, (0, None))
+        return chain_records(records, seq, prev)
+
+    def keep(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> None:
+        # Called with self.lock held.
+        self.lines.setdefault(run_id, []).extend(line for _, line in chained)
+        self.heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
+        self.steps.add(run_id, (d for d, _ in chained))
+
+    def announce(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> List[Dict[str, Any]]:
+        stored = StoredRecords.of(chained)
+        for fn in self.listeners:
+            fn(run_id, stored)
+        return stored
+
+    def records(self, run_id: str) -> List[Dict[str, Any]]:
+        return [json.loads(line) for line in self.lines.get(run_id, ())]
+
+
 class InMemoryRunStore(RunStore):
-    def __init__(self, *, clock: Optional[Clock] = None) -> None:
+    def __init__(self, *, clock: Optional[Clock] = None, backend: Optional[MemoryBackend] = None) -> None:
         self._data: Dict[str, str] = {}
         self._index = RunIndex(clock=clock)
+        self.unit = backend
 
     def save(self, run: RunState) -> None:
         text = dumps(run.to_dict())
         self._data[run.run_id] = text
         self._index.put(RunSummary.from_state(run))
 
-    def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
+    def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
+        b = self.unit
+        if b is None:
+            return super().commit(run, records)
         text = dumps(run.to_dict())  # first: an unserializable run writes nothing at all
-        stored = ledger.append_many(run.run_id, records) if records else []
+        stored: List[Dict[str, Any]] = []
+        if records:
+            with b.lock:
+                chained = b.chain(run.run_id, records)
+                if chained:
+                    b.keep(run.run_id, chained)
+            if chained:
+                stored = b.announce(run.run_id, chained)
         self._data[run.run_id] = text
         self._index.put(RunSummary.from_state(run))
         return stored
@@ -66,38 +111,40 @@ class InMemoryRunStore(RunStore):
     def add_listener(self, listener: RunListener) -> None:
         self._index.add_listener(listener)
 
+    def add_timer_listener(self, listener: Callable[[float], None]) -> None:
+        self._index.add_timer_listener(listener)
+
 
 class InMemoryLedgerStore(LedgerStore):
-    def __init__(self) -> None:
-        self._lines: Dict[str, List[str]] = {}
-        self._heads: Dict[str, Tuple[int, Optional[str]]] = {}
-        self._lock = threading.Lock()
-        self._listeners: List[LedgerListener] = []
+    def __init__(self, *, backend: Optional[MemoryBackend] = None) -> None:
+        self.unit = self._b = backend or MemoryBackend()
 
     def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
-        with self._lock:
-            seq, prev = self._heads.get(run_id, (0, None))
-            chained = chain_records(records, seq, prev)
+        b = self._b
+        with b.lock:
+            chained = b.chain(run_id, records)
             if not chained:
                 return []
-            self._lines.setdefault(run_id, []).extend(line for _, line in chained)
-            self._heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
-        stored = StoredRecords.of(chained)
-        for fn in self._listeners:
-            fn(run_id, stored)
-        return stored
+            b.keep(run_id, chained)
+        return b.announce(run_id, chained)
 
     def list(self, run_id: str) -> List[Dict[str, Any]]:
-        return [json.loads(line) for line in self._lines.get(run_id, ())]
+        return self._b.records(run_id)
 
     def list_after(self, run_id: str, after: int = 0, limit: Optional[int] = None) -> List[Dict[str, Any]]:
-        lines = self._lines.get(run_id, [])[max(0, after) :]  # seq n sits at index n-1
+        lines = self._b.lines.get(run_id, [])[max(0, after) :]  # seq n sits at index n-1
         if limit is not None:
             lines = lines[:limit]
         return [json.loads(line) for line in lines]
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
-        return self._heads.get(run_id, (0, None))
+        return self._b.heads.get(run_id, (0, None))
+
+    def find_step(self, run_id: str, step: int) -> Optional[Dict[str, Any]]:
+        return self._b.steps.step(run_id, step, lambda: self._b.records(run_id))
+
+    def find_completed(self, run_id: str, idempotency_key: str) -> Optional[Dict[str, Any]]:
+        return self._b.steps.completed(run_id, idempotency_key, lambda: self._b.records(run_id))
 
     def add_listener(self, listener: LedgerListener) -> None:
-        self._listeners = self._listeners + [listener]
+        self._b.listeners = self._b.listeners + [listener]

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
 from ..core.jsonutil import dumps
@@ -33,7 +33,7 @@ from ._files_writer import ledger_file, ledger_file_head, run_file
 from ._index import RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
 from ._journal import Journal
-from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, StoredRecords
+from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, StepIndex, StoredRecords
 from .ledger_chain import chain_records
 
 log = logging.getLogger("abstractruntime.storage")
@@ -57,9 +57,10 @@ class JsonFileRunStore(RunStore):
         self.durable = durable
         self._closed = False
         self._flusher = shared_flusher()
-        # Opened first: a replay after a crash brings the run files up to date before the
-        # index below is checked against them.
-        self._journal = Journal.open(self.base_dir, durable=durable)
+        # Opened first: a replay after a crash brings the journal's entries back (pending,
+        # served from memory) before the index below is checked against the runs.
+        self.unit = FileBackend.open(self.base_dir, durable=durable)
+        self._journal = self.unit.journal
         # The newest checkpoints as written: the next tick of a run reads back what this store
         # wrote moments ago, and one process owns the folder, so no file read is needed.
         self._recent: BoundedCache[bytes] = BoundedCache(cache_bytes)
@@ -161,7 +162,7 @@ class JsonFileRunStore(RunStore):
         self._index.put(s)
         if self._log.needs_compaction(len(self._index)):
             try:
-                self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=10**12)])
+                self._log.compact(lambda: [to_row(x) for x in self._index.summaries(limit=None)])
             except OSError as e:  # the commit is done: compaction waits for the next chance
                 log.warning("index: compaction failed (%s); the log keeps growing until it works", e)
 
@@ -187,21 +188,20 @@ class JsonFileRunStore(RunStore):
         self._recent.put(run.run_id, data)
         return s
 
-    def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
-        if not isinstance(ledger, JsonlLedgerStore) or ledger._journal is not self._journal:
-            return super().commit(run, records, ledger)
+    def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
+        """A step's checkpoint and its ledger lines as one journal entry: they land together."""
         if not records:
             self.save(run)
             return []
-        with ledger.run_lock(run.run_id):
+        unit = self.unit
+        with unit.run_lock(run.run_id):
             if self._index.get(run.run_id) is None:
-                ledger.know_new(run.run_id)
-            chained = ledger.prepare(run.run_id, records)
-            # One journal entry holds the checkpoint and the step's lines: they land together.
+                unit.know_new(run.run_id)
+            chained = unit.chain(run.run_id, records)
             summary = self._write(run, [(d["seq"], line) for d, line in chained])
-            ledger.written(run.run_id, chained)
+            stored = unit.written(run.run_id, chained)
         self._publish(summary)
-        return [rec for rec, _ in chained]
+        return stored
 
     def load(self, run_id: str) -> Optional[RunState]:
         raw = self._recent.get(run_id) or self._journal.checkpoint(run_id)
@@ -242,6 +242,9 @@ class JsonFileRunStore(RunStore):
     def add_listener(self, listener: RunListener) -> None:
         self._index.add_listener(listener)
 
+    def add_timer_listener(self, listener: Callable[[float], None]) -> None:
+        self._index.add_timer_listener(listener)
+
     def flush(self) -> None:
         """Write every committed checkpoint and ledger line to its file now, and sync."""
         self._flusher.flush()
@@ -253,7 +256,7 @@ class JsonFileRunStore(RunStore):
         if self._closed:
             return
         self._closed = True
-        journal_ok = self._journal.release()  # the last store of the folder to close writes and syncs all
+        journal_ok = self.unit.release()  # the last store of the folder to close writes and syncs all
         try:
             self._flusher.flush()
         except OSError:
@@ -272,23 +275,46 @@ def _key(s: RunSummary) -> tuple:
     return tuple(getattr(s, f) for f in _INDEXED)
 
 
-class JsonlLedgerStore(LedgerStore):
-    """`ledger_<run_id>.jsonl`: one canonical JSON record per line, hash-chained."""
+class FileBackend:
+    """One folder's journal and the ledger side of its two stores: heads, listeners, the step
+    index. One per folder and process (`open`), shared by the run store and the ledger store
+    opened on it, which are therefore one unit: the run store's commit writes the records."""
 
-    def __init__(self, base_dir: Any, *, durable: bool = True) -> None:
-        self.base_dir = os.path.abspath(str(base_dir))
-        os.makedirs(self.base_dir, exist_ok=True)
-        self.durable = durable
-        self._closed = False
-        self._journal = Journal.open(self.base_dir, durable=durable)
+    _registry: Dict[str, FileBackend] = {}
+    _registry_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, folder: str, *, durable: bool) -> FileBackend:
+        key = os.path.realpath(folder)
+        with cls._registry_lock:
+            b = cls._registry.get(key)
+            if b is None:
+                b = cls._registry[key] = FileBackend(key, durable=durable)
+            elif durable and not b.journal.durable:
+                b.journal.make_durable()  # one durable store on a folder makes its journal durable
+            b._users += 1
+            return b
+
+    def release(self) -> bool:
+        """A store on this folder closed; the last one closes the journal (False: it could not
+        write everything, which stays in the journal for the next start)."""
+        with self._registry_lock:
+            self._users -= 1
+            if self._users > 0:
+                return True
+            self._registry.pop(self.dir, None)
+        return self.journal.close()
+
+    def __init__(self, folder: str, *, durable: bool) -> None:
+        self.dir = folder
+        self._users = 0
+        self.journal = Journal(folder, durable=durable)
         # A cache: a miss reads the file's last line and the journal (bounded, see _remember_head).
         self._heads: Dict[str, Tuple[int, Optional[str]]] = {}
         # Striped: a lock per run would grow with every run ever seen.
         self._locks = [threading.RLock() for _ in range(_STRIPES)]
-        self._listeners: List[LedgerListener] = []
-
-    def path_for(self, run_id: str) -> str:
-        return ledger_file(self.base_dir, run_id)
+        self.listeners: List[LedgerListener] = []
+        self.steps = StepIndex()
 
     def run_lock(self, run_id: str) -> Any:
         return self._locks[hash(run_id) % _STRIPES]
@@ -315,41 +341,41 @@ class JsonlLedgerStore(LedgerStore):
                     # Not written by this process: the file, but for a torn last line (cut
                     # here), and after it whatever the journal still holds for it (replayed at
                     # open, not yet written to the file).
-                    h = ledger_file_head(self.path_for(run_id), durable=self.durable)
-                    pending = self._journal.lines(run_id)
+                    h = ledger_file_head(ledger_file(self.dir, run_id), durable=self.journal.durable)
+                    pending = self.journal.lines(run_id)
                     if pending and pending[-1][0] > h[0]:
                         h = (pending[-1][0], json.loads(pending[-1][1])["record_hash"])
                     self._remember_head(run_id, h)
         return h
 
-    def prepare(self, run_id: str, records: Iterable[StepRecord]) -> List[Tuple[Dict[str, Any], str]]:
+    def chain(self, run_id: str, records: Iterable[StepRecord]) -> List[Tuple[Dict[str, Any], str]]:
         seq, prev = self.head(run_id)
         return chain_records(records, seq, prev)
 
-    def written(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> None:
-        """The chained lines are committed: move the head and tell the listeners."""
+    def written(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> List[Dict[str, Any]]:
+        """The chained lines are committed: move the head, note the steps, tell the listeners."""
         if not chained:
-            return
+            return []
         self._remember_head(run_id, (chained[-1][0]["seq"], chained[-1][0]["record_hash"]))
+        self.steps.add(run_id, (d for d, _ in chained))
         stored = StoredRecords.of(chained)
-        for fn in self._listeners:
+        for fn in self.listeners:
             fn(run_id, stored)
+        return stored
 
-    def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
+    def append(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
         with self.run_lock(run_id):
-            chained = self.prepare(run_id, records)
-            if chained:
-                self._journal.commit(run_id, self._journal.next_lsn(), None, [(d["seq"], line) for d, line in chained])
-                self.written(run_id, chained)
-        return [d for d, _ in chained]
-
-    # -- reads ----------------------------------------------------------------------------
+            chained = self.chain(run_id, records)
+            if not chained:
+                return []
+            self.journal.commit(run_id, self.journal.next_lsn(), None, [(d["seq"], line) for d, line in chained])
+            return self.written(run_id, chained)
 
     def list(self, run_id: str) -> List[Dict[str, Any]]:
         self.head(run_id)  # settles a torn tail first
-        pending = self._journal.lines(run_id)  # before the file: see Journal.lines
+        pending = self.journal.lines(run_id)  # before the file: see Journal.lines
         try:
-            with open(self.path_for(run_id), "rb") as f:
+            with open(ledger_file(self.dir, run_id), "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
             raw = b""
@@ -358,14 +384,43 @@ class JsonlLedgerStore(LedgerStore):
         out.extend(json.loads(line) for seq, line in pending if seq > last)
         return out
 
+
+class JsonlLedgerStore(LedgerStore):
+    """`ledger_<run_id>.jsonl`: one canonical JSON record per line, hash-chained."""
+
+    def __init__(self, base_dir: Any, *, durable: bool = True) -> None:
+        self.base_dir = os.path.abspath(str(base_dir))
+        os.makedirs(self.base_dir, exist_ok=True)
+        self.durable = durable
+        self._closed = False
+        self.unit = FileBackend.open(self.base_dir, durable=durable)
+
+    def path_for(self, run_id: str) -> str:
+        return ledger_file(self.base_dir, run_id)
+
+    def head(self, run_id: str) -> Tuple[int, Optional[str]]:
+        return self.unit.head(run_id)
+
+    def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
+        return self.unit.append(run_id, records)
+
+    def list(self, run_id: str) -> List[Dict[str, Any]]:
+        return self.unit.list(run_id)
+
+    def find_step(self, run_id: str, step: int) -> Optional[Dict[str, Any]]:
+        return self.unit.steps.step(run_id, step, lambda: self.unit.list(run_id))
+
+    def find_completed(self, run_id: str, idempotency_key: str) -> Optional[Dict[str, Any]]:
+        return self.unit.steps.completed(run_id, idempotency_key, lambda: self.unit.list(run_id))
+
     def add_listener(self, listener: LedgerListener) -> None:
-        self._listeners = self._listeners + [listener]
+        self.unit.listeners = self.unit.listeners + [listener]
 
     def flush(self) -> None:
         """Write every committed ledger line to its file now, and sync."""
-        self._journal.flush()
+        self.unit.journal.flush()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._journal.release()
+            self.unit.release()

@@ -33,5 +33,12 @@ class HashChainedLedgerStore(LedgerStore):
     def find_completed(self, run_id: str, idempotency_key: str) -> Optional[Dict[str, Any]]:
         return self._inner.find_completed(run_id, idempotency_key)
 
+    def find_step(self, run_id: str, step: int) -> Optional[Dict[str, Any]]:
+        return self._inner.find_step(run_id, step)
+
+    @property
+    def unit(self) -> Any:
+        return getattr(self._inner, "unit", None)
+
     def close(self) -> None:
         self._inner.close()

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from ..core.models import RunState, StepRecord
 from .artifacts import ArtifactStore, artifact_ref, is_artifact_ref, resolve_artifact
-from .base import LedgerStore, RunListener, RunStore
+from .base import RunListener, RunStore
 
 
 class OffloadingRunStore(RunStore):
@@ -60,8 +60,12 @@ class OffloadingRunStore(RunStore):
     def save(self, run: RunState) -> None:
         self._inner.save(self._slim(run))
 
-    def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
-        return self._inner.commit(self._slim(run), records, ledger)
+    def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
+        return self._inner.commit(self._slim(run), records)
+
+    @property
+    def unit(self) -> Any:  # the inner store's backend: paired with its ledger, a step commits whole
+        return getattr(self._inner, "unit", None)
 
     def load(self, run_id: str) -> Optional[RunState]:
         run = self._inner.load(run_id)
@@ -92,6 +96,9 @@ class OffloadingRunStore(RunStore):
 
     def add_listener(self, listener: RunListener) -> None:
         self._inner.add_listener(listener)
+
+    def add_timer_listener(self, listener: Any) -> None:
+        self._inner.add_timer_listener(listener)
 
     def close(self) -> None:
         self._inner.close()

@@ -14,16 +14,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
-from ..core.timeutil import iso_to_epoch
 from . import _fs
 from ._cache import DEFAULT_BYTES, BoundedCache
 from ._durable import Batcher, unavailable
-from ._index import RunIndex
+from ._index import due_epoch
+from ._leases import LeaseTable
 from .base import (
     LedgerListener,
     LedgerStore,
@@ -60,11 +60,36 @@ CREATE TABLE IF NOT EXISTS ledger (
 ) WITHOUT ROWID;
 """
 
+# Migrations, in order, each applied once (PRAGMA user_version counts them). 1: the columns
+# that index host-effect records by step and by idempotency key (find_step, find_completed).
+_MIGRATIONS = [
+    """
+    ALTER TABLE ledger ADD COLUMN step INTEGER;
+    ALTER TABLE ledger ADD COLUMN idem_key TEXT;
+    ALTER TABLE ledger ADD COLUMN status TEXT;
+    CREATE INDEX IF NOT EXISTS ledger_by_step ON ledger(run_id, step) WHERE idem_key IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ledger_by_key ON ledger(run_id, idem_key) WHERE idem_key IS NOT NULL;
+    """,
+]
+
 
 class _Job:
     """One writer's part of a group commit."""
 
-    __slots__ = ("run", "run_id", "records", "state_text", "summary", "chained", "done", "error", "_wake", "_lead")
+    __slots__ = (
+        "run",
+        "run_id",
+        "records",
+        "state_text",
+        "summary",
+        "chained",
+        "changed",
+        "due",
+        "done",
+        "error",
+        "_wake",
+        "_lead",
+    )
 
     def __init__(
         self,
@@ -76,6 +101,8 @@ class _Job:
     ) -> None:
         self.run, self.run_id, self.records, self.state_text, self.summary = run, run_id, records, state_text, summary
         self.chained: List[Tuple[Dict[str, Any], str]] = []
+        self.changed = False  # its status or wait changed (run listeners hear only of those)
+        self.due: Optional[float] = None  # the timer it now waits on
         self.done = False
         self.error: Optional[BaseException] = None
 
@@ -92,16 +119,36 @@ class SqliteDatabase:
         self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.conn.execute("PRAGMA busy_timeout=5000")
         self.conn.executescript(_SCHEMA)
+        self._migrate()
         self.heads: Dict[str, Tuple[int, Optional[str]]] = {}
         row = self.conn.execute("SELECT COALESCE(MAX(ord), 0) FROM runs").fetchone()
         self.ord = int(row[0])
         self.run_listeners: List[RunListener] = []
+        self.timer_listeners: List[Callable[[float], None]] = []
         self.ledger_listeners: List[LedgerListener] = []
         self._batcher = Batcher(self._commit_batch)
         # The newest checkpoints as committed. A tick reads back the state it committed
         # moments ago, and reading through the connection would wait behind the batch
         # leader's lock for a whole commit (its fsync); one daemon owns the database.
         self.recent: BoundedCache[str] = BoundedCache(cache_bytes)
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        for n, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(None, (x.strip() for x in script.split(";"))):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={n}")
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+    def find_one(self, sql: str, args: tuple) -> Optional[Dict[str, Any]]:
+        with self.lock:
+            row = self.conn.execute(sql, args).fetchone()
+        return json.loads(row[0]) if row else None
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self.heads.get(run_id)
@@ -138,9 +185,12 @@ class SqliteDatabase:
         if stored:
             for fn in self.ledger_listeners:
                 fn(run_id, stored)
-        if job.summary is not None:
+        if job.summary is not None and job.changed:
             for rl in self.run_listeners:
                 rl(job.summary)
+        if job.due is not None:
+            for tl in self.timer_listeners:
+                tl(job.due)
         return stored
 
     def _commit_batch(self, batch: List[_Job]) -> None:
@@ -159,11 +209,14 @@ class SqliteDatabase:
                     try:
                         if job.chained:
                             c.executemany(
-                                "INSERT INTO ledger (run_id, seq, record) VALUES (?, ?, ?)",
-                                [(job.run_id, d["seq"], line) for d, line in job.chained],
+                                "INSERT INTO ledger (run_id, seq, record, step, idem_key, status) VALUES (?, ?, ?, ?, ?, ?)",
+                                [
+                                    (job.run_id, d["seq"], line, d.get("step"), d.get("idempotency_key"), d["status"])
+                                    for d, line in job.chained
+                                ],
                             )
                         if job.run is not None and job.summary is not None:
-                            self._upsert(job.run, job.summary, job.state_text or "")
+                            job.changed, job.due = self._upsert(job.run, job.summary, job.state_text or "")
                         c.execute(f"RELEASE j{i}")
                         ok.append(job)
                     except sqlite3.Error as e:
@@ -188,14 +241,11 @@ class SqliteDatabase:
         for job in batch:
             job.done = True
 
-    def _upsert(self, run: RunState, s: RunSummary, state_text: str) -> None:
-        due = None
-        if s.status == "waiting" and s.wait_reason == "until" and s.until:
-            try:
-                due = iso_to_epoch(s.until)
-            except ValueError:
-                due = 0.0
-        row = self.conn.execute("SELECT status FROM runs WHERE run_id=?", (run.run_id,)).fetchone()
+    def _upsert(self, run: RunState, s: RunSummary, state_text: str) -> Tuple[bool, Optional[float]]:
+        due = due_epoch(s)
+        row = self.conn.execute("SELECT status, wait_key, due FROM runs WHERE run_id=?", (run.run_id,)).fetchone()
+        changed = row is None or row[0] != s.status or row[1] != s.wait_key
+        new_timer = due is not None and (row is None or row[2] != due)
         if row is None or row[0] != s.status:
             self.ord += 1
             ord_sql, ord_arg = "?", self.ord
@@ -214,6 +264,7 @@ class SqliteDatabase:
                 f"ord={ord_sql} WHERE run_id=?",
                 args + ((ord_arg,) if ord_arg is not None else ()) + (run.run_id,),
             )
+        return changed, (due if new_timer else None)
 
     def close(self) -> None:
         with self.lock:
@@ -226,28 +277,16 @@ class SqliteDatabase:
 
 class SqliteRunStore(RunStore):
     def __init__(self, db: Any, *, clock: Optional[Clock] = None) -> None:
-        self.db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
+        self.db = self.unit = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
         # Leases live in memory: one daemon owns a data folder (a shared database backend
         # keeps them in the database instead).
-        self._leases = RunIndex(clock=clock)
-        # Runs this process saw start waiting on a timer: releasing one's lease tells the
-        # listeners again, as the in-process index does (see RunIndex.release_lease).
-        self._timers: Dict[str, RunSummary] = {}
-        self.db.run_listeners = self.db.run_listeners + [self._track_timer]
-
-    def _track_timer(self, s: RunSummary) -> None:
-        if s.status == "waiting" and s.wait_reason == "until":
-            self._timers[s.run_id] = s
-        else:
-            self._timers.pop(s.run_id, None)
+        self._leases = LeaseTable(clock=clock)
 
     def save(self, run: RunState) -> None:
         self.db.write(run, run.run_id, [])
 
-    def commit(self, run: RunState, records: List[StepRecord], ledger: LedgerStore) -> List[Dict[str, Any]]:
-        if isinstance(ledger, SqliteLedgerStore) and ledger.db is self.db:
-            return self.db.write(run, run.run_id, records)
-        return super().commit(run, records, ledger)
+    def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
+        return self.db.write(run, run.run_id, records)
 
     def load(self, run_id: str) -> Optional[RunState]:
         cached = self.db.recent.get(run_id)
@@ -274,7 +313,7 @@ class SqliteRunStore(RunStore):
             where.append("ord > COALESCE((SELECT ord FROM runs WHERE run_id=?), -1)")
             args.append(after)
         sql = "SELECT summary FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ord LIMIT ?"
-        args.append(int(limit))
+        args.append(-1 if limit is None else int(limit))
         with self.db.lock:
             rows = self.db.conn.execute(sql, args).fetchall()
         return [RunSummary.from_dict(json.loads(r[0])) for r in rows]
@@ -303,14 +342,14 @@ class SqliteRunStore(RunStore):
             return self.db.conn.execute(sql, args).fetchall()
 
     def next_due_at(self) -> Optional[float]:
-        for rid, due in self._due_rows(None, 64 + len(self._leases._leases)):
-            if self._leases._lease_free(rid, None, self._leases.clock.monotonic()):
+        for rid, due in self._due_rows(None, 64 + len(self._leases)):
+            if self._leases.is_free(rid):
                 return float(due)
         return None
 
     def claim_due_runs(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
         out: List[str] = []
-        for rid, _ in self._due_rows(now, limit + len(self._leases._leases)):
+        for rid, _ in self._due_rows(now, limit + len(self._leases)):
             if len(out) >= limit:
                 break
             if self._leases.claim(rid, owner, lease_s):
@@ -321,15 +360,23 @@ class SqliteRunStore(RunStore):
         return self._leases.try_lease(run_id, owner, lease_s)
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        self._leases.release_lease(run_id, owner)
-        s = self._timers.get(run_id)
-        if s is not None:
-            for fn in self.db.run_listeners:
-                if fn != self._track_timer:
-                    fn(s)
+        if not self._leases.release(run_id, owner):
+            return
+        # A timer hidden while its run was leased is due again: tell the timer listeners (a
+        # scheduler that looked meanwhile skipped it). The run itself did not change.
+        with self.db.lock:
+            row = self.db.conn.execute(
+                "SELECT due FROM runs WHERE run_id=? AND status='waiting' AND due IS NOT NULL", (run_id,)
+            ).fetchone()
+        if row is not None:
+            for fn in self.db.timer_listeners:
+                fn(float(row[0]))
 
     def add_listener(self, listener: RunListener) -> None:
         self.db.run_listeners = self.db.run_listeners + [listener]
+
+    def add_timer_listener(self, listener: Callable[[float], None]) -> None:
+        self.db.timer_listeners = self.db.timer_listeners + [listener]
 
     def close(self) -> None:
         self.db.close()
@@ -337,7 +384,7 @@ class SqliteRunStore(RunStore):
 
 class SqliteLedgerStore(LedgerStore):
     def __init__(self, db: Any) -> None:
-        self.db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
+        self.db = self.unit = db if isinstance(db, SqliteDatabase) else SqliteDatabase(db)
 
     def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
         return self.db.write(None, run_id, list(records))
@@ -355,6 +402,18 @@ class SqliteLedgerStore(LedgerStore):
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         return self.db.head(run_id)
+
+    def find_step(self, run_id: str, step: int) -> Optional[Dict[str, Any]]:
+        return self.db.find_one(
+            "SELECT record FROM ledger WHERE run_id=? AND step=? AND idem_key IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            (run_id, step),
+        )
+
+    def find_completed(self, run_id: str, idempotency_key: str) -> Optional[Dict[str, Any]]:
+        return self.db.find_one(
+            "SELECT record FROM ledger WHERE run_id=? AND idem_key=? AND status='completed' ORDER BY seq DESC LIMIT 1",
+            (run_id, idempotency_key),
+        )
 
     def add_listener(self, listener: LedgerListener) -> None:
         self.db.ledger_listeners = self.db.ledger_listeners + [listener]
