@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 from ..core.clock import Clock
 from ..core.timeutil import iso_to_epoch
 from ._leases import LeaseTable
-from .base import RunListener, RunSummary, _reason_value, _status_value
+from .base import RunListener, RunStore, RunSummary, _reason_value, _status_value
 
 TimerListener = Callable[[float], None]
 
@@ -220,3 +220,39 @@ class RunIndex:
             listeners = self._timer_listeners
         for fn in listeners:
             fn(due)
+
+
+class IndexedRunStore(RunStore):
+    """A run store whose listings, timers and leases are its in-process `RunIndex`
+    (`self._index`): the in-memory and JSON-file stores."""
+
+    _index: RunIndex
+
+    def list_run_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100, after=None):
+        return self._index.summaries(
+            status=status, wait_reason=wait_reason, workflow_id=workflow_id, limit=limit, after=after
+        )
+
+    def count_by_status(self) -> Dict[str, int]:
+        return self._index.counts()
+
+    def find_waiting_on(self, wait_key: str) -> List[str]:
+        return self._index.waiting_on(wait_key)
+
+    def next_due_at(self) -> Optional[float]:
+        return self._index.next_due_at()
+
+    def claim_due_runs(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
+        return self._index.claim_due(now=now, owner=owner, lease_s=lease_s, limit=limit)
+
+    def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
+        return self._index.try_lease(run_id, owner, lease_s)
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        self._index.release_lease(run_id, owner)
+
+    def add_listener(self, listener: RunListener) -> None:
+        self._index.add_listener(listener)
+
+    def add_timer_listener(self, listener: TimerListener) -> None:
+        self._index.add_timer_listener(listener)

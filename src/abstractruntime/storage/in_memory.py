@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
 from ..core.jsonutil import dumps
 from ..core.models import RunState, StepRecord
-from ._index import RunIndex
-from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, StepIndex, StoredRecords
+from ._index import IndexedRunStore, RunIndex
+from .base import LedgerListener, LedgerStore, RunSummary, StepIndex, StoredRecords
 from .ledger_chain import chain_records
 
 
@@ -53,7 +53,7 @@ class MemoryBackend:
         return [json.loads(line) for line in self.lines.get(run_id, ())]
 
 
-class InMemoryRunStore(RunStore):
+class InMemoryRunStore(IndexedRunStore):
     def __init__(self, *, clock: Optional[Clock] = None, backend: Optional[MemoryBackend] = None) -> None:
         self._data: Dict[str, str] = {}
         self._index = RunIndex(clock=clock)
@@ -84,35 +84,6 @@ class InMemoryRunStore(RunStore):
     def load(self, run_id: str) -> Optional[RunState]:
         text = self._data.get(run_id)
         return RunState.from_dict(json.loads(text)) if text is not None else None
-
-    def list_run_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100, after=None):
-        return self._index.summaries(
-            status=status, wait_reason=wait_reason, workflow_id=workflow_id, limit=limit, after=after
-        )
-
-    def count_by_status(self) -> Dict[str, int]:
-        return self._index.counts()
-
-    def find_waiting_on(self, wait_key: str) -> List[str]:
-        return self._index.waiting_on(wait_key)
-
-    def next_due_at(self) -> Optional[float]:
-        return self._index.next_due_at()
-
-    def claim_due_runs(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
-        return self._index.claim_due(now=now, owner=owner, lease_s=lease_s, limit=limit)
-
-    def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
-        return self._index.try_lease(run_id, owner, lease_s)
-
-    def release_lease(self, run_id: str, owner: str) -> None:
-        self._index.release_lease(run_id, owner)
-
-    def add_listener(self, listener: RunListener) -> None:
-        self._index.add_listener(listener)
-
-    def add_timer_listener(self, listener: Callable[[float], None]) -> None:
-        self._index.add_timer_listener(listener)
 
 
 class InMemoryLedgerStore(LedgerStore):

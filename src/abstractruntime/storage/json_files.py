@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
 from ..core.jsonutil import dumps
@@ -30,10 +30,10 @@ from . import _fs
 from ._cache import DEFAULT_BYTES, BoundedCache
 from ._durable import NOFOLLOW, check_run_id, shared_flusher
 from ._files_writer import ledger_file, ledger_file_head, run_file
-from ._index import RunIndex
+from ._index import IndexedRunStore, RunIndex
 from ._index_log import FIELDS, IndexLog, to_row
 from ._journal import Journal
-from .base import LedgerListener, LedgerStore, RunListener, RunStore, RunSummary, StepIndex, StoredRecords
+from .base import LedgerListener, LedgerStore, RunSummary, StepIndex, StoredRecords
 from .ledger_chain import chain_records
 
 log = logging.getLogger("abstractruntime.storage")
@@ -46,7 +46,7 @@ _MAX_HEADS = 65536
 _INDEXED = tuple(f for f in FIELDS if f not in ("updated_at", "current_node"))
 
 
-class JsonFileRunStore(RunStore):
+class JsonFileRunStore(IndexedRunStore):
     """`run_<run_id>.json` per run, with an index of summaries under `_index/`."""
 
     def __init__(
@@ -215,35 +215,6 @@ class JsonFileRunStore(RunStore):
         d.pop("_lsn", None)
         d.pop("_ledger_tail", None)  # written by versions before the journal
         return RunState.from_dict(d)
-
-    def list_run_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100, after=None):
-        return self._index.summaries(
-            status=status, wait_reason=wait_reason, workflow_id=workflow_id, limit=limit, after=after
-        )
-
-    def count_by_status(self) -> Dict[str, int]:
-        return self._index.counts()
-
-    def find_waiting_on(self, wait_key: str) -> List[str]:
-        return self._index.waiting_on(wait_key)
-
-    def next_due_at(self) -> Optional[float]:
-        return self._index.next_due_at()
-
-    def claim_due_runs(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
-        return self._index.claim_due(now=now, owner=owner, lease_s=lease_s, limit=limit)
-
-    def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
-        return self._index.try_lease(run_id, owner, lease_s)
-
-    def release_lease(self, run_id: str, owner: str) -> None:
-        self._index.release_lease(run_id, owner)
-
-    def add_listener(self, listener: RunListener) -> None:
-        self._index.add_listener(listener)
-
-    def add_timer_listener(self, listener: Callable[[float], None]) -> None:
-        self._index.add_timer_listener(listener)
 
     def flush(self) -> None:
         """Write every committed checkpoint and ledger line to its file now, and sync."""
