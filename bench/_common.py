@@ -56,7 +56,9 @@ def run_json(impl: str, script: str, *args: str, timeout: float = 1800) -> dict:
 
 
 def save(name: str, payload: dict) -> Path:
-    out = HERE / "results"
+    # A driver running other benches (bench/ab.py) points them elsewhere, so that their partial
+    # runs do not overwrite the figures the docs quote.
+    out = Path(os.environ.get("ABSTRACTRUNTIME_BENCH_RESULTS") or HERE / "results")
     out.mkdir(exist_ok=True)
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))

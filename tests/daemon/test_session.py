@@ -45,8 +45,9 @@ def hub(tmp_path):
     wf = tmp_path / "workflows"
     wf.mkdir()
     shutil.copy(FLOWS, wf / "flows.py")
-    h = Hub(data_dir=str(tmp_path / "data"), workflow_dirs=[str(wf)], store="memory", workers=4,
-            event_log_bytes=256 << 10)
+    h = Hub(
+        data_dir=str(tmp_path / "data"), workflow_dirs=[str(wf)], store="memory", workers=4, event_log_bytes=256 << 10
+    )
     yield h
     h.close()
 
@@ -116,7 +117,7 @@ def test_malformed_frames_are_answered_and_the_connection_lives(hub):
         conn._dispatch = lambda msg: got.append(msg) if msg.get("id") is None else orig(msg)  # type: ignore[method-assign]
         await conn.send_raw(b"Content-Length: 9\r\n\r\n{not json")
         await conn.send_raw(b'Content-Length: 15\r\n\r\n{"jsonrpc":"2"}')
-        await conn.send_raw(b'Content-Length: 7\r\n\r\n[1,2,3]')
+        await conn.send_raw(b"Content-Length: 7\r\n\r\n[1,2,3]")
         while len(got) < 3:
             await asyncio.sleep(0.001)
         assert [m["error"]["code"] for m in got] == [-32700, -32600, -32600]
@@ -165,7 +166,8 @@ def test_a_prompt_is_withdrawn_from_the_others_when_one_client_answers(hub):
             prompts.append(q)
             withdrawn.append(w)
         script = await client(daemon)
-        await asyncio.sleep(0)  # both editors' features are subscribed
+        # No waiting for the editors' features to start (pygls loads on a thread): they follow
+        # the runs from the moment each editor initialized.
         rid = (await script.start("ask")).run_id
         (pa, answer_a), (pb, answer_b) = [await asyncio.wait_for(q.get(), 5) for q in prompts]
         assert pa["abstractruntime"]["run_id"] == pb["abstractruntime"]["run_id"] == rid
@@ -192,9 +194,59 @@ def test_an_unknown_workflow_is_1002_from_the_protocol_and_from_an_editor_comman
         await ed.conn.request("initialize", {"capabilities": {"textDocument": {}}})
         ed.conn.notify("initialized", {})
         with pytest.raises(WorkflowNotFoundError) as e2:  # it was -32602 here, 1002 there
-            await ed.conn.request("workspace/executeCommand", {"command": "abstractruntime.start", "arguments": ["nope"]})
+            await ed.conn.request(
+                "workspace/executeCommand", {"command": "abstractruntime.start", "arguments": ["nope"]}
+            )
         assert str(e2.value) == str(e.value)
         await ed.conn.close()
         await c.close()
 
     run(hub, scenario)
+
+
+_IMPORT_PROBE = """
+import asyncio, importlib.abc, shutil, sys, tempfile, threading
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import test_session as T
+
+where = {}
+
+class Probe(importlib.abc.MetaPathFinder):  # notes the thread that first imports lsprotocol
+    def find_spec(self, name, path=None, target=None):
+        if name == "lsprotocol.types":
+            where.setdefault(name, threading.current_thread().name)
+        return None
+
+assert "lsprotocol.types" not in sys.modules
+sys.meta_path.insert(0, Probe())
+tmp = Path(tempfile.mkdtemp())
+(tmp / "wf").mkdir()
+shutil.copy(T.FLOWS, tmp / "wf" / "flows.py")
+hub = T.Hub(data_dir=str(tmp / "data"), workflow_dirs=[str(tmp / "wf")], store="memory", workers=2)
+
+async def main():
+    daemon = T.Daemon(hub, watch=False)
+    e = T.AsyncClient(T.PairTarget(daemon))
+    e.conn = await e.target.open()
+    await e.conn.request("initialize", {"capabilities": {"textDocument": {}}})
+    e.conn.notify("initialized", {})
+    await e.conn.request("textDocument/codeLens", {"textDocument": {"uri": "file:///nowhere.py"}})
+    await e.conn.close()
+
+asyncio.run(main())
+hub.close()
+print(where.get("lsprotocol.types"))
+"""
+
+
+def test_an_editor_connecting_does_not_hold_up_the_event_loop_with_its_imports():
+    # pygls and lsprotocol take 0.3-1.2 s to import; on the loop, every client would wait.
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, str(Path(__file__).parent)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "lsp-import"

@@ -52,8 +52,13 @@ def test_the_file_stores_checkpoint_cache_stays_within_its_budget(tmp_path):
 @pytest.fixture
 def hub(tmp_path):
     (tmp_path / "workflows").mkdir()
-    h = Hub(data_dir=str(tmp_path / "data"), workflow_dirs=[str(tmp_path / "workflows")], store="memory",
-            workers=2, event_log_bytes=1 * MB)
+    h = Hub(
+        data_dir=str(tmp_path / "data"),
+        workflow_dirs=[str(tmp_path / "workflows")],
+        store="memory",
+        workers=2,
+        event_log_bytes=1 * MB,
+    )
     h.registry.register(ASK)
     yield h
     h.close()
@@ -82,10 +87,58 @@ def test_state_events_come_once_per_change_with_no_per_run_map(hub):
     # The stores announce a change of status or wait only (a lease release announces nothing),
     # so the daemon keeps no map of every run's last state to weed out repeats.
     seen = []
-    hub.events.subscribe(None, None, lambda e: seen.append((e["run_id"], e["kind"], (e.get("state") or {}).get("status"))))
+    hub.events.subscribe(
+        None, None, lambda e: seen.append((e["run_id"], e["kind"], (e.get("state") or {}).get("status")))
+    )
     rt = hub.runtime
     st = rt.start_and_tick(workflow=ASK)
     rt.resume(workflow=ASK, run_id=st.run_id, wait_key=None, payload={"text": "y"})
     states = [x[2] for x in seen if x[1] == "state"]
     assert states == ["waiting", "completed"]
     assert not [k for k in vars(hub) if "last_seen" in k]
+
+
+_ALLOCATOR_SCRIPT = """
+import sys, threading
+from abstractruntime.daemon import _malloc
+tuned = _malloc.tune() if sys.argv[1] == "tune" else False
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) // 1024 for l in f if l.startswith("VmRSS"))
+
+kept = []
+def resumes():  # as the tick pool does: big payloads in a worker thread, small objects kept
+    first = b"a" * (4 << 20)
+    del first  # glibc's dynamic threshold rises past 4 MB here
+    payloads = []
+    for i in range(50):
+        payloads.append(b"b" * (4 << 20) + bytes([i]))
+        kept.append(bytes(2000) + bytes([i]))
+    del payloads
+
+before = rss_mb()
+t = threading.Thread(target=resumes)
+t.start()
+t.join()
+print(tuned, rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's allocator (Linux only)")
+def test_big_payloads_go_back_to_the_system_once_freed(tmp_path):
+    import subprocess
+    import sys
+
+    def grown(mode: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", _ALLOCATOR_SCRIPT, mode], capture_output=True, text=True, check=True
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    tuned, after = grown("tune")
+    if tuned != "True":
+        pytest.skip("this libc has no mallopt (not glibc): nothing to tune")
+    assert after < 40, f"RSS grew {after} MB after 200 MB of payloads were freed"
+    # The control: glibc's default keeps most of them (this is what the daemon's tune() undoes).
+    assert grown("default")[1] > 100

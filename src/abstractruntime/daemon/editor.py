@@ -33,7 +33,7 @@ from pygls.exceptions import JsonRpcException
 
 from ..core.errors import AbstractRuntimeError, RunNotWaitingError, WaitKeyMismatchError
 from ..core.models import RunStatus
-from ..protocol.errors import invalid_params, to_wire
+from ..protocol.errors import CursorExpiredError, invalid_params, to_wire
 
 if TYPE_CHECKING:
     from .peer import Peer
@@ -69,7 +69,12 @@ class EditorFeatures:
         self._diag_uris: Set[str] = set()
         self._running: Dict[str, Any] = {}  # idempotency key -> progress token or pending timer
         self._register()
-        self._sub_id, _, _ = self.hub.events.subscribe(None, None, self._deliver)
+        try:
+            self._sub_id, _, backlog = self.hub.events.subscribe(None, peer.events_from, self._deliver)
+        except CursorExpiredError:  # a flood evicted them while pygls loaded: follow from now
+            self._sub_id, _, backlog = self.hub.events.subscribe(None, None, self._deliver)
+        for event in backlog:
+            self._on_event(event)
         self.publish_diagnostics()
 
     def close(self) -> None:

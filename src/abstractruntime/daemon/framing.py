@@ -41,6 +41,8 @@ async def read_frames(reader: Any, session: Session, *, max_frame: int = MAX_FRA
             )
             continue
         dispatch(session, body)
+        if session.loading is not None:
+            await session.wait_loaded()
 
 
 def dispatch(session: Session, body: bytes) -> None:

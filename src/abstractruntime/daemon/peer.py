@@ -10,7 +10,7 @@ document`; ruff-lsp's features call two functions of the server: the same idea.)
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Dict, Protocol
+from typing import TYPE_CHECKING, Any, Dict, Optional, Protocol
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -20,6 +20,9 @@ class Peer(Protocol):
     hub: Hub
     loop: asyncio.AbstractEventLoop
     init_params: Dict[str, Any]
+    # The event cursor when the client initialized: the editor features, which start once
+    # pygls is loaded, follow the runs from there, so nothing in between goes unseen.
+    events_from: Optional[int]
 
     @property
     def closed(self) -> bool: ...

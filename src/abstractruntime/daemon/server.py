@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional
 from .. import __version__, project
 from ..protocol import discovery as paths
 from ..storage._durable import atomic_write
-from . import logs
+from . import _malloc, logs
 from .framing import FrameError, StreamWriterAdapter, read_frames
 from .hub import DataFolderInUse, Hub
 from .session import Session
@@ -319,6 +319,7 @@ def run(args: Any) -> int:
             log.warning(
                 "a model is configured but AbstractCore is not installed: pip install 'abstractruntime[abstractcore]'"
             )
+    _malloc.tune()
     hub.start()
     daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch, reload_grace_s=proj.get("reload_grace"))
     try:

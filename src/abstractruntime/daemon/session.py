@@ -4,16 +4,21 @@ The session answers the LSP lifecycle (`initialize`, `initialized`, `shutdown`, 
 the protocol's own methods itself; `exit` closes this connection only, and requests before
 `initialize` get LSP's "server not initialized" error. Any other LSP message (the editor
 features) goes to a pygls `LanguageServer` of this connection's own, created on first need
-(see `lsp.py`): importing pygls and lsprotocol costs ~0.3 s, which scripts and non-editor
-hosts never pay, and pygls's per-message serialization was most of the daemon's CPU.
+(see `lsp.py`): importing pygls and lsprotocol costs 0.3-1.2 s, which scripts and non-editor
+hosts never pay, and pygls's per-message serialization was most of the daemon's CPU. That
+import runs on a thread of its own, started when an editor initializes; the editor's connection
+reads its next message only once it is done, while every other connection is served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
+import importlib
 import json
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set
 
 from pydantic import ValidationError
@@ -56,6 +61,8 @@ class Session:
         self.writer: Any = None  # set by the transport
         self.init_params: Dict[str, Any] = {}
         self._lsp: Any = None
+        self.loading: Optional[concurrent.futures.Future[None]] = None  # see wait_loaded
+        self.events_from: Optional[int] = None
         self._register()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -158,6 +165,9 @@ class Session:
             return
         self.init_params = params
         self.initialized = True
+        if self.is_editor():
+            self.events_from = self.hub.events.cursor
+            self.loading = _load_editor_support()
         self.send(
             {
                 "jsonrpc": "2.0",
@@ -198,6 +208,15 @@ class Session:
         self.send({"jsonrpc": "2.0", "method": "workflows/changed", "params": report})
         if self._lsp is not None:
             self._lsp.workflows_changed(report)
+
+    async def wait_loaded(self) -> None:
+        """Before this connection's next message: the editor support, if it is being loaded."""
+        loading, self.loading = self.loading, None
+        if loading is not None:
+            try:
+                await asyncio.wrap_future(loading)
+            except Exception:  # lsp() imports again on first need and reports it there
+                log.exception("loading the editor support failed")
 
     def lsp(self) -> Any:
         """This connection's pygls server, created (and told about `initialize`) on first need."""
@@ -411,3 +430,28 @@ def _validate(model: Any, name: str, raw: Any) -> Any:
             f"{name}: invalid params: {where}: {first.get('msg', 'invalid')}",
             {"name": "invalid_params", "errors": detail},
         ) from None
+
+
+_loading_lock = threading.Lock()
+_loading: Optional[concurrent.futures.Future[None]] = None
+
+
+def _load_editor_support() -> concurrent.futures.Future[None]:
+    """Import pygls and lsprotocol (through `lsp.py`) on a thread, once per process: on the
+    event loop it would hold up every client for as long as the import takes."""
+    global _loading
+    with _loading_lock:
+        if _loading is None:
+            fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def load() -> None:
+                try:
+                    importlib.import_module(f"{__package__}.lsp")
+                except BaseException as e:  # handed to whoever waits; lsp() will raise it again
+                    fut.set_exception(e)
+                else:
+                    fut.set_result(None)
+
+            threading.Thread(target=load, name="lsp-import", daemon=True).start()
+            _loading = fut
+        return _loading
