@@ -48,6 +48,9 @@ def run(tree: Path, script: str, *args: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="the earlier commit to compare against")
+    ap.add_argument(
+        "--new", default=None, help="a commit to measure instead of the working tree (which can then change)"
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--stores", default="mem,jsonfile,sqlite")
     ap.add_argument("--n-mem", type=int, default=2000)
@@ -56,17 +59,21 @@ def main() -> None:
     a = ap.parse_args()
     old = Path(tempfile.mkdtemp(prefix="ar-ab-")) / "old"
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old), a.base], cwd=ROOT, check=True)
+    new = ROOT
+    if a.new:
+        new = old.parent / "new"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(new), a.new], cwd=ROOT, check=True)
     try:
         rows = []
         for store in a.stores.split(","):
             n = a.n_mem if store == "mem" else a.n_disk
             ratios, new_rates, old_rates = [], [], []
             for i in range(a.rounds):
-                trees = [("new", ROOT), ("old", old)] if i % 2 == 0 else [("old", old), ("new", ROOT)]
+                trees = [("new", new), ("old", old)] if i % 2 == 0 else [("old", old), ("new", new)]
                 got = {name: run(tree, "workload.py", "--store", store, "--n", str(n)) for name, tree in trees}
-                new_rates.append(got["new"]["runs_per_s"])
-                old_rates.append(got["old"]["runs_per_s"])
-                ratios.append(got["new"]["runs_per_s"] / got["old"]["runs_per_s"])
+                new_rates.append(got["new"]["runs_s"])
+                old_rates.append(got["old"]["runs_s"])
+                ratios.append(got["new"]["runs_s"] / got["old"]["runs_s"])
             row = {
                 "store": store,
                 "new_runs_per_s": round(median(new_rates)),
@@ -83,7 +90,7 @@ def main() -> None:
         daemon = []
         if a.daemon:
             for i in range(a.rounds):
-                trees = [("new", ROOT), ("old", old)] if i % 2 == 0 else [("old", old), ("new", ROOT)]
+                trees = [("new", new), ("old", old)] if i % 2 == 0 else [("old", old), ("new", new)]
                 for name, tree in trees:
                     res = run(tree, "daemon_bench.py", "--quick")
                     daemon.append({"tree": name, **flat(res)})
@@ -98,7 +105,8 @@ def main() -> None:
                     )
         save("ab", {"base": a.base, "kernel": rows, "daemon": daemon})
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
+        for tree in {old, new} - {ROOT}:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)
 
 
 if __name__ == "__main__":

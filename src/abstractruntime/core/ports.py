@@ -58,9 +58,15 @@ class SplitCommit:
         return getattr(self.runs, name)
 
     def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
-        dumps(run.to_dict())  # an unserializable run fails before anything is written
+        text = dumps(run.to_dict())  # an unserializable run fails before anything is written
         stored = self.ledger.append_many(run.run_id, records) if records else []
-        self.runs.save(run)
+        # A run store that keeps the encoded text (the in-memory one) takes it as is: the
+        # checkpoint is encoded once per step, not twice.
+        save_encoded = getattr(self.runs, "save_encoded", None)
+        if save_encoded is not None:
+            save_encoded(run, text)
+        else:
+            self.runs.save(run)
         return stored
 
 

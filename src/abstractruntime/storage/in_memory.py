@@ -60,7 +60,10 @@ class InMemoryRunStore(IndexedRunStore):
         self.unit = backend
 
     def save(self, run: RunState) -> None:
-        text = dumps(run.to_dict())
+        self.save_encoded(run, dumps(run.to_dict()))
+
+    def save_encoded(self, run: RunState, text: str) -> None:
+        """`save`, given `dumps(run.to_dict())` already (see `core.ports.SplitCommit`)."""
         self._data[run.run_id] = text
         self._index.put(RunSummary.from_state(run))
 
