@@ -36,13 +36,15 @@ serve: $(STAMP)
 	@$(VENV)/bin/abstractruntime serve
 
 # Every tier: lint, types, generated files current, kernel unit tests and store conformance,
-# the daemon in process (tests/daemon), then the subprocess tier (daemon on every transport,
+# code written for the published package (tests/compat), the daemon in process (tests/daemon),
+# then the subprocess tier (daemon on every transport,
 # crash loops, editors, TypeScript), then the other Pythons.
 test: $(TEST_STAMP) test-deps
 	@$(PY) -m ruff check src tests bench examples
 	@$(PY) -m mypy
 	@$(PY) -m abstractruntime.protocol.spec --check
 	@$(PY) -m pytest tests/unit -q -n 2
+	@$(PY) -m pytest tests/compat -q -n 2
 	@$(PY) -m pytest tests/daemon -q
 	@$(PY) -m pytest tests/e2e -q -n 2 --dist loadfile --timeout 300
 	@$(MAKE) --no-print-directory test-pythons
@@ -61,8 +63,8 @@ test-pythons:
 		venv=.venv-$$v; \
 		test -x $$venv/bin/python || $$py -m venv $$venv || exit 1; \
 		test $$venv/.installed -nt pyproject.toml || { $$venv/bin/python -m pip install -q -e ".[dev]" && touch $$venv/.installed; } || exit 1; \
-		echo "Python $$v: unit and e2e tiers"; \
-		$$venv/bin/python -m pytest tests/unit tests/daemon tests/e2e -q -n 2 --dist loadfile --timeout 300 $(MAIN_ONLY) || exit 1; \
+		echo "Python $$v: unit, compat, daemon and e2e tiers"; \
+		$$venv/bin/python -m pytest tests/unit tests/compat tests/daemon tests/e2e -q -n 2 --dist loadfile --timeout 300 $(MAIN_ONLY) || exit 1; \
 	done
 
 # Tools some tiers need beyond Python. In CI (CI=true) they are installed: Debian's neovim (as

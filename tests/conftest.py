@@ -6,13 +6,22 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Tuple  # noqa: F401
+from typing import Any, Callable, Iterator, List, Tuple  # noqa: F401
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from abstractruntime import (  # noqa: E402
+    InMemoryLedgerStore,
+    InMemoryRunStore,
+    JsonFileRunStore,
+    JsonlLedgerStore,
+    SqliteDatabase,
+    SqliteLedgerStore,
+    SqliteRunStore,
+)
 from abstractruntime.storage import open_stores  # noqa: E402
 
 STORE_KINDS = ["memory", "jsonfile", "sqlite"]
@@ -83,3 +92,43 @@ def require_tool(command: str, install: str, tier: str) -> str:
 
 
 Factory = Callable[[], Tuple[object, object]]
+
+
+# -- the compatibility tier (tests/compat): stores built as a user of the published package
+# builds them, with the public constructors rather than open_stores.
+
+
+class PublishedStores:
+    """A run store and a ledger store of one kind, opened (and re-opened) on one folder."""
+
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind, self.root = kind, root
+        self.opened: List[Any] = []
+        self._mem: Any = None
+
+    def open(self) -> Tuple[Any, Any]:
+        if self.kind == "memory":
+            if self._mem is None:
+                self._mem = InMemoryRunStore(), InMemoryLedgerStore()
+            return self._mem
+        if self.kind == "jsonfile":
+            pair: Tuple[Any, Any] = JsonFileRunStore(self.root), JsonlLedgerStore(self.root)
+        else:
+            db = SqliteDatabase(self.root / "runs.sqlite3")
+            pair = SqliteRunStore(db), SqliteLedgerStore(db)
+        self.opened.append(pair)
+        return pair
+
+    def close(self) -> None:
+        for runs, ledger in self.opened:
+            runs.close()
+            ledger.close()
+        self.opened.clear()
+
+
+@pytest.fixture(params=["memory", "jsonfile", "sqlite"])
+def published(request, tmp_path):
+    s = PublishedStores(request.param, tmp_path / "data")
+    s.root.mkdir()
+    yield s
+    s.close()

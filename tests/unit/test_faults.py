@@ -169,7 +169,9 @@ def test_a_close_that_could_not_write_leaves_the_folder_to_be_replayed_and_reche
     close(rs, ls)  # does not raise
     assert (tmp_path / "_index" / "OPEN").exists()  # marked: the next open re-checks
     # (Their files may exist, created and left empty by the failed writes.)
-    assert not any((tmp_path / f"run_{r}.json").exists() and (tmp_path / f"run_{r}.json").stat().st_size for r in waiting)
+    assert not any(
+        (tmp_path / f"run_{r}.json").exists() and (tmp_path / f"run_{r}.json").stat().st_size for r in waiting
+    )
     _fs.configure(None)
     rs, ls, rt = files(tmp_path)
     assert sorted(rs.find_waiting_on(rt.get_state(r).waiting.wait_key)[0] for r in waiting) == sorted(waiting)

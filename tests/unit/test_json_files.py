@@ -34,6 +34,18 @@ ASK = WorkflowSpec(
 )
 
 
+def _crashed(*stores) -> None:
+    """Leave the folder as a killed process leaves it: the stores are abandoned unclosed, and
+    the next open in this process starts afresh (as a new process would), not as a second view."""
+    from abstractruntime.storage._durable import shared_flusher
+    from abstractruntime.storage.json_files import FileBackend
+
+    for st in stores:
+        st._closed = True
+        shared_flusher().forget(st.unit.journal._marker)
+    FileBackend._registry.clear()
+
+
 def _open(d, durable=True):
     rs, ls = JsonFileRunStore(d, durable=durable), JsonlLedgerStore(d, durable=durable)
     return rs, ls, Runtime(run_store=rs, ledger_store=ls)
@@ -197,6 +209,7 @@ def test_unclean_open_corrects_an_index_that_leads(tmp_path):
     rs._log.append([RunSummary.from_state(run)])
     rs._log.flush()  # the line reached the file; then the process died
     # (no close: the OPEN marker stays, as after a crash)
+    _crashed(rs, ls)
     rs2 = JsonFileRunStore(tmp_path)
     assert [s.run_id for s in rs2.list_run_summaries(status="waiting")] == [rid]
     assert rs2.count_by_status() == {"waiting": 1}
@@ -212,6 +225,7 @@ def test_unclean_open_finds_checkpoints_the_index_missed(tmp_path):
     run = rs.load(rid)
     run.status, run.waiting, run.output = RunStatus.COMPLETED, None, {"x": 1}
     (tmp_path / f"run_{rid}.json").write_text(json.dumps(run.to_dict()))
+    _crashed(rs, ls)
     rs2 = JsonFileRunStore(tmp_path)
     assert rs2.count_by_status() == {"completed": 1}
 
@@ -274,6 +288,7 @@ def test_unclean_open_forgets_a_start_that_never_landed(tmp_path):
 
     rs._log.append([RunSummary.from_state(ghost)])  # index line written, then the crash: no checkpoint
     rs._log.flush()
+    _crashed(rs, ls)
     rs2 = JsonFileRunStore(tmp_path)
     assert [s.run_id for s in rs2.list_run_summaries()] == [rid]
     assert rs2.load("ghost-run") is None

@@ -20,8 +20,9 @@ def cli(cwd, *args, env=None):
         if k.startswith("ABSTRACTRUNTIME_"):
             del e[k]
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "abstractruntime", *args], cwd=cwd, env=e,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "abstractruntime", *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_root_is_found_walking_up_like_git(tmp_path):
@@ -125,9 +126,17 @@ def test_config_command_prints_each_setting_and_its_source(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"project root: {tmp_path}"
-    assert any(line.split()[:2] == ["store", "sqlite"] and line.endswith(f"({tmp_path}/abstractruntime.toml)") for line in lines)
-    assert any(line.split()[:2] == ["log_level", "debug"] and line.endswith("(env ABSTRACTRUNTIME_LOG_LEVEL)") for line in lines)
-    assert any(line.split()[:2] == ["data", f"{tmp_path}/.abstractruntime"] and line.endswith("(default)") for line in lines)
+    assert any(
+        line.split()[:2] == ["store", "sqlite"] and line.endswith(f"({tmp_path}/abstractruntime.toml)")
+        for line in lines
+    )
+    assert any(
+        line.split()[:2] == ["log_level", "debug"] and line.endswith("(env ABSTRACTRUNTIME_LOG_LEVEL)")
+        for line in lines
+    )
+    assert any(
+        line.split()[:2] == ["data", f"{tmp_path}/.abstractruntime"] and line.endswith("(default)") for line in lines
+    )
     bad = cli(tmp_path, "config", env={"ABSTRACTRUNTIME_STORE": "nope"})
     assert bad.returncode == 2 and "ABSTRACTRUNTIME_STORE: key 'store': expected one of" in bad.stderr
 

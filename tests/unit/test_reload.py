@@ -62,11 +62,15 @@ def test_each_load_is_a_fresh_module_that_never_stays_in_sys_modules(tmp_path):
 def test_skipped_files_and_a_spec_defined_twice_in_one_file(tmp_path):
     write(tmp_path / "_helpers.py", wid="hidden")
     write(tmp_path / ".#flow.py", wid="lockfile")
-    (tmp_path / "twice.py").write_text(MODULE.format(tag="a", wid="w", name="one") + MODULE.format(tag="b", wid="w", name="two"))
+    (tmp_path / "twice.py").write_text(
+        MODULE.format(tag="a", wid="w", name="one") + MODULE.format(tag="b", wid="w", name="two")
+    )
     reg = WorkflowRegistry()
     r = WorkflowCatalog([str(tmp_path)], reg).rescan()
     assert reg.list_ids() == []
-    assert [e["message"] for e in r.new_errors] == [f"ValueError: workflow 'w' is defined twice in {tmp_path / 'twice.py'}"]
+    assert [e["message"] for e in r.new_errors] == [
+        f"ValueError: workflow 'w' is defined twice in {tmp_path / 'twice.py'}"
+    ]
 
 
 def test_a_module_that_exits_at_import_is_a_load_error(tmp_path):
@@ -83,7 +87,9 @@ def test_a_missing_folder_is_reported_not_fatal(tmp_path):
 
 def _ask(next_node):
     def ask(run, ctx):
-        return StepPlan(node_id="ask", effect=Effect(EffectType.ASK_USER, {"prompt": "?"}, result_key="a"), next_node=next_node)
+        return StepPlan(
+            node_id="ask", effect=Effect(EffectType.ASK_USER, {"prompt": "?"}, result_key="a"), next_node=next_node
+        )
 
     return ask
 
@@ -100,12 +106,16 @@ def test_records_carry_the_version_their_step_ran_under_and_migrate_moves_a_stra
     run = rt.start_and_tick(workflow=v1)
     v2 = WorkflowSpec(workflow_id="w", entry_node="ask", nodes={"ask": _ask("fin"), "fin": _end("v2")})
     v2.version = "v2"
-    reg.register(v2)
+    reg.register(v2, replace=True)  # a new version of the same id, as hot reload swaps it in
 
     with pytest.raises(RunStrandedError) as e:
         rt.resume(workflow=None, run_id=run.run_id, wait_key=None, payload={"text": "x"})
     assert e.value.data == {
-        "run_id": run.run_id, "workflow_id": "w", "node_id": "end", "workflow_version": "v2", "run_version": "v1",
+        "run_id": run.run_id,
+        "workflow_id": "w",
+        "node_id": "end",
+        "workflow_version": "v2",
+        "run_version": "v1",
     }
     assert isinstance(e.value, InvalidWorkflowError) and e.value.CODE == 1012
     assert rt.emit_event(wait_key=run.waiting.wait_key, payload={}) == []  # skipped, not raised
@@ -128,7 +138,9 @@ def test_records_carry_the_version_their_step_ran_under_and_migrate_moves_a_stra
 def test_a_tool_defined_in_two_files_loads_from_the_second_once_the_first_lets_go(tmp_path):
     from abstractruntime.integrations.abstractcore import ToolRegistry
 
-    tool_src = "from abstractruntime.integrations.abstractcore import tool\n\n@tool\ndef ping() -> str:\n    return {tag!r}\n"
+    tool_src = (
+        "from abstractruntime.integrations.abstractcore import tool\n\n@tool\ndef ping() -> str:\n    return {tag!r}\n"
+    )
     (tmp_path / "a.py").write_text(tool_src.format(tag="a"))
     (tmp_path / "b.py").write_text(tool_src.format(tag="b"))
     tools = ToolRegistry()

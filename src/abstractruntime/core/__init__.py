@@ -16,7 +16,6 @@ from .errors import (
 from .models import (
     Effect,
     EffectType,
-    RetryPolicy,
     RunState,
     RunStatus,
     StepPlan,
@@ -25,7 +24,7 @@ from .models import (
     WaitReason,
     WaitState,
 )
-from .policy import DefaultEffectPolicy, EffectPolicy, NoRetryPolicy, compute_idempotency_key
+from .policy import DefaultEffectPolicy, EffectPolicy, NoRetryPolicy, RetryPolicy, compute_idempotency_key
 from .runtime import DefaultRunContext, Runtime
 from .spec import WorkflowSpec
 

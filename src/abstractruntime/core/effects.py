@@ -27,6 +27,8 @@ class EffectOutcome:
     result: Optional[Dict[str, Any]] = None
     wait: Optional[WaitState] = None
     error: Optional[str] = None
+    # For a failure: whether another attempt could succeed (the effect policy decides how many).
+    retryable: bool = True
 
     @classmethod
     def completed(cls, result: Optional[Dict[str, Any]] = None) -> EffectOutcome:
@@ -37,8 +39,8 @@ class EffectOutcome:
         return cls(status="waiting", wait=wait)
 
     @classmethod
-    def failed(cls, error: str) -> EffectOutcome:
-        return cls(status="failed", error=error)
+    def failed(cls, error: str, *, retryable: bool = True) -> EffectOutcome:
+        return cls(status="failed", error=error, retryable=retryable)
 
 
 def call_handler(handler: EffectHandler, run: RunState, effect: Effect, default_next_node: Optional[str]) -> Any:
@@ -186,4 +188,4 @@ def handle_answer_user(run: RunState, effect: Effect, default_next_node: Optiona
     msg = effect.payload.get("message")
     if msg is None:
         return EffectOutcome.failed("answer_user needs payload.message")
-    return EffectOutcome.completed({"message": str(msg), "level": str(effect.payload.get("level") or "info")})
+    return EffectOutcome.completed({"message": str(msg), "level": str(effect.payload.get("level") or "message")})

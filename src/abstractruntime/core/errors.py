@@ -72,6 +72,13 @@ class RunFinishedError(RunNotWaitingError):
     NAME = "run_already_finished"
 
 
+class RunPausedError(RunNotWaitingError):
+    """The run is paused (`Runtime.pause_run`): it takes no answer until `resume_run`."""
+
+    CODE = 1015
+    NAME = "run_paused"
+
+
 class InvalidWorkflowError(AbstractRuntimeError, ValueError):
     """A workflow definition is invalid, or lacks the node a run needs."""
 
@@ -157,4 +164,5 @@ ERROR_TYPES = (
     RunStrandedError,
     StorageUnavailableError,
     UnexpectedStepError,
+    RunPausedError,
 )

@@ -19,7 +19,7 @@ from .effects import EffectHandler, EffectOutcome, call_handler
 from .errors import NotJsonSerializableError, UnexpectedStepError
 from .jsonutil import find_unserializable
 from .models import Effect, EffectType, RunState, StepRecord, WaitReason, WaitState
-from .policy import EffectPolicy
+from .policy import EffectPolicy, NoRetryPolicy
 from .tick import Tick
 
 # Effects whose handlers only decide a wait or a value: nothing outside the run happens,
@@ -129,7 +129,8 @@ class EffectExecutor:
                 return EffectOutcome.failed(f"{UnexpectedStepError.__name__}: {unexpected}")
             if prior.get("status") == "completed":
                 return EffectOutcome.completed(prior.get("result"))  # it happened once: reuse it
-        return self._attempts(run, node_id, effect, nxt, handler, key, self.policy.retry_for(effect), t)
+        policy = self.policy if effect.retry is None or isinstance(self.policy, NoRetryPolicy) else effect.retry
+        return self._attempts(run, node_id, effect, nxt, handler, key, policy, t)
 
     def _attempts(
         self,
@@ -144,9 +145,10 @@ class EffectExecutor:
     ) -> EffectOutcome:
         out = EffectOutcome.failed("effect not attempted")
         attempt = 0
-        for attempt in range(1, policy.max_attempts + 1):
+        attempts = max(1, int(policy.max_attempts(effect)))
+        for attempt in range(1, attempts + 1):
             if attempt > 1:
-                time.sleep(policy.delay_before(attempt))
+                time.sleep(max(0.0, float(policy.backoff_seconds(effect=effect, attempt=attempt - 1))))
             started = new_record(run, node_id, effect, attempt=attempt, idempotency_key=key)
             # Durable before the side effect: the ledger shows the attempt even if we die in it.
             self._append_now(run, t.records + [started])
@@ -163,7 +165,9 @@ class EffectExecutor:
                         out = EffectOutcome.failed(
                             f"effect {type_key(effect.type)!r} returned {bad}, which is not JSON-serializable"
                         )
-                retry = False
+                # A failed outcome is tried again unless the handler says it would fail the same
+                # way (`retryable=False`: a bad payload, a refused request).
+                retry = out.status == "failed" and out.retryable
                 trace = None
             except (Exception, SystemExit) as e:  # isolation boundary: a failing handler fails this attempt only
                 out = EffectOutcome.failed(f"{type(e).__name__}: {e}")
@@ -172,7 +176,7 @@ class EffectExecutor:
             rec = finish(new_record(run, node_id, effect, attempt=attempt, idempotency_key=key), out, trace)
             # Durable before the run moves on: after a crash this result is found at its step.
             self._append_now(run, [rec])
-            if not (retry and attempt < policy.max_attempts):
+            if not (retry and attempt < attempts):
                 break
         if out.status == "failed" and attempt > 1:
             out = EffectOutcome.failed(f"{out.error} (after {attempt} attempts)")

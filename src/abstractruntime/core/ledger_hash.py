@@ -49,7 +49,9 @@ def chain_records(
 
 
 def verify_ledger_chain(records: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Check seq numbering and the hash chain; returns {ok, count, errors, first_bad_index, head_hash}."""
+    """Check seq numbering and the hash chain; returns {ok, count, errors, first_bad_index,
+    head_hash (as stored), computed_head_hash (the last record's hash recomputed; None when a
+    record has no hash)}."""
     errors: List[Dict[str, Any]] = []
     prev: Optional[str] = None
     for i, r in enumerate(records):
@@ -65,10 +67,15 @@ def verify_ledger_chain(records: List[Dict[str, Any]]) -> Dict[str, Any]:
         if computed != stored:
             errors.append({"index": i, "type": "record_hash_mismatch", "stored": stored, "computed": computed})
         prev = stored
+    computed_head = None
+    if records and all(r.get("record_hash") for r in records):
+        last = records[-1]
+        computed_head = compute_record_hash(record=last, prev_hash=last.get("prev_hash"))
     return {
         "ok": not errors,
         "count": len(records),
         "errors": errors,
         "first_bad_index": errors[0]["index"] if errors else None,
         "head_hash": records[-1].get("record_hash") if records else None,
+        "computed_head_hash": computed_head,
     }

@@ -71,39 +71,16 @@ class EffectType(str, Enum):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How often a failing effect is tried again, and how long to wait in between.
-
-    `max_attempts` counts the first try. The delay before attempt n+1 is
-    `min(backoff_max_s, backoff_s * backoff_factor ** (n - 1))`.
-    """
-
-    max_attempts: int = 1
-    backoff_s: float = 0.0
-    backoff_factor: float = 2.0
-    backoff_max_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be >= 1")
-        if self.backoff_s < 0 or self.backoff_max_s < 0:
-            raise ValueError("RetryPolicy backoff values must be >= 0")
-
-    def delay_before(self, attempt: int) -> float:
-        """Delay before `attempt` (2, 3, ...)."""
-        if attempt <= 1:
-            return 0.0
-        return min(self.backoff_max_s, self.backoff_s * self.backoff_factor ** (attempt - 2))
-
-
-@dataclass(frozen=True)
 class Effect:
-    """A request for a side effect; `result_key` names where its result lands in `run.vars`."""
+    """A request for a side effect; `result_key` names where its result lands in `run.vars`.
+
+    `retry` (ours; the published package has no such field): an effect policy (`RetryPolicy`,
+    `DefaultEffectPolicy`, ...) used for this effect instead of the runtime's."""
 
     type: EffectType
     payload: Dict[str, Any] = field(default_factory=dict)
     result_key: Optional[str] = None
-    retry: Optional[RetryPolicy] = None
+    retry: Optional[Any] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return {"type": _enum_value(self.type), "payload": self.payload, "result_key": self.result_key}
@@ -117,6 +94,10 @@ class StepPlan:
     effect: Optional[Effect] = None
     next_node: Optional[str] = None
     complete_output: Optional[Dict[str, Any]] = None
+
+
+# The key in `WaitState.details` that marks a paused run: {"reason": ..., "paused_at": ...}.
+PAUSED = "paused"
 
 
 @dataclass
@@ -212,6 +193,11 @@ class RunState:
             workflow_version=workflow_version,
             last_version=workflow_version,
         )
+
+    @property
+    def paused(self) -> bool:
+        """Held by `Runtime.pause_run`: ticks leave it, answers are refused, timers do not fire."""
+        return self.waiting is not None and bool((self.waiting.details or {}).get(PAUSED))
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -338,6 +324,13 @@ class StepRecord:
         self.traceback = traceback
         self.ended_at = utc_now_iso()
         return self
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> StepRecord:
+        """A record as a ledger lists it, back as a StepRecord (unknown keys are dropped)."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["status"] = StepStatus(known["status"])
+        return cls(**known)
 
     def to_dict(self) -> Dict[str, Any]:
         return {

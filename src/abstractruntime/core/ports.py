@@ -10,10 +10,12 @@ after a crash in between reuse the recorded results).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Protocol, runtime_checkable
+import threading
+import time
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
 from .jsonutil import dumps
-from .models import RunState, StepRecord
+from .models import RunState, RunStatus, StepRecord
 
 
 @runtime_checkable
@@ -68,6 +70,63 @@ class SplitCommit:
         else:
             self.runs.save(run)
         return stored
+
+
+class HostRunStore:
+    """A run store of the host's own that offers only `save` and `load` (which the published
+    package accepted): the leases the runtime takes on its runs live in this process, and the
+    runs waiting on an event are found through the store's `list_runs` if it has one."""
+
+    PORT = ("load", "try_lease", "release_lease", "find_waiting_on")
+
+    @classmethod
+    def is_complete(cls, store: Any) -> bool:
+        return all(callable(getattr(store, name, None)) for name in cls.PORT)
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._leases: Dict[str, Tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:  # anything else is the store's own
+        return getattr(self.store, name)
+
+    def load(self, run_id: str) -> Optional[RunState]:
+        return self.store.load(run_id)
+
+    def save(self, run: RunState) -> None:
+        self.store.save(run)
+
+    def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
+        if records:
+            raise NotImplementedError(f"{type(self.store).__name__} keeps no ledger")
+        self.store.save(run)
+        return []
+
+    def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            held = self._leases.get(run_id)
+            if held is not None and held[0] != owner and held[1] > now:
+                return False
+            self._leases[run_id] = (owner, now + lease_s)
+            return True
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        with self._lock:
+            held = self._leases.get(run_id)
+            if held is not None and held[0] == owner:
+                del self._leases[run_id]
+
+    def find_waiting_on(self, wait_key: str) -> List[str]:
+        list_runs = getattr(self.store, "list_runs", None)
+        if list_runs is None:
+            return []  # it cannot be asked: EMIT_EVENT resumes no run of it
+        return [
+            r.run_id
+            for r in list_runs(status=RunStatus.WAITING, limit=100_000)
+            if r.waiting is not None and r.waiting.wait_key == wait_key
+        ]
 
 
 def same_unit(runs: Any, ledger: Any) -> bool:

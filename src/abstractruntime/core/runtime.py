@@ -20,6 +20,7 @@ import traceback as tb
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from .clock import SYSTEM_CLOCK, Clock
@@ -41,6 +42,7 @@ from .errors import (
     RunFinishedError,
     RunNotFoundError,
     RunNotWaitingError,
+    RunPausedError,
     RunStrandedError,
     WaitKeyMismatchError,
     WorkflowMismatchError,
@@ -50,16 +52,18 @@ from .execution import EffectExecutor, describe_unserializable, new_record, type
 from .jsonutil import find_unserializable
 from .ledger_hash import verify_ledger_chain
 from .models import (
+    PAUSED,
     RunState,
     RunStatus,
     StepPlan,
     StepRecord,
     StepStatus,
     WaitReason,
+    WaitState,
     utc_now_iso,
 )
 from .policy import DefaultEffectPolicy, EffectPolicy
-from .ports import LedgerPort, RunPort, SplitCommit, same_unit
+from .ports import HostRunStore, LedgerPort, RunPort, SplitCommit, same_unit
 from .spec import WorkflowSpec
 from .tick import Tick
 from .timeutil import iso_to_epoch
@@ -132,10 +136,12 @@ class Runtime:
         if run_store is None or ledger_store is None:
             raise TypeError("Runtime needs stores=open_stores(...), or both run_store= and ledger_store=")
         self._run_store = run_store
+        # What the runtime calls; a host's store with only save and load gets an adapter.
+        self._runs: RunPort = run_store if HostRunStore.is_complete(run_store) else HostRunStore(run_store)
         self._ledger_store: LedgerPort = ledger_store
         # How a step is committed: by the run store itself when the two are one unit.
         self._commit_to: RunPort = (
-            run_store if same_unit(run_store, ledger_store) else SplitCommit(run_store, ledger_store)
+            run_store if same_unit(run_store, ledger_store) else SplitCommit(self._runs, ledger_store)
         )
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._ctx = context or DefaultRunContext()
@@ -252,7 +258,7 @@ class Runtime:
         )
 
     def get_state(self, run_id: str) -> RunState:
-        run = self._run_store.load(run_id)
+        run = self._runs.load(run_id)
         if run is None:
             raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
         return run
@@ -306,7 +312,7 @@ class Runtime:
             assert w is not None
             if wait_key is not None and w.wait_key is not None and wait_key != w.wait_key:
                 raise WaitKeyMismatchError(
-                    f"run {run_id} waits on {w.wait_key!r}, not {wait_key!r}",
+                    f"wait_key mismatch: run {run_id} waits on {w.wait_key!r}, not {wait_key!r}",
                     run_id=run_id,
                     expected=w.wait_key,
                     got=wait_key,
@@ -314,7 +320,7 @@ class Runtime:
             self._check_resume_target(workflow, run)
             _bind_version(workflow, run)
             self._apply_resume(run, payload, t)
-            state = self._advance(workflow, run, max_steps, t)
+            state = self._commit(run, t) if run.status.is_terminal else self._advance(workflow, run, max_steps, t)
         self._run_after(t)
         return state
 
@@ -326,29 +332,26 @@ class Runtime:
         _check_workflow(workflow, run)
         if run.status.is_terminal:
             raise RunFinishedError(
-                f"run {run_id} already {run.status.value}; it cannot be {verb}",
+                f"run {run_id} is not waiting: it already {run.status.value}, so it cannot be {verb}",
                 run_id=run_id,
                 status=run.status.value,
             )
         if run.status != RunStatus.WAITING or run.waiting is None:
             raise RunNotWaitingError(f"run {run_id} is not waiting (status {run.status.value})", run_id=run_id)
+        if run.paused:
+            raise RunPausedError(f"run {run_id} is paused: resume_run({run_id!r}) first, then answer it", run_id=run_id)
         return run, workflow
 
     def cancel_run(self, run_id: str, reason: Optional[str] = None) -> RunState:
-        """Cancel a run that has not finished; a run being ticked stops after its current step."""
+        """Cancel a run that has not finished (and the child it waits on); a run being ticked
+        stops after its current step. A finished run is returned unchanged."""
         self._cancel_requests[run_id] = reason
         try:
             t = Tick()
             with self._guard(run_id, timeout=60.0):
                 run = self.get_state(run_id)
-                if run.status == RunStatus.CANCELLED:
-                    return run
                 if run.status.is_terminal:
-                    raise RunFinishedError(
-                        f"run {run_id} already {run.status.value}; it cannot be cancelled",
-                        run_id=run_id,
-                        status=run.status.value,
-                    )
+                    return run
                 child = (run.waiting.details or {}).get("sub_run_id") if run.waiting else None
                 self._finish_cancelled(run, reason, t)
             self._run_after(t)
@@ -360,6 +363,66 @@ class Runtime:
             return run
         finally:
             self._cancel_requests.pop(run_id, None)
+
+    def pause_run(self, run_id: str, *, reason: Optional[str] = None) -> RunState:
+        """Hold a run until `resume_run`: ticks leave it as it is, `resume` refuses it
+        (`RunPausedError`, a ValueError) and a due `WAIT_UNTIL` does not fire.
+
+        A running run waits on `pause:<run_id>` (reason `user`) at the node it would run next;
+        a waiting run keeps its wait. A finished or already paused run is returned unchanged."""
+        t = Tick()
+        with self._guard(run_id, timeout=60.0):
+            run = self.get_state(run_id)
+            if run.status.is_terminal or run.paused:
+                return run
+            mark = {"reason": reason, "paused_at": utc_now_iso()}
+            if run.status == RunStatus.WAITING and run.waiting is not None:
+                run.waiting.details = {**(run.waiting.details or {}), PAUSED: mark}
+            else:
+                run.status = RunStatus.WAITING
+                run.waiting = WaitState(
+                    reason=WaitReason.USER,
+                    wait_key=f"pause:{run_id}",
+                    resume_to_node=run.current_node,
+                    prompt=reason,
+                    details={PAUSED: {**mark, "was_running": True}},
+                )
+            t.records.append(self._record(run, run.current_node, None).finish_success({"paused": {"reason": reason}}))
+            state = self._commit(run, t)
+        self._run_after(t)
+        return state
+
+    def resume_run(self, run_id: str) -> RunState:
+        """Undo `pause_run`: a run paused while running runs again at its next tick; a run paused
+        while waiting waits as before (a timer that came due meanwhile fires at the next poll). A
+        run that is not paused is returned unchanged."""
+        t = Tick()
+        with self._guard(run_id, timeout=60.0):
+            run = self.get_state(run_id)
+            w = run.waiting
+            if not run.paused or w is None:
+                return run
+            details = dict(w.details or {})
+            mark = details.pop(PAUSED)
+            if isinstance(mark, dict) and mark.get("was_running"):
+                run.status = RunStatus.RUNNING
+                run.waiting = None
+            else:
+                w.details = details or None
+            t.records.append(self._record(run, run.current_node, None).finish_success({"unpaused": True}))
+            state = self._commit(run, t)
+            if w.reason == WaitReason.SUBWORKFLOW and run.status == RunStatus.WAITING:
+                # Its child may have ended while it was paused: look again once the lock is free.
+                t.after.append(partial(self._wake_if_child_done, run_id))
+        self._run_after(t)
+        return state
+
+    def _wake_if_child_done(self, run_id: str) -> None:
+        run = self.get_state(run_id)
+        child_id = (run.waiting.details or {}).get("sub_run_id") if run.waiting else None
+        child = self._runs.load(child_id) if child_id else None
+        if child is not None and child.status.is_terminal:
+            self._composition.notify_parent(child)
 
     def migrate_run(
         self, run_id: str, *, to_node: Optional[str] = None, workflow: Optional[WorkflowSpec] = None
@@ -419,7 +482,7 @@ class Runtime:
         key = wait_key or event_wait_key(str(name), scope, session_id=session_id, run_id=run_id)
         resumed = []
         body = payload if isinstance(payload, dict) else {"value": payload}
-        for rid in self._run_store.find_waiting_on(key):
+        for rid in self._runs.find_waiting_on(key):
             try:
                 run = self.get_state(rid)
                 wf = workflow if workflow is not None and workflow.workflow_id == run.workflow_id else None
@@ -427,7 +490,7 @@ class Runtime:
                 self.resume(workflow=wf, run_id=rid, wait_key=key, payload=body)
                 resumed.append(rid)
             except (RunNotWaitingError, WaitKeyMismatchError, RunNotFoundError):
-                continue  # answered by someone else meanwhile
+                continue  # answered by someone else meanwhile, or paused
             except (WorkflowNotFoundError, RunStrandedError) as e:
                 log.warning("event %s: cannot resume run %s: %s", key, rid, e)
         return resumed
@@ -439,19 +502,19 @@ class Runtime:
     @contextmanager
     def _guard(self, run_id: str, timeout: Optional[float] = None) -> Iterator[None]:
         with self._locks.hold(run_id, timeout):
-            if not self._run_store.try_lease(run_id, self.owner_id, self.lease_s):
+            if not self._runs.try_lease(run_id, self.owner_id, self.lease_s):
                 raise RunBusyError(f"run {run_id} is leased by another runtime", run_id=run_id)
             try:
                 yield
             finally:
-                self._run_store.release_lease(run_id, self.owner_id)
+                self._runs.release_lease(run_id, self.owner_id)
 
     def _advance(self, workflow: WorkflowSpec, run: RunState, max_steps: int, t: Tick) -> RunState:
         if run.status.is_terminal:
             return run
         _bind_version(workflow, run)
         if run.status == RunStatus.WAITING:
-            if not self._unblock_if_ready(workflow, run, t):
+            if run.paused or not self._unblock_if_ready(workflow, run, t):
                 return run
             if run.status != RunStatus.RUNNING:
                 return self._commit(run, t)
@@ -507,11 +570,18 @@ class Runtime:
                 assert outcome.wait is not None
                 run.status = RunStatus.WAITING
                 run.waiting = outcome.wait
+                if run.waiting.resume_to_node is None:  # a host's handler may leave it to the node
+                    run.waiting.resume_to_node = nxt
                 return self._commit(run, t)
             if plan.effect.result_key and outcome.result is not None:
                 set_nested(run.vars, plan.effect.result_key, outcome.result)
             if nxt is None:
-                return self._fail(run, t, node_id, f"node {node_id!r} requested an effect but named no next_node")
+                # An effect with nowhere to go next ends the run with the effect's result (as the
+                # published package does): `StepPlan(effect=Effect(ANSWER_USER, ...))` as a last node.
+                run.status = RunStatus.COMPLETED
+                run.output = {"success": True, "result": outcome.result}
+                t.records.append(self._record(run, node_id, None).finish_success({"output": run.output}))
+                return self._commit(run, t)
             run.current_node = nxt
 
     def _record(self, run: RunState, node_id: str, effect: Any, **kw: Any) -> StepRecord:
@@ -538,7 +608,7 @@ class Runtime:
             return due
         if w.reason == WaitReason.SUBWORKFLOW:
             child_id = (w.details or {}).get("sub_run_id")
-            child = self._run_store.load(child_id) if child_id else None
+            child = self._runs.load(child_id) if child_id else None
             if child is None or not child.status.is_terminal:
                 return False
             if child.status == RunStatus.COMPLETED:
@@ -584,6 +654,12 @@ class Runtime:
         run.waiting = None
         if w.resume_to_node:
             run.current_node = w.resume_to_node
+        else:
+            # The effect that waited was its node's last word (no next_node): the answer ends the
+            # run, as an effect without a next node does (the published package's behaviour).
+            run.status = RunStatus.COMPLETED
+            run.output = {"success": True, "result": payload}
+            t.records.append(self._record(run, run.current_node, None).finish_success({"output": run.output}))
 
     # ------------------------------------------------------------------------------------
     # Endings and commits
@@ -626,7 +702,7 @@ class Runtime:
             # Nothing was written (stores serialize before they write): keep the last
             # checkpoint, fail the run from there, and say which key could not be stored.
             msg = describe_unserializable(run, records, e)
-            last = self._run_store.load(run.run_id)
+            last = self._runs.load(run.run_id)
             if last is None:
                 raise NotJsonSerializableError(msg) from e
             node_id = run.current_node

@@ -11,3 +11,8 @@ def iso_to_epoch(value: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
+
+
+def epoch_to_iso(epoch: float) -> str:
+    """Epoch seconds as ISO-8601 in UTC (`2026-01-01T00:00:00+00:00`)."""
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()

@@ -101,7 +101,9 @@ class EditorFeatures:
         pending = self._prompts.get(run_id)
         if pending is not None and pending[0] != key:
             self._withdraw(run_id)
-        asks = s.get("wait_reason") == "user" or (s.get("wait_reason") == "event" and s.get("prompt"))
+        asks = not s.get("paused") and (
+            s.get("wait_reason") == "user" or (s.get("wait_reason") == "event" and s.get("prompt"))
+        )
         if waiting and asks and self.answer_prompts and run_id not in self._prompts:
             self._prompt(run_id, s)
 
@@ -261,7 +263,7 @@ class EditorFeatures:
         @ls.command("abstractruntime.cancel")
         async def cancel(*args) -> Any:  # no annotation: pygls calls issubclass() on it (fails on 3.10)
             a = _first_dict(args, "run_id", "reason")
-            st = await self._call(self.hub.runtime.cancel_run, str(a.get("run_id")), reason=a.get("reason"))
+            st = await self._call(self.hub.cancel, str(a.get("run_id")), reason=a.get("reason"))
             return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}
 
         @ls.command("abstractruntime.showRun")

@@ -16,10 +16,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from .. import __version__
-from ..core.models import EffectType, RunStatus
-from ..core.policy import DefaultEffectPolicy
+from ..core.errors import RunFinishedError
+from ..core.models import EffectType, RunState, RunStatus
 from ..core.runtime import Runtime
-from ..integrations.abstractcore.factory import DEFAULT_LLM_RETRY
+from ..integrations.abstractcore.factory import DEFAULT_EFFECT_POLICY
 from ..integrations.abstractcore.llm import not_configured as llm_not_configured
 from ..integrations.abstractcore.tools import ToolCallsHandler, ToolRegistry
 from ..protocol import discovery
@@ -78,7 +78,7 @@ class Hub:
             workflow_registry=self.registry,
             effect_handlers=self._effect_handlers(set(external or ())),
             external_effects=external or (),
-            effect_policy=DefaultEffectPolicy(retries={EffectType.LLM_CALL: DEFAULT_LLM_RETRY}),
+            effect_policy=DEFAULT_EFFECT_POLICY,
         )
         self.pool = TickPool(workers)
         self.scheduler = Scheduler(runtime=self.runtime, registry=self.registry, poll_interval_s=poll_interval_s)
@@ -229,6 +229,18 @@ class Hub:
         """Run blocking kernel work off the event loop, so a slow node or effect never
         delays another client's request."""
         return await self.pool.run(lambda: fn(*args, **kw))
+
+    def cancel(self, run_id: str, reason: Optional[str] = None) -> RunState:
+        """`runtime/cancel`: the kernel's cancel, except that a run which already completed or
+        failed is an error a client is told of (the kernel returns it unchanged)."""
+        state = self.runtime.cancel_run(run_id, reason=reason)
+        if state.status.is_terminal and state.status != RunStatus.CANCELLED:
+            raise RunFinishedError(
+                f"run {run_id} already {state.status.value}; there is nothing to cancel",
+                run_id=run_id,
+                status=state.status.value,
+            )
+        return state
 
     def publish_progress(self, run_id: str, node_id: str, text: str) -> None:
         """A streamed piece of a model's answer: an event for subscribers, not a ledger record

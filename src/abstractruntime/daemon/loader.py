@@ -352,7 +352,7 @@ class WorkflowCatalog:
             for wf in specs:
                 old = self.registry.get(wf.workflow_id)
                 old_version = old.version if old is not None and self._owner.get(wf.workflow_id) == path else None
-                self.registry.register(wf)
+                self.registry.register(wf, replace=True)
                 self._owner[wf.workflow_id] = path
                 if old_version != wf.version:
                     result.changes.append(WorkflowChange(wf.workflow_id, path, old_version, wf.version))
@@ -399,7 +399,8 @@ class WorkflowCatalog:
         if self._owner.get(wid) != path:
             return
         del self._owner[wid]
-        self.registry.unregister(wid)
+        if wid in self.registry:
+            self.registry.unregister(wid)
         result.changes.append(WorkflowChange(wid, path, version, None))
 
 

@@ -323,7 +323,7 @@ class Session:
         return await self.hub.call(work)
 
     async def cancel(self, p: m.CancelParams) -> Dict[str, Any]:
-        return {"state": (await self.hub.call(self.hub.runtime.cancel_run, p.run_id, reason=p.reason)).to_dict()}
+        return {"state": (await self.hub.call(self.hub.cancel, p.run_id, reason=p.reason)).to_dict()}
 
     async def emit_event(self, p: m.EmitEventParams) -> Dict[str, Any]:
         resumed = await self.hub.call(

@@ -72,6 +72,7 @@ METHODS: List[Method] = [
             "run_not_found",
             "run_not_waiting",
             "run_already_finished",
+            "run_paused",
             "wait_key_mismatch",
             "workflow_not_found",
             "run_stranded",

@@ -105,6 +105,9 @@ class RunSummaryModel(Result):
     workflow_version: Optional[str] = None
     last_version: Optional[str] = None
     resume_node: Optional[str] = Field(None, description="For waiting runs: the node an answer resumes at.")
+    paused: bool = Field(
+        False, description="Held (Runtime.pause_run): it takes no answer, and its timer does not fire, until resumed."
+    )
 
 
 class LedgerRecordModel(Result):

@@ -23,6 +23,11 @@ class ScheduledRuntime:
     def register(self, workflow: WorkflowSpec) -> None:
         self.registry.register(workflow)
 
+    def _serve(self, workflow: WorkflowSpec) -> None:
+        # run()/start() register the workflow they are given; a new version of an id served
+        # already takes its place (as hot reload does), the same one is left alone.
+        self.registry.register(workflow, replace=True)
+
     def run(
         self,
         workflow: WorkflowSpec,
@@ -33,7 +38,7 @@ class ScheduledRuntime:
         max_steps: int = 100,
     ) -> Tuple[str, RunState]:
         """Start a run and tick it until it waits or ends."""
-        self.registry.register(workflow)
+        self._serve(workflow)
         state = self.runtime.start_and_tick(
             workflow=workflow, vars=vars, actor_id=actor_id, session_id=session_id, max_steps=max_steps
         )
@@ -47,7 +52,8 @@ class ScheduledRuntime:
         actor_id: Optional[str] = None,
         session_id: Optional[str] = None,
     ) -> str:
-        self.registry.register(workflow)
+        """Start a run (registering its workflow); it runs at the next `tick`."""
+        self._serve(workflow)
         return self.runtime.start(workflow=workflow, vars=vars, actor_id=actor_id, session_id=session_id)
 
     def tick(
@@ -85,6 +91,18 @@ class ScheduledRuntime:
 
     def cancel_run(self, run_id: str, reason: Optional[str] = None) -> RunState:
         return self.runtime.cancel_run(run_id, reason=reason)
+
+    def pause_run(self, run_id: str, *, reason: Optional[str] = None) -> RunState:
+        return self.runtime.pause_run(run_id, reason=reason)
+
+    def resume_run(self, run_id: str) -> RunState:
+        return self.runtime.resume_run(run_id)
+
+    def cancel_with_children(self, run_id: str, *, reason: Optional[str] = None) -> List[RunState]:
+        return self.scheduler.cancel_with_children(run_id, reason=reason)
+
+    def resume_subworkflow_parent(self, *, child_run_id: str, child_output: Dict[str, Any]) -> Optional[RunState]:
+        return self.scheduler.resume_subworkflow_parent(child_run_id=child_run_id, child_output=child_output)
 
     def find_waiting_runs(
         self, *, wait_reason: Any = None, workflow_id: Optional[str] = None, limit: int = 100

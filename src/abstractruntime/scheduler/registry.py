@@ -22,15 +22,27 @@ class WorkflowRegistry:
         for wf in workflows or ():
             self.register(wf)
 
-    def register(self, workflow: WorkflowSpec) -> None:
+    def register(self, workflow: WorkflowSpec, *, replace: bool = False) -> None:
+        """Serve `workflow` under its id. An id already registered is a ValueError unless
+        `replace=True` (hot reload swaps a module's new version in this way)."""
         if not isinstance(workflow, WorkflowSpec):
             raise TypeError(f"expected a WorkflowSpec, got {type(workflow).__name__}")
         with self._lock:
+            old = self._specs.get(workflow.workflow_id)
+            if old is not None and old is not workflow and not replace:
+                raise ValueError(
+                    f"workflow {workflow.workflow_id!r} is already registered: unregister it first, or "
+                    "register(workflow, replace=True)"
+                )
             self._specs[workflow.workflow_id] = workflow
 
-    def unregister(self, workflow_id: str) -> Optional[WorkflowSpec]:
+    def unregister(self, workflow_id: str) -> WorkflowSpec:
+        """Stop serving a workflow (runs of it keep their checkpoints); KeyError if unknown."""
         with self._lock:
-            return self._specs.pop(workflow_id, None)
+            wf = self._specs.pop(workflow_id, None)
+            if wf is None:
+                raise not_found(workflow_id, sorted(self._specs))
+            return wf
 
     def get(self, workflow_id: str) -> Optional[WorkflowSpec]:
         return self._specs.get(workflow_id)

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..core.clock import Clock
 from ..core.errors import AbstractRuntimeError, RunStrandedError, StorageUnavailableError
 from ..core.models import RunState, RunStatus, WaitReason
 from ..core.runtime import Runtime
+from ..core.timeutil import epoch_to_iso
+from ..storage.base import QueryableRunStore
 from .registry import WorkflowRegistry
 
 log = logging.getLogger("abstractruntime.scheduler")
@@ -26,16 +27,18 @@ log = logging.getLogger("abstractruntime.scheduler")
 
 @dataclass
 class SchedulerStats:
-    poll_cycles: int = 0
     runs_resumed: int = 0
     runs_failed: int = 0
+    poll_cycles: int = 0
+    last_poll_at: Optional[str] = None  # ISO-8601, UTC
+    errors: List[str] = field(default_factory=list)  # the newest `max_errors_kept`
     runs_recovered: int = 0
     wakeups: int = 0
-    errors: Deque[str] = field(default_factory=lambda: deque(maxlen=50))
 
     def to_dict(self) -> Dict[str, Any]:
         return {
             "poll_cycles": self.poll_cycles,
+            "last_poll_at": self.last_poll_at,
             "runs_resumed": self.runs_resumed,
             "runs_failed": self.runs_failed,
             "runs_recovered": self.runs_recovered,
@@ -51,13 +54,20 @@ class Scheduler:
         runtime: Runtime,
         registry: WorkflowRegistry,
         poll_interval_s: float = 1.0,
+        max_errors_kept: int = 100,
         on_run_resumed: Optional[Callable[[RunState], None]] = None,
         on_run_failed: Optional[Callable[[str, Exception], None]] = None,
         batch_size: int = 10000,
         lease_s: float = 300.0,
         clock: Optional[Clock] = None,
     ) -> None:
+        if not isinstance(runtime.run_store, QueryableRunStore):
+            raise TypeError(
+                f"Scheduler requires a QueryableRunStore (list_runs, list_due_wait_until, list_children), but "
+                f"got {type(runtime.run_store).__name__}: use InMemoryRunStore, JsonFileRunStore or SqliteRunStore"
+            )
         self.runtime = runtime
+        self.max_errors_kept = max_errors_kept
         # The runtime's clock unless told otherwise: both must agree on when a timer is due.
         self.clock: Clock = clock or runtime.clock
         self.registry = registry
@@ -89,7 +99,7 @@ class Scheduler:
 
     def start(self) -> None:
         if self.is_running:
-            return
+            raise RuntimeError("Scheduler is already running")
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="abstractruntime-scheduler", daemon=True)
         self._thread.start()
@@ -117,9 +127,9 @@ class Scheduler:
             self._storage_failed = False
             try:
                 self.poll_once()
-                nxt = store.next_due_at()
+                nxt = store.next_due_at() if hasattr(store, "next_due_at") else None
             except Exception as e:  # isolation boundary: the loop outlives any one failure
-                self.stats.errors.append(f"{type(e).__name__}: {e}")
+                self._error(f"{type(e).__name__}: {e}")
                 log.exception("scheduler cycle failed")
                 nxt = None
             self._target = nxt if nxt is not None else float("inf")
@@ -134,13 +144,22 @@ class Scheduler:
                 self.stats.wakeups += 1
             self._wake.clear()
 
+    def _error(self, text: str) -> None:
+        errors = self.stats.errors
+        errors.append(text)
+        if len(errors) > self.max_errors_kept:
+            del errors[: len(errors) - self.max_errors_kept]
+
     def poll_once(self) -> int:
         """Resume every run whose timer is due now; returns how many were ticked."""
         self.stats.poll_cycles += 1
+        now = self.clock.time()
+        self.stats.last_poll_at = epoch_to_iso(now)
         store = self.runtime.run_store
-        ids = store.claim_due_runs(
-            now=self.clock.time(), owner=self.runtime.owner_id, lease_s=self.lease_s, limit=self.batch_size
-        )
+        if not hasattr(store, "claim_due_runs"):  # a queryable store of the host's own: no leases
+            due = store.list_due_wait_until(now_iso=epoch_to_iso(now), limit=self.batch_size)
+            return sum(1 for run in due if self._tick(run.run_id) is not None)
+        ids = store.claim_due_runs(now=now, owner=self.runtime.owner_id, lease_s=self.lease_s, limit=self.batch_size)
         for rid in ids:
             try:
                 self._tick(rid)
@@ -176,7 +195,7 @@ class Scheduler:
             if isinstance(e, StorageUnavailableError):
                 self._storage_failed = True
             self.stats.runs_failed += 1
-            self.stats.errors.append(f"{run_id}: {type(e).__name__}: {e}")
+            self._error(f"{run_id}: {type(e).__name__}: {e}")
             if not isinstance(e, AbstractRuntimeError):
                 log.exception("scheduler could not tick run %s", run_id)
             if self.on_run_failed:
@@ -191,12 +210,22 @@ class Scheduler:
     def recover(self) -> int:
         """Tick runs a crash left mid-tick, and parents whose child finished meanwhile."""
         store = self.runtime.run_store
+        if hasattr(store, "list_run_summaries"):
+            running = [s.run_id for s in store.list_run_summaries(status=RunStatus.RUNNING, limit=None)]
+            parents = store.list_run_summaries(status=RunStatus.WAITING, wait_reason=WaitReason.SUBWORKFLOW, limit=None)
+            parent_ids = [s.run_id for s in parents]
+        else:  # a queryable store of the host's own
+            running = [r.run_id for r in store.list_runs(status=RunStatus.RUNNING, limit=None)]
+            parent_ids = [
+                r.run_id
+                for r in store.list_runs(status=RunStatus.WAITING, wait_reason=WaitReason.SUBWORKFLOW, limit=None)
+            ]
         n = 0
-        for s in store.list_run_summaries(status=RunStatus.RUNNING, limit=None):
-            if self._tick(s.run_id) is not None:
+        for rid in running:
+            if self._tick(rid) is not None:
                 n += 1
-        for s in store.list_run_summaries(status=RunStatus.WAITING, wait_reason=WaitReason.SUBWORKFLOW, limit=None):
-            self._tick(s.run_id)
+        for rid in parent_ids:
+            self._tick(rid)
         self.stats.runs_recovered += n
         return n
 
@@ -206,6 +235,36 @@ class Scheduler:
         run = self.runtime.get_state(run_id)
         return self.runtime.resume(
             workflow=self.runtime.workflow(run.workflow_id), run_id=run_id, wait_key=wait_key, payload=payload
+        )
+
+    def cancel_with_children(self, run_id: str, *, reason: Optional[str] = None) -> List[RunState]:
+        """Cancel a run and every run it started, at any depth; returns the states, the
+        run's own first (runs already finished are returned unchanged)."""
+        out = [self.runtime.cancel_run(run_id, reason=reason)]
+        todo = [run_id]
+        while todo:
+            parent = todo.pop(0)
+            for child in self.runtime.run_store.list_children(parent_run_id=parent):
+                out.append(self.runtime.cancel_run(child.run_id, reason=reason or f"parent run {run_id} was cancelled"))
+                todo.append(child.run_id)
+        return out
+
+    def resume_subworkflow_parent(self, *, child_run_id: str, child_output: Dict[str, Any]) -> Optional[RunState]:
+        """Continue the parent of a finished child with `child_output`; None when the child has
+        no parent. (Ours wakes a waiting parent by itself when its child ends, so this usually
+        finds the parent already moved on and returns it as it is.)"""
+        child = self.runtime.get_state(child_run_id)
+        if not child.parent_run_id:
+            return None
+        parent = self.runtime.get_state(child.parent_run_id)
+        w = parent.waiting
+        if parent.status != RunStatus.WAITING or w is None or (w.details or {}).get("sub_run_id") != child_run_id:
+            return parent
+        return self.runtime.resume(
+            workflow=self.runtime.workflow(parent.workflow_id),
+            run_id=parent.run_id,
+            wait_key=w.wait_key,
+            payload={"sub_run_id": child_run_id, "output": child_output},
         )
 
     def find_waiting_runs(

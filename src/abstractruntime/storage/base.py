@@ -11,12 +11,14 @@ and `record_hash` when records are appended (see `ledger_chain`).
 
 from __future__ import annotations
 
+import heapq
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
+from ..core.ledger_hash import chain_records
 from ..core.models import RunState, RunStatus, StepRecord, WaitReason
 from ..core.timeutil import iso_to_epoch
 
@@ -61,11 +63,14 @@ class RunSummary:
     last_version: Optional[str] = None
     # Where an answer resumes a waiting run: a reload checks it against the new version.
     resume_node: Optional[str] = None
+    # Held by Runtime.pause_run: no answer is taken and its timer (`until`) is not due.
+    paused: bool = False
 
     @classmethod
     def from_state(cls, run: RunState) -> RunSummary:
         w = run.waiting
         waiting = run.status == RunStatus.WAITING and w is not None
+        paused = waiting and run.paused
         return cls(
             run_id=run.run_id,
             workflow_id=run.workflow_id,
@@ -75,7 +80,7 @@ class RunSummary:
             updated_at=run.updated_at,
             wait_reason=w.reason.value if waiting and w else None,
             wait_key=w.wait_key if waiting and w else None,
-            until=w.until if waiting and w else None,
+            until=w.until if waiting and w and not paused else None,
             prompt=w.prompt if waiting and w else None,
             choices=list(w.choices) if waiting and w and w.choices else None,
             allow_free_text=w.allow_free_text if waiting and w else True,
@@ -85,6 +90,7 @@ class RunSummary:
             workflow_version=run.workflow_version,
             last_version=run.last_version,
             resume_node=((w.resume_to_node or run.current_node) if waiting and w else None),
+            paused=paused,
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -97,6 +103,10 @@ class RunSummary:
 
 
 _SUMMARY_FIELDS = tuple(RunSummary.__dataclass_fields__)
+
+
+def _updated(s: RunSummary) -> str:
+    return s.updated_at or ""
 
 
 def _status_value(status: Any) -> Optional[str]:
@@ -181,23 +191,86 @@ class RunStore(ABC):
         workflow_id: Optional[str] = None,
         limit: Optional[int] = 100,
     ) -> List[RunState]:
+        """Runs, the most recently updated first (as the published package lists them)."""
         out: List[RunState] = []
         want = _status_value(status)
-        for s in self.list_run_summaries(status=status, wait_reason=wait_reason, workflow_id=workflow_id, limit=limit):
+        for s in self.newest_summaries(status=status, wait_reason=wait_reason, workflow_id=workflow_id, limit=limit):
             run = self.load(s.run_id)
             # The index may lead a checkpoint that a crash kept from landing; the file wins.
             if run is not None and (want is None or run.status.value == want):
                 out.append(run)
         return out
 
-    def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> List[RunState]:
-        now = iso_to_epoch(now_iso)
+    def newest_summaries(
+        self,
+        *,
+        status: Any = None,
+        wait_reason: Any = None,
+        workflow_id: Optional[str] = None,
+        limit: Optional[int] = 100,
+    ) -> List[RunSummary]:
+        """`list_run_summaries`, ordered by `updated_at`, newest first (stores with an index
+        on it answer without reading every summary)."""
+        found = self.list_run_summaries(status=status, wait_reason=wait_reason, workflow_id=workflow_id, limit=None)
+        if limit is None:
+            return sorted(found, key=_updated, reverse=True)
+        return heapq.nlargest(int(limit), found, key=_updated)
+
+    def list_children(self, *, parent_run_id: str, status: Any = None) -> List[RunState]:
+        """The runs started by `parent_run_id` (START_SUBWORKFLOW), oldest first."""
         out = []
-        for run in self.list_runs(status=RunStatus.WAITING, wait_reason=WaitReason.UNTIL, limit=None):
-            if run.waiting and run.waiting.until and iso_to_epoch(run.waiting.until) <= now:
+        for s in self.list_run_summaries(status=status, limit=None):
+            if s.parent_run_id == parent_run_id:
+                run = self.load(s.run_id)
+                if run is not None:
+                    out.append(run)
+        return out
+
+    def list_run_index(
+        self,
+        *,
+        status: Any = None,
+        workflow_id: Optional[str] = None,
+        session_id: Optional[str] = None,
+        root_only: bool = False,
+        limit: int = 100,
+        oldest_first: bool = False,
+        automation_id: Any = None,
+        role: Any = None,
+        session_kind: Any = None,
+    ) -> List[Dict[str, Any]]:
+        """Run summaries as dicts, newest first (`oldest_first` reverses), without loading runs.
+
+        `automation_id`, `role` and `session_kind` are the published package's filters on
+        fields our runs do not carry: any value other than None matches no run."""
+        if automation_id is not None or role is not None or session_kind is not None:
+            return []
+        found = [
+            s
+            for s in self.newest_summaries(status=status, workflow_id=workflow_id, limit=None)
+            if (session_id is None or s.session_id == session_id) and not (root_only and s.parent_run_id)
+        ]
+        if oldest_first:
+            found.reverse()
+        return [s.to_dict() for s in found[: max(0, int(limit))]]
+
+    def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> List[RunState]:
+        """Runs whose `WAIT_UNTIL` is due at `now_iso`, the earliest due first (paused ones not)."""
+        now = iso_to_epoch(now_iso)
+        due: List[Tuple[float, str]] = []
+        for s in self.list_run_summaries(status=RunStatus.WAITING, wait_reason=WaitReason.UNTIL, limit=None):
+            if s.until:
+                try:
+                    at = iso_to_epoch(s.until)
+                except ValueError:
+                    at = float("-inf")  # unparseable: due, so that the runtime reports it
+                if at <= now:
+                    due.append((at, s.run_id))
+        out = []
+        for _, run_id in sorted(due)[: max(0, int(limit))]:
+            run = self.load(run_id)
+            if run is not None:
                 out.append(run)
-                if len(out) >= limit:
-                    break
         return out
 
     def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
@@ -216,35 +289,82 @@ class RunStore(ABC):
 
 @runtime_checkable
 class QueryableRunStore(Protocol):
+    """A run store a `Scheduler` can work with (every store here is one)."""
+
     def list_runs(
         self, *, status: Any = None, wait_reason: Any = None, workflow_id: Optional[str] = None, limit: int = 100
     ) -> List[RunState]: ...
 
     def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> List[RunState]: ...
 
+    def list_children(self, *, parent_run_id: str, status: Any = None) -> List[RunState]: ...
+
+
+@runtime_checkable
+class QueryableRunIndexStore(Protocol):
+    """A run store that lists summaries without loading runs (every store here is one)."""
+
+    def list_run_index(
+        self,
+        *,
+        status: Any = None,
+        workflow_id: Optional[str] = None,
+        session_id: Optional[str] = None,
+        root_only: bool = False,
+        limit: int = 100,
+        oldest_first: bool = False,
+        automation_id: Any = None,
+        role: Any = None,
+        session_kind: Any = None,
+    ) -> List[Dict[str, Any]]: ...
+
 
 class LedgerStore(ABC):
-    """Append-only journal of `StepRecord`s, hash-chained per run."""
+    """Append-only journal of `StepRecord`s, hash-chained per run.
+
+    The stores here implement `append_many`, `list`, `head` and `add_listener` themselves. A
+    store of one's own, written for the published package, may implement just `append(record)`
+    and `list(run_id)`: the defaults below chain its records before each `append`, and work out
+    the rest from `list`."""
 
     unit: Any = None  # see RunStore.unit
+    chains = True  # whether append_many assigns seq, prev_hash and record_hash itself
 
-    @abstractmethod
     def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
         """Chain and durably append records of one run; returns them as stored."""
+        if type(self).append is LedgerStore.append:
+            raise NotImplementedError(f"{type(self).__name__} implements neither append() nor append_many()")
+        seq, prev = self.head(run_id)
+        stored = [d for d, _ in chain_records(list(records), seq, prev)]
+        for d in stored:
+            self.append(StepRecord.from_dict(d))
+        if stored:
+            for fn in getattr(self, "_default_listeners", ()):
+                fn(run_id, stored)
+        return stored
 
     @abstractmethod
     def list(self, run_id: str) -> List[Dict[str, Any]]: ...
 
-    @abstractmethod
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         """(last seq, last record_hash) of the run's ledger; (0, None) when empty."""
+        recs = self.list(run_id)
+        if not recs:
+            return 0, None
+        last = recs[-1]
+        return int(last.get("seq") or len(recs)), last.get("record_hash")
 
-    @abstractmethod
     def add_listener(self, listener: LedgerListener) -> None:
         """Call `listener(run_id, records)` after records are durably appended."""
+        self._default_listeners: List[LedgerListener] = [*getattr(self, "_default_listeners", ()), listener]
 
     def append(self, record: StepRecord) -> None:
         self.append_many(record.run_id, [record])
+
+    def find_completed_result(self, run_id: str, idempotency_key: str) -> Optional[Dict[str, Any]]:
+        """The result of the completed effect with this idempotency key, or None."""
+        rec = self.find_completed(run_id, idempotency_key)
+        return rec.get("result") if rec is not None else None
 
     def list_after(self, run_id: str, after: int = 0, limit: Optional[int] = None) -> List[Dict[str, Any]]:
         recs = [r for r in self.list(run_id) if (r.get("seq") or 0) > after]

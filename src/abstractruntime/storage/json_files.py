@@ -61,9 +61,26 @@ class JsonFileRunStore(IndexedRunStore):
         # served from memory) before the index below is checked against the runs.
         self.unit = FileBackend.open(self.base_dir, durable=durable)
         self._journal = self.unit.journal
+        self._recent: BoundedCache[bytes]
+        self._index: RunIndex
+        self._log: IndexLog
+        with self.unit.open_lock:
+            side = self.unit.run_side
+            if side is not None:
+                # Another run store is open on this folder in this process: this one is a
+                # second view of the same runs (one index, one index log, one cache).
+                side.users += 1
+                self._side = side
+                self._index, self._log, self._recent = side.index, side.log, side.recent
+                return
+            self._open(clock, cache_bytes)
+            self._side = self.unit.run_side = _RunSide(self._index, self._log, self._recent)
+
+    def _open(self, clock: Optional[Clock], cache_bytes: int) -> None:
+        durable = self.durable
         # The newest checkpoints as written: the next tick of a run reads back what this store
         # wrote moments ago, and one process owns the folder, so no file read is needed.
-        self._recent: BoundedCache[bytes] = BoundedCache(cache_bytes)
+        self._recent = BoundedCache(cache_bytes)
         self._index = RunIndex(clock=clock)
         self._log = IndexLog(self.base_dir, durable=durable)
         # Loading builds one object per run and no cycles: pausing the cyclic GC meanwhile
@@ -227,7 +244,14 @@ class JsonFileRunStore(IndexedRunStore):
         if self._closed:
             return
         self._closed = True
+        with self.unit.open_lock:
+            self._side.users -= 1
+            last = self._side.users == 0
+            if last:
+                self.unit.run_side = None
         journal_ok = self.unit.release()  # the last store of the folder to close writes and syncs all
+        if not last:
+            return  # another run store on this folder still uses the index
         try:
             self._flusher.flush()
         except OSError:
@@ -240,6 +264,14 @@ class JsonFileRunStore(IndexedRunStore):
                 self._log.sync_dir_path()
             except OSError as e:
                 log.warning("could not mark %s cleanly closed (%s); the next open re-checks it", self.base_dir, e)
+
+
+class _RunSide:
+    """What every run store open on one folder in this process shares."""
+
+    def __init__(self, index: RunIndex, log: IndexLog, recent: BoundedCache[bytes]) -> None:
+        self.index, self.log, self.recent = index, log, recent
+        self.users = 1
 
 
 def _key(s: RunSummary) -> tuple:
@@ -286,6 +318,8 @@ class FileBackend:
         self._locks = [threading.RLock() for _ in range(_STRIPES)]
         self.listeners: List[LedgerListener] = []
         self.steps = StepIndex()
+        self.open_lock = threading.Lock()
+        self.run_side: Optional[_RunSide] = None  # set by the first run store opened on the folder
 
     def run_lock(self, run_id: str) -> Any:
         return self._locks[hash(run_id) % _STRIPES]

@@ -318,6 +318,27 @@ class SqliteRunStore(RunStore):
             rows = self.db.conn.execute(sql, args).fetchall()
         return [RunSummary.from_dict(json.loads(r[0])) for r in rows]
 
+    def newest_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100):
+        where: List[str] = []
+        args: List[Any] = []
+        for column, value in (
+            ("status", _status_value(status)),
+            ("wait_reason", _reason_value(wait_reason)),
+            ("workflow_id", workflow_id),
+        ):
+            if value is not None:
+                where.append(f"{column}=?")
+                args.append(value)
+        sql = (
+            "SELECT summary FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY json_extract(summary, '$.updated_at') DESC, ord DESC LIMIT ?"
+        )
+        args.append(-1 if limit is None else int(limit))
+        with self.db.lock:
+            rows = self.db.conn.execute(sql, args).fetchall()
+        return [RunSummary.from_dict(json.loads(r[0])) for r in rows]
+
     def count_by_status(self) -> Dict[str, int]:
         with self.db.lock:
             rows = self.db.conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()

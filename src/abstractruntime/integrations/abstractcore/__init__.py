@@ -5,7 +5,7 @@ pieces (`tool`, `ToolRegistry`, `ToolCallsHandler`) need nothing beyond the kern
 modules can declare tools whether or not a model is configured.
 """
 
-from .factory import DEFAULT_LLM_RETRY, build_effect_handlers, create_local_runtime
+from .factory import DEFAULT_EFFECT_POLICY, build_effect_handlers, create_local_runtime
 from .llm import LLMCallHandler, TransientLLMError
 from .tools import (
     ALLOWED,
@@ -21,7 +21,7 @@ from .tools import (
 __all__ = [
     "ALLOWED",
     "APPROVAL",
-    "DEFAULT_LLM_RETRY",
+    "DEFAULT_EFFECT_POLICY",
     "EXTERNAL",
     "LLMCallHandler",
     "Tool",

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
-from ...core.models import EffectType, RetryPolicy
-from ...core.policy import DefaultEffectPolicy
+from ...core.models import EffectType
+from ...core.policy import RetryPolicy
 from ...core.runtime import Runtime
 from ...storage import InMemoryLedgerStore, InMemoryRunStore
 from .llm import LLMCallHandler, ProgressSink
 from .tools import Tool, ToolCallsHandler, ToolRegistry, tool
 
-# Provider calls retry by default (each attempt a ledger record); tool calls do not: a tool may
-# not be safe to run twice.
-DEFAULT_LLM_RETRY = RetryPolicy(max_attempts=3, backoff_s=0.5, backoff_factor=2.0, backoff_max_s=8.0)
+# Provider calls retry by default (each attempt a ledger record), 0.5 s then 1 s apart; tool
+# calls do not: a tool may not be safe to run twice.
+DEFAULT_EFFECT_POLICY = RetryPolicy(llm_max_attempts=3, tool_max_attempts=1, backoff_base=0.5, backoff_max=8.0)
 
 ToolsArg = Union[ToolRegistry, Mapping[str, Any], Iterable[Any], None]
 
@@ -82,6 +82,6 @@ def create_local_runtime(
         run_store=run_store or InMemoryRunStore(),
         ledger_store=ledger_store or InMemoryLedgerStore(),
         effect_handlers=handlers,
-        effect_policy=effect_policy or DefaultEffectPolicy(retries={EffectType.LLM_CALL: DEFAULT_LLM_RETRY}),
+        effect_policy=effect_policy or DEFAULT_EFFECT_POLICY,
         workflow_registry=workflow_registry,
     )

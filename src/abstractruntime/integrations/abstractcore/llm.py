@@ -118,14 +118,15 @@ class LLMCallHandler:
         p = effect.payload
         prompt, messages = p.get("prompt"), p.get("messages")
         if not prompt and not messages:
-            return EffectOutcome.failed("LLM_CALL payload needs prompt or messages")
+            return EffectOutcome.failed("LLM_CALL payload needs prompt or messages", retryable=False)
         params = dict(p.get("params") or {})
         secret = [k for k in params if SECRET_PARAM.search(k)]
         if secret:
             # It would already sit in the ledger with the effect: refuse, and say where keys go.
             return EffectOutcome.failed(
                 f"LLM_CALL params must not carry credentials ({', '.join(secret)}): give them as provider "
-                "options (create_local_runtime(..., api_key=...) or serve --llm-api-key-env)"
+                "options (create_local_runtime(..., api_key=...) or serve --llm-api-key-env)",
+                retryable=False,
             )
         kwargs: Dict[str, Any] = dict(params)
         if messages:
@@ -135,7 +136,7 @@ class LLMCallHandler:
         try:
             tools = self._tool_schemas(p.get("tools"))
         except ValueError as e:
-            return EffectOutcome.failed(str(e))
+            return EffectOutcome.failed(str(e), retryable=False)
         if tools:
             kwargs["tools"] = tools
         schema = p.get("response_schema")
@@ -152,12 +153,14 @@ class LLMCallHandler:
             message = self._describe(e)
             if is_transient(str(e)):
                 raise TransientLLMError(message) from None
-            return EffectOutcome.failed(message)
+            return EffectOutcome.failed(message, retryable=False)
         if schema is not None:
             try:
                 result["data"] = _parse_json(result.get("content") or "")
             except ValueError as e:
-                return EffectOutcome.failed(f"{self.provider} model {self.model}: the answer is not JSON ({e})")
+                return EffectOutcome.failed(
+                    f"{self.provider} model {self.model}: the answer is not JSON ({e})", retryable=False
+                )
         return EffectOutcome.completed(result)
 
     def _tool_schemas(self, tools: Any) -> List[Dict[str, Any]]:
@@ -274,5 +277,6 @@ def not_configured(run: RunState, effect: Effect) -> EffectOutcome:
     return EffectOutcome.failed(
         "no LLM is configured: set provider and model in the [model] table of abstractruntime.toml, or start the "
         "daemon with --llm-provider and --llm-model (needs pip install 'abstractruntime[abstractcore]'; see "
-        "docs/integrations/abstractcore.md)"
+        "docs/integrations/abstractcore.md)",
+        retryable=False,
     )

@@ -160,7 +160,9 @@ class ToolCallsHandler:
     def __call__(self, run: RunState, effect: Effect, default_next_node: Optional[str] = None) -> EffectOutcome:
         calls = effect.payload.get("tool_calls")
         if not isinstance(calls, list) or not all(isinstance(c, dict) and c.get("name") for c in calls):
-            return EffectOutcome.failed("TOOL_CALLS payload needs tool_calls: a list of {name, arguments, call_id}")
+            return EffectOutcome.failed(
+                "TOOL_CALLS payload needs tool_calls: a list of {name, arguments, call_id}", retryable=False
+            )
         allow = effect.payload.get("allowed_tools")
         key = _calls_key(calls)
         memory = run.vars.get(STATE_VAR, {}).get(key, {})
