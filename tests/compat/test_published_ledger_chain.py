@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 from abstractruntime import (
     Effect,
     EffectType,
@@ -47,7 +50,7 @@ def test_hash_chained_ledger_store_chains_over_a_plain_append_and_list_store():
             self.rows = {}
 
         def append(self, record):
-            self.rows.setdefault(record.run_id, []).append(record.to_dict())
+            self.rows.setdefault(record.run_id, []).append(json.loads(json.dumps(asdict(record))))
 
         def list(self, run_id):
             return list(self.rows.get(run_id, []))
@@ -57,7 +60,7 @@ def test_hash_chained_ledger_store_chains_over_a_plain_append_and_list_store():
 
 
 def test_verify_ledger_chain_reports_ok_count_head_and_the_first_bad_record():
-    recs = run_once(InMemoryLedgerStore())
+    recs = run_once(HashChainedLedgerStore(InMemoryLedgerStore()))
     good = verify_ledger_chain(recs)
     assert good["ok"] and good["count"] == len(recs) and good["first_bad_index"] is None
     assert good["head_hash"] == recs[-1]["record_hash"] == good["computed_head_hash"] and good["errors"] == []

@@ -25,11 +25,20 @@ MODULE_NAMES = {
     ],
     "abstractruntime.core.spec": ["WorkflowSpec"],
     "abstractruntime.core.runtime": ["Runtime", "EffectOutcome"],
-    "abstractruntime.storage.base": ["QueryableRunStore", "QueryableRunIndexStore"],
+    "abstractruntime.core.policy": ["DefaultEffectPolicy", "NoRetryPolicy", "RetryPolicy", "compute_idempotency_key"],
+    "abstractruntime.storage.artifacts": [
+        "Artifact", "ArtifactMetadata", "ArtifactStore", "InMemoryArtifactStore", "FileArtifactStore", "artifact_ref",
+        "resolve_artifact", "is_artifact_ref", "get_artifact_id", "compute_artifact_id",
+    ],
+    "abstractruntime.storage.offloading": ["OffloadingRunStore", "OffloadingLedgerStore", "offload_large_values"],
+    "abstractruntime.scheduler": [
+        "WorkflowRegistry", "Scheduler", "SchedulerStats", "ScheduledRuntime", "create_scheduled_runtime",
+    ],
+    "abstractruntime.storage.base": ["RunStore", "LedgerStore", "QueryableRunStore", "QueryableRunIndexStore"],
     "abstractruntime.storage.in_memory": ["InMemoryRunStore", "InMemoryLedgerStore"],
     "abstractruntime.storage.json_files": ["JsonFileRunStore", "JsonlLedgerStore"],
     "abstractruntime.storage.sqlite": ["SqliteDatabase", "SqliteRunStore", "SqliteLedgerStore"],
-    "abstractruntime.storage.ledger_chain": ["HashChainedLedgerStore", "verify_ledger_chain"],
+    "abstractruntime.storage.ledger_chain": ["HashChainedLedgerStore", "verify_ledger_chain", "compute_record_hash"],
     "abstractruntime.storage.snapshots": ["Snapshot", "InMemorySnapshotStore", "JsonSnapshotStore"],
 }  # fmt: skip
 

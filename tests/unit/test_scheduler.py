@@ -106,6 +106,7 @@ def test_a_timer_not_yet_due_does_not_fire(stores, clock):
     try:
         rid, st = sr.run(timer_wf(in_s(10, clock)))
         assert st.status == RunStatus.WAITING
+        wait_for(lambda: clock.sleepers > 0, "the scheduler to sleep")  # else it may miss the advance
         cycles = sr.stats.poll_cycles
         clock.advance(9.9)  # the scheduler wakes (its poll interval passed) and looks
         wait_for(lambda: sr.stats.poll_cycles > cycles, "a scheduler cycle after 9.9 s")

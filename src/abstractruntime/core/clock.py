@@ -22,6 +22,10 @@ class Clock(Protocol):
     def wait(self, event: threading.Event, timeout: float) -> bool:
         """Sleep until `event` is set (True) or `timeout` seconds of this clock pass (False)."""
 
+    def wait_until(self, event: threading.Event, deadline: float) -> bool:
+        """Sleep until `event` is set (True) or this clock's `time()` reaches `deadline`. (An
+        absolute deadline: time that passes while the caller works out when to wake counts.)"""
+
 
 class SystemClock:
     """The machine's clocks."""
@@ -34,6 +38,9 @@ class SystemClock:
 
     def wait(self, event: threading.Event, timeout: float) -> bool:
         return event.wait(timeout)
+
+    def wait_until(self, event: threading.Event, deadline: float) -> bool:
+        return event.wait(max(0.0, deadline - time.time()))
 
 
 SYSTEM_CLOCK = SystemClock()
@@ -49,6 +56,13 @@ class ManualClock:
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self._now = float(start)
         self._moved = threading.Condition()
+        self._sleepers = 0
+
+    @property
+    def sleepers(self) -> int:
+        """How many threads are in `wait` now: a test advances the time once the thread it
+        means to wake is asleep, or the advance may come before it looks at the time."""
+        return self._sleepers
 
     def time(self) -> float:
         return self._now
@@ -68,9 +82,19 @@ class ManualClock:
         return self._now
 
     def wait(self, event: threading.Event, timeout: float) -> bool:
-        deadline = self._now + timeout
         with self._moved:
+            return self._wait_locked(event, self._now + timeout)
+
+    def wait_until(self, event: threading.Event, deadline: float) -> bool:
+        with self._moved:
+            return self._wait_locked(event, deadline)
+
+    def _wait_locked(self, event: threading.Event, deadline: float) -> bool:
+        self._sleepers += 1
+        try:
             while not event.is_set() and self._now < deadline:
                 # The event is not tied to the condition: look at it again now and then.
                 self._moved.wait(0.005)
+        finally:
+            self._sleepers -= 1
         return event.is_set()

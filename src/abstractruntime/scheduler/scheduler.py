@@ -133,14 +133,15 @@ class Scheduler:
                 log.exception("scheduler cycle failed")
                 nxt = None
             self._target = nxt if nxt is not None else float("inf")
-            delay = (
-                self.poll_interval_s if nxt is None else min(self.poll_interval_s, max(0.0, nxt - self.clock.time()))
-            )
+            now = self.clock.time()
+            # Sleep towards an absolute time: time that passes meanwhile (a test's manual clock
+            # moved on) counts, so the loop never sleeps past a timer that fell due.
+            wake_at = now + self.poll_interval_s if nxt is None else min(now + self.poll_interval_s, max(now, nxt))
             # The store could not write (a full disk): the due timers stay due, so without a
             # pause this loop would retry them back to back. Wait longer each time, up to 30 s.
             backoff = min(30.0, max(0.5, backoff * 2)) if self._storage_failed else 0.0
-            delay = max(delay, backoff)
-            if delay > 0 and self.clock.wait(self._wake, delay):
+            wake_at = max(wake_at, now + backoff)
+            if wake_at > now and self.clock.wait_until(self._wake, wake_at):
                 self.stats.wakeups += 1
             self._wake.clear()
 
