@@ -29,6 +29,10 @@ PURE_EFFECTS = frozenset(
 )
 
 
+# Effects on other runs, handled by `composition.Composition` inside the asking run's tick.
+COMPOSITION_EFFECTS = frozenset({EffectType.EMIT_EVENT.value, EffectType.START_SUBWORKFLOW.value})
+
+
 def type_key(t: Any) -> str:
     return t.value if isinstance(t, EffectType) else str(t)
 
@@ -37,11 +41,11 @@ def new_record(run: RunState, node_id: str, effect: Optional[Effect], **kw: Any)
     return StepRecord.start(run=run, node_id=node_id, effect=effect, **kw)
 
 
-def finish(rec: StepRecord, out: EffectOutcome, trace: Optional[str] = None) -> StepRecord:
+def finish(rec: StepRecord, out: EffectOutcome, trace: Optional[str] = None, *, instant: bool = False) -> StepRecord:
     if out.status == "completed":
-        return rec.finish_success(out.result)
+        return rec.finish_success(out.result, instant=instant)
     if out.status == "waiting" and out.wait is not None:
-        return rec.finish_waiting(out.wait)
+        return rec.finish_waiting(out.wait, instant=instant)
     return rec.finish_failure(out.error or "effect failed", trace)
 
 
@@ -80,10 +84,11 @@ class EffectExecutor:
         t: Tick,
         composition: Callable[[str, Tick], Optional[EffectHandler]],
     ) -> EffectOutcome:
-        etype = type_key(effect.type)
+        et = effect.type
+        etype = et.value if isinstance(et, EffectType) else str(et)
         if etype in self.external:
             return self._external_wait(run, node_id, effect, nxt, t)
-        handler = composition(etype, t) or self.handlers.get(etype)
+        handler = (composition(etype, t) if etype in COMPOSITION_EFFECTS else None) or self.handlers.get(etype)
         if handler is None:
             error = f"no handler registered for effect {etype!r}"
             t.records.append(new_record(run, node_id, effect).finish_failure(error))
@@ -92,7 +97,7 @@ class EffectExecutor:
             # One record: nothing happens outside the run between "started" and its outcome,
             # so the outcome record (which carries the effect) says all there is to say.
             out = _safe_call(handler, run, effect, nxt)
-            t.records.append(finish(new_record(run, node_id, effect), out))
+            t.records.append(finish(StepRecord.start(run=run, node_id=node_id, effect=effect), out, instant=True))
             return out
         return self._host_effect(run, node_id, effect, nxt, handler, t)
 

@@ -181,8 +181,11 @@ class RunState:
         run_id: Optional[str] = None,
         workflow_version: Optional[str] = None,
     ) -> RunState:
+        now = utc_now_iso()
         return cls(
             run_id=run_id or str(uuid.uuid4()),
+            created_at=now,
+            updated_at=now,
             workflow_id=workflow_id,
             status=RunStatus.RUNNING,
             current_node=entry_node,
@@ -306,16 +309,18 @@ class StepRecord:
             step=run.steps,
         )
 
-    def finish_success(self, result: Optional[Dict[str, Any]] = None) -> StepRecord:
+    def finish_success(self, result: Optional[Dict[str, Any]] = None, *, instant: bool = False) -> StepRecord:
+        """`instant`: nothing happened between start and end (a transition decided in memory),
+        so the record ends when it started (one clock reading fewer on every step)."""
         self.status = StepStatus.COMPLETED
         self.result = result
-        self.ended_at = utc_now_iso()
+        self.ended_at = self.started_at if instant else utc_now_iso()
         return self
 
-    def finish_waiting(self, wait_state: WaitState) -> StepRecord:
+    def finish_waiting(self, wait_state: WaitState, *, instant: bool = False) -> StepRecord:
         self.status = StepStatus.WAITING
         self.result = {"wait": wait_state.to_dict()}
-        self.ended_at = utc_now_iso()
+        self.ended_at = self.started_at if instant else utc_now_iso()
         return self
 
     def finish_failure(self, error: str, traceback: Optional[str] = None) -> StepRecord:

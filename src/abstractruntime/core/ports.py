@@ -55,6 +55,9 @@ class SplitCommit:
 
     def __init__(self, runs: Any, ledger: Any) -> None:
         self.runs, self.ledger = runs, ledger
+        # A run store that keeps the encoded text (the in-memory one) takes it as is: the
+        # checkpoint is encoded once per step, not twice.
+        self._save_encoded = getattr(runs, "save_encoded", None)
 
     def __getattr__(self, name: str) -> Any:  # everything else is the run store's
         return getattr(self.runs, name)
@@ -62,11 +65,8 @@ class SplitCommit:
     def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
         text = dumps(run.to_dict())  # an unserializable run fails before anything is written
         stored = self.ledger.append_many(run.run_id, records) if records else []
-        # A run store that keeps the encoded text (the in-memory one) takes it as is: the
-        # checkpoint is encoded once per step, not twice.
-        save_encoded = getattr(self.runs, "save_encoded", None)
-        if save_encoded is not None:
-            save_encoded(run, text)
+        if self._save_encoded is not None:
+            self._save_encoded(run, text)
         else:
             self.runs.save(run)
         return stored

@@ -48,7 +48,7 @@ from .errors import (
     WorkflowMismatchError,
     WorkflowNotFoundError,
 )
-from .execution import EffectExecutor, describe_unserializable, new_record, type_key
+from .execution import EffectExecutor, describe_unserializable, type_key
 from .jsonutil import find_unserializable
 from .ledger_hash import verify_ledger_chain
 from .models import (
@@ -387,7 +387,9 @@ class Runtime:
                     prompt=reason,
                     details={PAUSED: {**mark, "was_running": True}},
                 )
-            t.records.append(self._record(run, run.current_node, None).finish_success({"paused": {"reason": reason}}))
+            t.records.append(
+                self._record(run, run.current_node, None).finish_success({"paused": {"reason": reason}}, instant=True)
+            )
             state = self._commit(run, t)
         self._run_after(t)
         return state
@@ -409,7 +411,7 @@ class Runtime:
                 run.waiting = None
             else:
                 w.details = details or None
-            t.records.append(self._record(run, run.current_node, None).finish_success({"unpaused": True}))
+            t.records.append(self._record(run, run.current_node, None).finish_success({"unpaused": True}, instant=True))
             state = self._commit(run, t)
             if w.reason == WaitReason.SUBWORKFLOW and run.status == RunStatus.WAITING:
                 # Its child may have ended while it was paused: look again once the lock is free.
@@ -514,7 +516,8 @@ class Runtime:
             return run
         _bind_version(workflow, run)
         if run.status == RunStatus.WAITING:
-            if run.paused or not self._unblock_if_ready(workflow, run, t):
+            details = run.waiting.details if run.waiting is not None else None
+            if (details is not None and PAUSED in details) or not self._unblock_if_ready(workflow, run, t):
                 return run
             if run.status != RunStatus.RUNNING:
                 return self._commit(run, t)
@@ -542,7 +545,7 @@ class Runtime:
             if plan.complete_output is not None:
                 run.status = RunStatus.COMPLETED
                 run.output = plan.complete_output
-                rec = self._record(run, node_id, None).finish_success({"output": plan.complete_output})
+                rec = self._record(run, node_id, None).finish_success({"output": plan.complete_output}, instant=True)
                 t.records.append(rec)
                 return self._commit(run, t)
 
@@ -559,7 +562,7 @@ class Runtime:
                     return self._fail(
                         run, t, node_id, f"node {node_id!r} returned no effect, next_node or complete_output"
                     )
-                t.records.append(self._record(run, node_id, None).finish_success({"next_node": nxt}))
+                t.records.append(self._record(run, node_id, None).finish_success({"next_node": nxt}, instant=True))
                 run.current_node = nxt
                 continue
 
@@ -580,12 +583,12 @@ class Runtime:
                 # published package does): `StepPlan(effect=Effect(ANSWER_USER, ...))` as a last node.
                 run.status = RunStatus.COMPLETED
                 run.output = {"success": True, "result": outcome.result}
-                t.records.append(self._record(run, node_id, None).finish_success({"output": run.output}))
+                t.records.append(self._record(run, node_id, None).finish_success({"output": run.output}, instant=True))
                 return self._commit(run, t)
             run.current_node = nxt
 
     def _record(self, run: RunState, node_id: str, effect: Any, **kw: Any) -> StepRecord:
-        return new_record(run, node_id, effect, **kw)
+        return StepRecord.start(run=run, node_id=node_id, effect=effect, **kw)
 
     # ------------------------------------------------------------------------------------
     # Waits
@@ -659,7 +662,9 @@ class Runtime:
             # run, as an effect without a next node does (the published package's behaviour).
             run.status = RunStatus.COMPLETED
             run.output = {"success": True, "result": payload}
-            t.records.append(self._record(run, run.current_node, None).finish_success({"output": run.output}))
+            t.records.append(
+                self._record(run, run.current_node, None).finish_success({"output": run.output}, instant=True)
+            )
 
     # ------------------------------------------------------------------------------------
     # Endings and commits

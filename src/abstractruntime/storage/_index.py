@@ -69,7 +69,7 @@ class RunIndex:
             self._by_status.setdefault(s.status, {})[s.run_id] = None
             if s.wait_key:
                 self._by_wait_key.setdefault(s.wait_key, set()).add(s.run_id)
-            due = due_epoch(s)
+            due = due_epoch(s) if s.wait_reason == "until" else None
             new_timer = False
             if due is not None:
                 if self._due_epoch.get(s.run_id) != due:
@@ -207,8 +207,8 @@ class RunIndex:
         return self.leases.try_lease(run_id, owner, lease_s)
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        if not self.leases.release(run_id, owner):
-            return
+        if not self.leases.release(run_id, owner) or run_id not in self._due_epoch:
+            return  # (a dict lookup needs no lock: a timer set meanwhile announces itself)
         with self._lock:
             due = self._due_epoch.get(run_id)
             if due is None:

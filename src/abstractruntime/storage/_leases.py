@@ -37,10 +37,12 @@ class LeaseTable:
         return self._take(run_id, owner, lease_s, renew=False)
 
     def _take(self, run_id: str, owner: str, lease_s: float, *, renew: bool) -> bool:
+        now = self.clock.monotonic()
         with self._lock:
-            if not self.is_free(run_id, owner if renew else None):
+            held = self._leases.get(run_id)
+            if held is not None and held[1] > now and not (renew and held[0] == owner):
                 return False
-            self._leases[run_id] = (owner, self.clock.monotonic() + lease_s)
+            self._leases[run_id] = (owner, now + lease_s)
             return True
 
     def release(self, run_id: str, owner: str) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
 from ..core.ledger_hash import chain_records
-from ..core.models import RunState, RunStatus, StepRecord, WaitReason
+from ..core.models import PAUSED, RunState, RunStatus, StepRecord, WaitReason
 from ..core.timeutil import iso_to_epoch
 
 RunListener = Callable[["RunSummary"], None]
@@ -70,7 +70,7 @@ class RunSummary:
     def from_state(cls, run: RunState) -> RunSummary:
         w = run.waiting
         waiting = run.status == RunStatus.WAITING and w is not None
-        paused = waiting and run.paused
+        paused = waiting and w.details is not None and PAUSED in w.details  # type: ignore[union-attr]
         return cls(
             run_id=run.run_id,
             workflow_id=run.workflow_id,
@@ -415,6 +415,9 @@ class StepIndex:
             while len(self._runs) > self.max_runs:
                 self._runs.popitem(last=False)
         return e
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._runs  # a lookup, no lock: a miss costs a rebuild, later
 
     def add(self, run_id: str, records: Iterable[Dict[str, Any]]) -> None:
         """Records just appended; a run not held is left to be rebuilt when asked about."""

@@ -33,17 +33,22 @@ class MemoryBackend:
         self.listeners: List[LedgerListener] = []
         self.steps = StepIndex(max_runs=1 << 30)  # in memory everything is held anyway
 
-    def chain(self, run_id: str, records: Iterable[StepRecord]) -> List[Tuple[Dict[str, Any], str]]:
-        seq, prev = self.heads.get(run_id, (0, None))
-        return chain_records(records, seq, prev)
-
-    def keep(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> None:
-        # Called with self.lock held.
-        self.lines.setdefault(run_id, []).extend(line for _, line in chained)
-        self.heads[run_id] = (chained[-1][0]["seq"], chained[-1][0]["record_hash"])
-        self.steps.add(run_id, (d for d, _ in chained))
-
-    def announce(self, run_id: str, chained: List[Tuple[Dict[str, Any], str]]) -> List[Dict[str, Any]]:
+    def append(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
+        """Chain, keep and announce a step's records; returns them as stored. (One method on
+        the path of every step: the kernel's in-memory workload is mostly this and JSON.)"""
+        with self.lock:
+            seq, prev = self.heads.get(run_id, (0, None))
+            chained = chain_records(records, seq, prev)
+            if not chained:
+                return []
+            lines = self.lines.get(run_id)
+            if lines is None:
+                lines = self.lines[run_id] = []
+            lines.extend([line for _, line in chained])
+            last = chained[-1][0]
+            self.heads[run_id] = (last["seq"], last["record_hash"])
+            if run_id in self.steps:  # the index holds only runs it was asked about
+                self.steps.add(run_id, [d for d, _ in chained])
         stored = StoredRecords.of(chained)
         for fn in self.listeners:
             fn(run_id, stored)
@@ -72,14 +77,7 @@ class InMemoryRunStore(IndexedRunStore):
         if b is None:
             return super().commit(run, records)
         text = dumps(run.to_dict())  # first: an unserializable run writes nothing at all
-        stored: List[Dict[str, Any]] = []
-        if records:
-            with b.lock:
-                chained = b.chain(run.run_id, records)
-                if chained:
-                    b.keep(run.run_id, chained)
-            if chained:
-                stored = b.announce(run.run_id, chained)
+        stored = b.append(run.run_id, records) if records else []
         self._data[run.run_id] = text
         self._index.put(RunSummary.from_state(run))
         return stored
@@ -94,13 +92,7 @@ class InMemoryLedgerStore(LedgerStore):
         self.unit = self._b = backend or MemoryBackend()
 
     def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
-        b = self._b
-        with b.lock:
-            chained = b.chain(run_id, records)
-            if not chained:
-                return []
-            b.keep(run_id, chained)
-        return b.announce(run_id, chained)
+        return self._b.append(run_id, records)
 
     def list(self, run_id: str) -> List[Dict[str, Any]]:
         return self._b.records(run_id)
