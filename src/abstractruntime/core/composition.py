@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from functools import partial
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .effects import EffectHandler, EffectOutcome, event_wait_key
 from .errors import WorkflowNotFoundError
@@ -90,21 +90,25 @@ class Composition:
             )
         details = {"sub_run_id": child_id, "sub_workflow_id": wf_id}
         resume_to = p.get("resume_to_node") or default_next_node
-        if p.get("async"):
-            # The child runs once the parent's step is committed and its lock released (on
-            # this thread, before `tick` returns); with `wait`, its ending wakes the parent.
-            t.after.append(partial(self._tick_child, child_wf, child_id))
-            if not p.get("wait"):
-                return EffectOutcome.completed({"sub_run_id": child_id, "async": True})
+
+        def wait_for_child(**more: Any) -> EffectOutcome:
             return EffectOutcome.waiting(
                 WaitState(
                     reason=WaitReason.SUBWORKFLOW,
                     wait_key=f"subworkflow:{child_id}",
                     resume_to_node=resume_to,
                     result_key=effect.result_key,
-                    details={**details, "async": True},
+                    details={**details, **more},
                 )
             )
+
+        if p.get("async"):
+            # The child runs once the parent's step is committed and its lock released (on
+            # this thread, before `tick` returns); with `wait`, its ending wakes the parent.
+            t.after.append(partial(self._tick_child, child_wf, child_id))
+            if not p.get("wait"):
+                return EffectOutcome.completed({"sub_run_id": child_id, "async": True})
+            return wait_for_child(**{"async": True})
         # A sync parent handles its child's ending right here, so the child must not also
         # wake the parent (which is mid-tick and holds its own lock).
         child_t = Tick(notify_parent=False)
@@ -119,16 +123,7 @@ class Composition:
                 retryable=False,
             )
         cw = state.waiting
-        sub_waiting = {"reason": cw.reason.value, "wait_key": cw.wait_key} if cw is not None else None
-        return EffectOutcome.waiting(
-            WaitState(
-                reason=WaitReason.SUBWORKFLOW,
-                wait_key=f"subworkflow:{child_id}",
-                resume_to_node=resume_to,
-                result_key=effect.result_key,
-                details={**details, "sub_waiting": sub_waiting},
-            )
-        )
+        return wait_for_child(sub_waiting={"reason": cw.reason.value, "wait_key": cw.wait_key} if cw else None)
 
     def _tick_child(self, workflow: WorkflowSpec, child_id: str) -> None:
         # tick() wakes a parent that waits for this child once it ends (notify_parent).

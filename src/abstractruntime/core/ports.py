@@ -10,11 +10,10 @@ after a crash in between reuse the recorded results).
 
 from __future__ import annotations
 
-import threading
-import time
-from typing import Any, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, Dict, Iterable, List, Optional, Protocol, runtime_checkable
 
 from .jsonutil import dumps
+from .leases import LeaseTable
 from .models import RunState, RunStatus, StepRecord
 
 
@@ -85,8 +84,7 @@ class HostRunStore:
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        self._leases: Dict[str, Tuple[str, float]] = {}
-        self._lock = threading.Lock()
+        self._leases = LeaseTable()
 
     def __getattr__(self, name: str) -> Any:  # anything else is the store's own
         return getattr(self.store, name)
@@ -104,19 +102,10 @@ class HostRunStore:
         return []
 
     def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            held = self._leases.get(run_id)
-            if held is not None and held[0] != owner and held[1] > now:
-                return False
-            self._leases[run_id] = (owner, now + lease_s)
-            return True
+        return self._leases.try_lease(run_id, owner, lease_s)
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        with self._lock:
-            held = self._leases.get(run_id)
-            if held is not None and held[0] == owner:
-                del self._leases[run_id]
+        self._leases.release(run_id, owner)
 
     def find_waiting_on(self, wait_key: str) -> List[str]:
         list_runs = getattr(self.store, "list_runs", None)

@@ -17,8 +17,8 @@ import threading
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..core.clock import Clock
+from ..core.leases import LeaseTable
 from ..core.timeutil import iso_to_epoch
-from ._leases import LeaseTable
 from .base import RunListener, RunStore, RunSummary, _reason_value, _status_value
 
 TimerListener = Callable[[float], None]

@@ -18,12 +18,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
 from ..core.jsonutil import dumps
+from ..core.leases import LeaseTable
 from ..core.models import RunState, StepRecord
 from . import _fs
 from ._cache import DEFAULT_BYTES, BoundedCache
 from ._durable import Batcher, unavailable
 from ._index import due_epoch
-from ._leases import LeaseTable
 from .base import (
     LedgerListener,
     LedgerStore,

@@ -3,7 +3,8 @@
 A run is ticked only under its lease (`Runtime._guard`), and the scheduler claims due timers
 as leases, so two schedulers (or a scheduler and a client's resume) never tick one run at once.
 The in-process stores (memory, JSON files) and the SQLite store keep leases here: one daemon
-owns their data. A database shared by several daemons keeps them in the database instead.
+owns their data (a database shared by several daemons keeps them in the database instead);
+so does the runtime for a host's run store that has no leases of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Dict, Optional, Tuple
 
-from ..core.clock import SYSTEM_CLOCK, Clock
+from .clock import SYSTEM_CLOCK, Clock
 
 
 class LeaseTable:
