@@ -34,8 +34,7 @@ class PairTarget:
 
     async def open(self) -> Connection:
         ours, theirs = socket.socketpair()
-        r, w = await asyncio.open_connection(sock=theirs)
-        asyncio.ensure_future(self.daemon._connection(r, w))
+        await asyncio.get_running_loop().connect_accepted_socket(self.daemon._connection, sock=theirs)
         cr, cw = await asyncio.open_connection(sock=ours, limit=1 << 24)
         return Connection._started(cr, cw)
 

@@ -85,7 +85,7 @@ class EffectExecutor:
         composition: Callable[[str, Tick], Optional[EffectHandler]],
     ) -> EffectOutcome:
         et = effect.type
-        etype = et.value if isinstance(et, EffectType) else str(et)
+        etype = et._value_ if isinstance(et, EffectType) else str(et)
         if etype in self.external:
             return self._external_wait(run, node_id, effect, nxt, t)
         handler = (composition(etype, t) if etype in COMPOSITION_EFFECTS else None) or self.handlers.get(etype)

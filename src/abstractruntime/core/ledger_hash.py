@@ -34,8 +34,7 @@ def chain_records(
         seq += 1
         rec.seq = seq
         rec.prev_hash = prev_hash
-        d = rec.to_dict()
-        del d["record_hash"], d["signature"]
+        d = rec.to_dict(hashed_only=True)
         canon = canonical(d)
         h = sha256_hex(canon)
         rec.record_hash = h

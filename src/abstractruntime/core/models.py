@@ -130,7 +130,7 @@ class WaitState:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> WaitState:
         return cls(
-            reason=WaitReason(d["reason"]),
+            reason=_member(WaitReason, d["reason"]),
             wait_key=d.get("wait_key"),
             until=d.get("until"),
             resume_to_node=d.get("resume_to_node"),
@@ -228,7 +228,7 @@ class RunState:
         return cls(
             run_id=d["run_id"],
             workflow_id=d["workflow_id"],
-            status=RunStatus(d["status"]),
+            status=_member(RunStatus, d["status"]),
             current_node=d["current_node"],
             vars=d.get("vars") or {},
             waiting=WaitState.from_dict(w) if w else None,
@@ -334,11 +334,12 @@ class StepRecord:
     def from_dict(cls, d: Dict[str, Any]) -> StepRecord:
         """A record as a ledger lists it, back as a StepRecord (unknown keys are dropped)."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        known["status"] = StepStatus(known["status"])
+        known["status"] = _member(StepStatus, known["status"])
         return cls(**known)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {
+    def to_dict(self, *, hashed_only: bool = False) -> Dict[str, Any]:
+        """`hashed_only`: without `record_hash` and `signature`, the keys the hash covers."""
+        d = {
             "run_id": self.run_id,
             "step_id": self.step_id,
             "node_id": self.node_id,
@@ -357,10 +358,20 @@ class StepRecord:
             "step": self.step,
             "seq": self.seq,
             "prev_hash": self.prev_hash,
-            "record_hash": self.record_hash,
-            "signature": self.signature,
         }
+        if not hashed_only:
+            d["record_hash"] = self.record_hash
+            d["signature"] = self.signature
+        return d
 
 
 def _enum_value(v: Any) -> Any:
-    return v.value if isinstance(v, Enum) else v
+    # `_value_`, not `.value`: the property goes through Enum's descriptor machinery in Python,
+    # and every checkpoint and record asks for a few of these.
+    return v._value_ if isinstance(v, Enum) else v
+
+
+def _member(enum: Any, value: Any) -> Any:
+    """`enum(value)`, by a dict lookup first: a load decodes a status or two per run."""
+    found = enum._value2member_map_.get(value) if isinstance(value, str) else None
+    return found if found is not None else enum(value)

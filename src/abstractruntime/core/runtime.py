@@ -275,11 +275,15 @@ class Runtime:
     ) -> List[RunState]:
         return self._run_store.list_runs(status=status, workflow_id=workflow_id, wait_reason=wait_reason, limit=limit)
 
-    def tick(self, *, workflow: WorkflowSpec, run_id: str, max_steps: int = 100) -> RunState:
-        """Run nodes until the run waits, completes, fails, is cancelled or `max_steps` pass."""
+    def tick(self, *, workflow: Optional[WorkflowSpec], run_id: str, max_steps: int = 100) -> RunState:
+        """Run nodes until the run waits, completes, fails, is cancelled or `max_steps` pass.
+        `workflow=None` looks the run's workflow up in the `workflow_registry` (one load of
+        the run, not two: the scheduler ticks due runs this way)."""
         t = Tick()
         with self._guard(run_id):
             run = self.get_state(run_id)
+            if workflow is None:
+                workflow = self.workflow(run.workflow_id)
             _check_workflow(workflow, run)
             state = self._advance(workflow, run, max_steps, t)
         self._run_after(t)
@@ -651,7 +655,7 @@ class Runtime:
         if w.result_key:
             set_nested(run.vars, w.result_key, payload)
         rec = self._record(run, run.current_node, None)
-        rec.finish_success({"resumed": {"wait_key": w.wait_key, "reason": w.reason.value, "payload": payload}})
+        rec.finish_success({"resumed": {"wait_key": w.wait_key, "reason": w.reason._value_, "payload": payload}})
         t.records.append(rec)
         run.status = RunStatus.RUNNING
         run.waiting = None

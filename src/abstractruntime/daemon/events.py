@@ -20,12 +20,14 @@ import itertools
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from ..core.jsonutil import wire
 from ..protocol.errors import CursorExpiredError
 from ..storage._durable import atomic_write, open_dir_fd
 
@@ -112,7 +114,7 @@ class EventLog:
     def emit(self, run_id: str, kind: str, body: Dict[str, Any], body_json: Optional[str] = None) -> None:
         """One event: `body` under `kind`; `body_json` is its JSON if the caller has it."""
         with self._lock:
-            self._emit(run_id, kind, body, body_json or json.dumps(body), False)
+            self._emit(run_id, kind, body, body_json or wire(body).decode(), False)
 
     def emit_records(self, run_id: str, records: List[Dict[str, Any]], lines: Optional[List[str]] = None) -> None:
         """A run's ledger records, each an event of kind `record` (their canonical JSON lines, if
@@ -131,7 +133,7 @@ class EventLog:
         now = time.time()
         event = {"cursor": self._cursor, "run_id": run_id, "kind": kind, kind: body, "committed_at": now}
         text = (
-            f'{{"cursor":{self._cursor},"run_id":{json.dumps(run_id)},"kind":"{kind}",'
+            f'{{"cursor":{self._cursor},"run_id":{_quoted(run_id)},"kind":"{kind}",'
             f'"{kind}":{body_json},"committed_at":{now!r}}}'
         )
         events = self._events
@@ -208,3 +210,11 @@ class EventLog:
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+def _quoted(run_id: str) -> str:
+    # Run ids are hex or uuid text: quoted as they are; anything else goes through the encoder.
+    return f'"{run_id}"' if _PLAIN_ID.fullmatch(run_id) else json.dumps(run_id)
+
+
+_PLAIN_ID = re.compile(r"[0-9A-Za-z_.:-]*")

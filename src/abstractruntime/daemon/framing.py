@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Optional
+import os
+import threading
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from ..protocol.errors import INVALID_REQUEST, PARSE_ERROR, RpcError
-from ..protocol.framing import FrameError, FrameTooLarge, read_frame
+from ..protocol.framing import FrameError, FrameParser, FrameTooLarge
 
 if TYPE_CHECKING:
     from .session import Session
@@ -27,22 +29,186 @@ MAX_FRAME = 16 * 1024 * 1024
 # encoded again (Python's JSON recursion limit is near 1,000), so it is refused at the door.
 MAX_DEPTH = 64
 
-__all__ = ["MAX_DEPTH", "MAX_FRAME", "FrameError", "StreamWriterAdapter", "dispatch", "read_frames", "too_deep"]
+__all__ = ["MAX_DEPTH", "MAX_FRAME", "Connection", "ConnWriter", "FrameError", "dispatch", "too_deep"]
 
 
-async def read_frames(reader: Any, session: Session, *, max_frame: int = MAX_FRAME) -> None:
-    while not session.closed:
-        body = await read_frame(reader, max_frame)
-        if body is None:
-            return  # the client went away
-        if isinstance(body, FrameTooLarge):
-            session.reply_error(
-                None, RpcError(INVALID_REQUEST, f"frame of {body.length} bytes exceeds the limit of {max_frame} bytes")
-            )
-            continue
-        dispatch(session, body)
-        if session.loading is not None:
-            await session.wait_loaded()
+class Connection(asyncio.Protocol):
+    """One client's byte stream (a socket, or stdin and stdout), read as frames and handed to
+    its session. Reading happens in `data_received`, with no coroutine per message.
+
+    `on_lost(exc)` is called once when the stream ends or breaks. While the session loads its
+    editor support (`session.loading`), reading pauses: the frames already received wait
+    here and are handled, in order, once it is done.
+    """
+
+    def __init__(self, session: Session, *, max_frame: int = MAX_FRAME, on_lost: Any = None) -> None:
+        self.session = session
+        self.parser = FrameParser(max_frame)
+        self.max_frame = max_frame
+        self.transport: Any = None
+        self._held: List[Any] = []  # frames received while the session was loading
+        self._on_lost = on_lost
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        writer = self.session.writer
+        if isinstance(writer, ConnWriter) and writer.transport is None:  # a socket: one transport both ways
+            writer.attach(transport, transport.get_extra_info("socket").fileno())
+
+    # A socket's transport reports its write buffer to this protocol: the writer keeps count.
+    def pause_writing(self) -> None:
+        self.session.writer.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.session.writer.resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.parser.feed(data)
+        except FrameError as e:
+            log.warning("closing a connection: %s", e)
+            self.session.close()
+            return
+        if self._held:
+            self._held.extend(frames)
+            return
+        self._handle(frames)
+
+    def _handle(self, frames: List[Any]) -> None:
+        session = self.session
+        for i, body in enumerate(frames):
+            if session.closed:
+                return
+            if isinstance(body, FrameTooLarge):
+                session.reply_error(
+                    None,
+                    RpcError(
+                        INVALID_REQUEST, f"frame of {body.length} bytes exceeds the limit of {self.max_frame} bytes"
+                    ),
+                )
+                continue
+            dispatch(session, body)
+            if session.loading is not None:
+                self._held = frames[i + 1 :] or [_RESUME]
+                self.transport.pause_reading()
+                asyncio.ensure_future(self._after_loading())
+                return
+
+    async def _after_loading(self) -> None:
+        await self.session.wait_loaded()
+        held, self._held = [f for f in self._held if f is not _RESUME], []
+        if not self.session.closed:
+            self.transport.resume_reading()
+            self._handle(held)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        writer = self.session.writer
+        if isinstance(writer, ConnWriter) and writer.transport is self.transport:
+            writer.lost()
+        self.session.close()
+        if self._on_lost is not None:
+            self._on_lost(exc)
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+_RESUME = object()  # a placeholder in `Connection._held`: reading is paused, nothing held yet
+
+
+class ConnWriter(asyncio.Protocol):
+    """Writes a connection's messages from any thread, in the order they are written.
+
+    A tick worker that finishes a request writes the reply itself: straight to the socket when
+    nothing is queued before it (one `os.write`, no wake-up of the event loop), otherwise
+    queued behind what is, for the loop to hand to the transport. The transport reports when
+    its own buffer is non-empty (`pause_writing`, with a high-water mark of 0) and empty again
+    (`resume_writing`), so a direct write never overtakes bytes still in it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_unread: int, on_overflow: Any) -> None:
+        self.loop = loop
+        self.max_unread = max_unread
+        self.on_overflow = on_overflow  # called on the loop with the unread byte count
+        self.transport: Any = None
+        self.fd = -1
+        # Re-entrant: the transport may report an empty buffer from inside a write of ours.
+        self._lock = threading.RLock()
+        self._queue: List[bytes] = []
+        self._queued = 0
+        self._scheduled = False
+        self._busy = False  # the transport holds unsent bytes
+        self._closed = False
+
+    def attach(self, transport: Any, fd: int) -> None:
+        self.transport, self.fd = transport, fd
+        transport.set_write_buffer_limits(high=0, low=0)
+
+    def connection_made(self, transport: Any) -> None:  # a write pipe (stdout) of its own
+        self.attach(transport, transport.get_extra_info("pipe").fileno())
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.lost()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if not self._queue and not self._busy and self.fd >= 0:
+                try:
+                    n = os.write(self.fd, data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    return  # the peer is gone: the transport notices and closes
+                if n == len(data):
+                    return
+                data = data[n:]
+            self._queue.append(data)
+            self._queued += len(data)
+            if not self._scheduled:
+                self._scheduled = True
+                self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:  # on the loop
+        with self._lock:
+            self._scheduled = False
+            queue, self._queue = self._queue, []
+            self._queued = 0
+            if self._closed or self.transport is None or self.transport.is_closing():
+                return
+            for chunk in queue:
+                self.transport.write(chunk)
+            unread = self.buffered()
+        if unread > self.max_unread:
+            self.on_overflow(unread)
+
+    def pause_writing(self) -> None:  # the transport, on the loop (inside _flush, under the lock)
+        self._busy = True
+
+    def resume_writing(self) -> None:  # the transport, on the loop
+        with self._lock:
+            self._busy = False
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the client (read on the event loop)."""
+        t = self.transport
+        in_transport = t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+        return in_transport + self._queued
+
+    def lost(self) -> None:
+        """The stream closed: later writes are dropped (its descriptor may be reused)."""
+        with self._lock:
+            self._closed = True
+            self._queue = []
+            self._queued = 0
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
 
 def dispatch(session: Session, body: bytes) -> None:
@@ -65,7 +231,9 @@ def dispatch(session: Session, body: bytes) -> None:
     msg_id = data.get("id") if isinstance(data, dict) else None
     if not isinstance(msg_id, (str, int)) or isinstance(msg_id, bool):
         msg_id = None
-    if too_deep(data, MAX_DEPTH):
+    # A message with fewer opening brackets than the limit cannot nest deeper (a count in C,
+    # where the walk is a Python loop over every value).
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and too_deep(data, MAX_DEPTH):
         session.reply_error(
             msg_id, RpcError(INVALID_REQUEST, f"invalid request: the message nests deeper than {MAX_DEPTH} levels")
         )
@@ -120,23 +288,3 @@ def _check_envelope(data: Any) -> Optional[str]:
     if "id" in data and ("result" in data or "error" in data):
         return None  # a response to a request of ours
     return "neither a request, a notification nor a response"
-
-
-class StreamWriterAdapter:
-    """pygls's writer interface over an asyncio StreamWriter."""
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._w = writer
-
-    def write(self, data: bytes) -> None:
-        if not self._w.is_closing():
-            self._w.write(data)
-
-    def buffered(self) -> int:
-        """Bytes written but not yet taken by the client."""
-        transport = self._w.transport
-        return transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
-
-    def close(self) -> None:
-        if not self._w.is_closing():
-            self._w.close()

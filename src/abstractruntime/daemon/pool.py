@@ -10,12 +10,15 @@ finished results are handed back in batches, with one wake-up of the loop per ba
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections import deque
 from typing import Any, Callable, Deque, List, Tuple
 
 from ..protocol.errors import ShuttingDownError
+
+log = logging.getLogger("abstractruntime.daemon")
 
 ShutDownError = ShuttingDownError  # the one error for "stopping, no new work"; its older name
 
@@ -45,12 +48,25 @@ class TickPool:
         self._queue.put((fn, fut, loop))
         return await fut
 
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on a worker and forget it: it answers for itself (a request's reply is
+        written by the worker that computed it). `fn` must not raise."""
+        if self._closed:
+            raise ShuttingDownError("the daemon is shutting down: no new work is taken")
+        self._queue.put((fn, None, None))
+
     def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
             fn, fut, loop = item
+            if fut is None:
+                try:
+                    fn()
+                except BaseException:  # isolation boundary: `fn` answers for itself; a bug there is logged
+                    log.exception("work submitted to the tick pool raised")
+                continue
             try:
                 ok, value = True, fn()
             except Exception as e:

@@ -26,9 +26,9 @@ from .. import __version__, project
 from ..protocol import discovery as paths
 from ..storage._durable import atomic_write
 from . import _malloc, logs
-from .framing import FrameError, StreamWriterAdapter, read_frames
+from .framing import Connection, ConnWriter
 from .hub import DataFolderInUse, Hub
-from .session import Session
+from .session import MAX_UNREAD, Session
 from .watch import Watcher
 
 log = logging.getLogger("abstractruntime.daemon")
@@ -67,21 +67,14 @@ class Daemon:
         self.sessions.discard(session)
         self.hub.clients = len(self.sessions)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connection(self) -> Connection:
+        """A new client on a socket: its session, the writer its replies go through (from any
+        thread), and the protocol that reads its frames."""
         session = Session(self.hub, token=self.token, on_close=self._closed)
-        session.writer = StreamWriterAdapter(writer)
+        session.writer = ConnWriter(session.loop, max_unread=MAX_UNREAD, on_overflow=session.overflowed)
         self.sessions.add(session)
         self.hub.clients = len(self.sessions)
-        try:
-            await read_frames(reader, session, max_frame=self.max_frame)
-        except FrameError as e:
-            log.warning("closing a connection: %s", e)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the client vanished mid-frame
-        except Exception:  # isolation boundary: one connection's failure is its own
-            log.exception("connection failed")
-        finally:
-            session.close()
+        return Connection(session, max_frame=self.max_frame)
 
     async def _wait_stop(self) -> None:
         assert self._stopped is not None
@@ -120,6 +113,7 @@ class Daemon:
 
     async def serve_unix(self, path: str, *, default_folder: bool = True) -> None:
         self._install_stop()
+        loop = asyncio.get_running_loop()
         if default_folder:
             paths.ensure_private_dir(os.path.dirname(path))
         # A socket path the user named lives in a folder of theirs: its mode is left alone
@@ -127,7 +121,7 @@ class Daemon:
         _remove_stale_socket(path)
         old = os.umask(0o177)  # the socket is created 0600: no window where others can connect
         try:
-            server = await asyncio.start_unix_server(self._connection, path=path, limit=1 << 16, backlog=BACKLOG)
+            server = await loop.create_unix_server(self._connection, path=path, backlog=BACKLOG)
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -148,7 +142,7 @@ class Daemon:
 
     async def serve_tcp(self, host: str, port: int) -> None:
         self._install_stop()
-        server = await asyncio.start_server(self._connection, host, port, limit=1 << 16, backlog=BACKLOG)
+        server = await asyncio.get_running_loop().create_server(self._connection, host, port, backlog=BACKLOG)
         bound = server.sockets[0].getsockname()
         self._announce({"tcp": f"{bound[0]}:{bound[1]}"})
         log.info("serving on tcp %s:%s", bound[0], bound[1])
@@ -163,33 +157,19 @@ class Daemon:
     async def serve_stdio(self) -> None:
         self._install_stop()
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 16)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-        w_transport, w_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout.buffer)
-        writer = asyncio.StreamWriter(w_transport, w_protocol, None, loop)
 
         def gone(session: Session) -> None:
             self._closed(session)
             self.hub.request_stop()  # stdio serves exactly the client that spawned us
 
         session = Session(self.hub, token=None, on_close=gone)
-        session.writer = StreamWriterAdapter(writer)
+        writer = session.writer = ConnWriter(loop, max_unread=MAX_UNREAD, on_overflow=session.overflowed)
         self.sessions.add(session)
         self.hub.clients = 1
-        conn = asyncio.ensure_future(self._stdio_loop(reader, session))
+        await loop.connect_write_pipe(lambda: writer, sys.stdout.buffer)
+        await loop.connect_read_pipe(lambda: Connection(session, max_frame=self.max_frame), sys.stdin.buffer)
         await self._wait_stop()
-        conn.cancel()
         await self._finish()
-
-    async def _stdio_loop(self, reader: asyncio.StreamReader, session: Session) -> None:
-        try:
-            await read_frames(reader, session, max_frame=self.max_frame)
-        except FrameError as e:
-            log.warning("stdio: %s", e)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            session.close()
 
     def _announce(self, where: dict) -> None:
         self.hub.address = dict(where)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..core.errors import AbstractRuntimeError
+from ..core.jsonutil import wire
 from ..protocol import models as m
 from ..protocol.errors import (
     INVALID_REQUEST,
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("abstractruntime.daemon")
 
-MAX_UNREAD = 64 * 1024 * 1024
+MAX_UNREAD = 64 * 1024 * 1024  # see Session.overflowed
 
 
 class Session:
@@ -96,22 +97,24 @@ class Session:
     # -- dispatch -------------------------------------------------------------------------------
 
     def send(self, obj: Dict[str, Any]) -> None:
-        """Write one message (a JSON dump and a Content-Length header)."""
+        """Write one message (a JSON dump and a Content-Length header); from any thread."""
         if self.writer is None or self.closed:
             return
-        self.write(json.dumps(obj, separators=(",", ":")).encode())
+        self.write(wire(obj))
 
     def write(self, body: bytes) -> None:
-        """Write one encoded message."""
+        """Write one encoded message; from any thread (see `framing.ConnWriter`)."""
         writer = self.writer
         if writer is None or self.closed:
             return
         writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        if writer.buffered() > MAX_UNREAD:
-            # A client that stopped reading (a stuck subscriber) must not make the daemon
-            # buffer without bound: close it; it can reconnect with its cursor and miss nothing.
-            log.warning("closing a client with %d unread bytes", writer.buffered())
-            self.close()
+
+    def overflowed(self, unread: int) -> None:
+        """The writer holds more than `MAX_UNREAD` bytes the client has not taken (on the loop).
+        A client that stopped reading (a stuck subscriber) must not make the daemon buffer
+        without bound: close it; it can reconnect with its cursor and miss nothing."""
+        log.warning("closing a client with %d unread bytes", unread)
+        self.close()
 
     def reply_error(self, msg_id: Any, exc: BaseException, context: Optional[str] = None) -> None:
         """Answer a request with the error for `exc` (see protocol.errors.to_wire)."""
@@ -133,6 +136,10 @@ class Session:
             self.shut_down = True
             self.send({"jsonrpc": "2.0", "id": msg_id, "result": None})
             return
+        work = self._work.get(method)
+        if work is not None:
+            self._submit(msg_id, method, params, work)
+            return
         if method in self._handlers:
             asyncio.ensure_future(self._serve(msg_id, method, params))
             return
@@ -144,7 +151,7 @@ class Session:
         elif method == "initialized":
             if self.initialized and self.is_editor():
                 self.lsp().start_editor_features()
-        elif method in ("$/cancelRequest", "$/setTrace") or method in self._handlers:
+        elif method in ("$/cancelRequest", "$/setTrace") or method in REQUEST_NAMES:
             pass  # nothing to do (our methods are all requests)
         elif self.initialized:
             self.lsp().notification(method, params)
@@ -226,23 +233,57 @@ class Session:
             self._lsp = LspBridge(self)
         return self._lsp
 
-    async def _serve(self, msg_id: Any, method: str, params: Any) -> None:
+    def _submit(self, msg_id: Any, name: str, raw: Any, work: Callable[[Any], Any]) -> None:
+        """A method whose work is kernel work: its params are checked here, on the loop; the
+        work, the reply's encoding and its writing all happen on a tick worker. (Handing the
+        result back to the loop to be written cost a second thread switch, a wake-up of the
+        loop and a task step per request.)"""
+        try:
+            if self.hub.stopping and name != "daemon/status":
+                raise ShuttingDownError("the daemon is shutting down")
+            params = _validate(BY_NAME[name].params, name, raw)
+        except (AbstractRuntimeError, RpcError) as e:
+            self.reply_error(msg_id, e)
+            return
+
+        def job() -> None:
+            self._answer(msg_id, name, work, params)
+
+        try:
+            self.hub.pool.submit(job)
+        except ShuttingDownError as e:
+            self.reply_error(msg_id, e)
+
+    def _answer(self, msg_id: Any, name: str, work: Callable[[Any], Any], params: Any) -> None:
         # The reply is encoded inside the error handling: a result that cannot be encoded
         # still gets an answer (an error), never silence.
         try:
+            result = work(params)
+            body = _reply(msg_id, result)
+        except (AbstractRuntimeError, RpcError) as e:
+            self.reply_error(msg_id, e)
+        except (Exception, RecursionError) as e:  # isolation boundary: one request's bug is its own
+            log.exception("%s failed", name)
+            # The log keeps the traceback; the client gets what failed, not the daemon's code.
+            self.reply_error(msg_id, e, name)
+        else:
+            self.write(body)
+
+    async def _serve(self, msg_id: Any, method: str, params: Any) -> None:
+        try:
             result = await self._handlers[method](params)
-            body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}, separators=(",", ":")).encode()
+            body = _reply(msg_id, result)
         except (AbstractRuntimeError, RpcError) as e:
             self.reply_error(msg_id, e)
         except (Exception, RecursionError) as e:  # isolation boundary: one request's bug is its own
             log.exception("%s failed", method)
-            # The log keeps the traceback; the client gets what failed, not the daemon's code.
             self.reply_error(msg_id, e, method)
         else:
             self.write(body)
 
     def _register(self) -> None:
-        handlers: Dict[str, Callable[[Any], Any]] = {
+        # Kernel work, run on a tick worker that also writes the reply (see _submit).
+        work: Dict[str, Callable[[Any], Any]] = {
             "runtime/start": self.start,
             "runtime/resume": self.resume,
             "runtime/state": self.state,
@@ -250,22 +291,26 @@ class Session:
             "runtime/runs": self.runs,
             "runtime/cancel": self.cancel,
             "runtime/emitEvent": self.emit_event,
-            "runtime/subscribe": self.subscribe,
-            "runtime/unsubscribe": self.unsubscribe,
             "runtime/migrate": self.migrate,
             "workflows/list": self.workflows,
-            "workflows/reload": self.reload,
             "daemon/status": self.status,
+        }
+        # Work on the event loop (subscriptions live there) or on threads of its own.
+        handlers: Dict[str, Callable[[Any], Any]] = {
+            "runtime/subscribe": self.subscribe,
+            "runtime/unsubscribe": self.unsubscribe,
+            "workflows/reload": self.reload,
             "daemon/shutdown": self.shutdown_daemon,
         }
-        assert set(handlers) == set(REQUEST_NAMES), "the method table and the handlers disagree"
+        assert set(handlers) | set(work) == set(REQUEST_NAMES), "the method table and the handlers disagree"
+        self._work = work
         self._handlers = {name: self._wrap(name, fn) for name, fn in handlers.items()}
 
     def _wrap(self, name: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         method = BY_NAME[name]
 
         async def handler(raw: Any) -> Any:
-            if self.hub.stopping and name != "daemon/status":
+            if self.hub.stopping:
                 raise ShuttingDownError("the daemon is shutting down")
             result = await fn(_validate(method.params, name, raw))
             # Results are built from plain JSON data by this module; the models validate them in
@@ -277,58 +322,42 @@ class Session:
 
     # -- methods -----------------------------------------------------------------------------------
 
-    async def start(self, p: m.StartParams) -> Dict[str, Any]:
-        wf = self.hub.runtime.workflow(p.workflow_id)
+    # Kernel work: these run on a tick worker (see _submit).
+
+    def start(self, p: m.StartParams) -> Dict[str, Any]:
         rt = self.hub.runtime
+        wf = rt.workflow(p.workflow_id)
+        state = rt.start_and_tick(workflow=wf, vars=p.vars, session_id=p.session_id, actor_id=p.actor_id)
+        return {"run_id": state.run_id, "state": state.to_dict()}
 
-        def work():
-            state = rt.start_and_tick(workflow=wf, vars=p.vars, session_id=p.session_id, actor_id=p.actor_id)
-            return {"run_id": state.run_id, "state": state.to_dict()}
+    def resume(self, p: m.ResumeParams) -> Dict[str, Any]:
+        # wait_key None: whatever the run waits on now (checked under the run's lock).
+        state = self.hub.runtime.resume(workflow=None, run_id=p.run_id, wait_key=p.wait_key, payload=p.payload)
+        return {"state": state.to_dict()}
 
-        return await self.hub.call(work)
+    def state(self, p: m.RunIdParams) -> Dict[str, Any]:
+        return {"state": self.hub.runtime.get_state(p.run_id).to_dict()}
 
-    async def resume(self, p: m.ResumeParams) -> Dict[str, Any]:
-        rt = self.hub.runtime
+    def ledger(self, p: m.LedgerParams) -> Dict[str, Any]:
+        self.hub.runtime.get_state(p.run_id)  # a clear "run not found" instead of an empty page
+        recs = self.hub.ledger_store.list_after(p.run_id, p.after, p.limit + 1)
+        more = len(recs) > p.limit
+        recs = recs[: p.limit]
+        return {"records": recs, "next": recs[-1]["seq"] if more and recs else None}
 
-        def work():
-            # wait_key None: whatever the run waits on now (checked under the run's lock).
-            return {
-                "state": rt.resume(workflow=None, run_id=p.run_id, wait_key=p.wait_key, payload=p.payload).to_dict()
-            }
-
-        return await self.hub.call(work)
-
-    async def state(self, p: m.RunIdParams) -> Dict[str, Any]:
-        return {"state": (await self.hub.call(self.hub.runtime.get_state, p.run_id)).to_dict()}
-
-    async def ledger(self, p: m.LedgerParams) -> Dict[str, Any]:
-        def work():
-            self.hub.runtime.get_state(p.run_id)  # a clear "run not found" instead of an empty page
-            recs = self.hub.ledger_store.list_after(p.run_id, p.after, p.limit + 1)
-            more = len(recs) > p.limit
-            recs = recs[: p.limit]
-            return {"records": recs, "next": recs[-1]["seq"] if more and recs else None}
-
-        return await self.hub.call(work)
-
-    async def runs(self, p: m.RunsParams) -> Dict[str, Any]:
-        def work():
-            got = self.hub.run_store.list_run_summaries(
-                status=p.status, workflow_id=p.workflow_id, limit=p.limit + 1, after=p.cursor
-            )
-            more = len(got) > p.limit
-            got = got[: p.limit]
-            return {"runs": [s.to_dict() for s in got], "next": got[-1].run_id if more and got else None}
-
-        return await self.hub.call(work)
-
-    async def cancel(self, p: m.CancelParams) -> Dict[str, Any]:
-        return {"state": (await self.hub.call(self.hub.cancel, p.run_id, reason=p.reason)).to_dict()}
-
-    async def emit_event(self, p: m.EmitEventParams) -> Dict[str, Any]:
-        resumed = await self.hub.call(
-            self.hub.runtime.emit_event, name=p.name, payload=p.payload, scope=p.scope, session_id=p.session_id
+    def runs(self, p: m.RunsParams) -> Dict[str, Any]:
+        got = self.hub.run_store.list_run_summaries(
+            status=p.status, workflow_id=p.workflow_id, limit=p.limit + 1, after=p.cursor
         )
+        more = len(got) > p.limit
+        got = got[: p.limit]
+        return {"runs": [s.to_dict() for s in got], "next": got[-1].run_id if more and got else None}
+
+    def cancel(self, p: m.CancelParams) -> Dict[str, Any]:
+        return {"state": self.hub.cancel(p.run_id, reason=p.reason).to_dict()}
+
+    def emit_event(self, p: m.EmitEventParams) -> Dict[str, Any]:
+        resumed = self.hub.runtime.emit_event(name=p.name, payload=p.payload, scope=p.scope, session_id=p.session_id)
         return {"resumed": resumed}
 
     async def subscribe(self, p: m.SubscribeParams) -> Dict[str, Any]:
@@ -373,46 +402,45 @@ class Session:
         self.subscriptions.discard(p.subscription_id)
         return None
 
-    async def migrate(self, p: m.MigrateParams) -> Dict[str, Any]:
-        state = await self.hub.call(self.hub.runtime.migrate_run, p.run_id, to_node=p.to_node)
-        return {"state": state.to_dict()}
+    def migrate(self, p: m.MigrateParams) -> Dict[str, Any]:
+        return {"state": self.hub.runtime.migrate_run(p.run_id, to_node=p.to_node).to_dict()}
 
-    async def workflows(self, p: m.Empty) -> Dict[str, Any]:
+    def workflows(self, p: m.Empty) -> Dict[str, Any]:
         hub = self.hub
-
-        def work():
-            stranded: Dict[str, int] = {}
-            for r in hub.find_stranded([wf.workflow_id for wf in hub.registry]):
-                stranded[r["workflow_id"]] = stranded.get(r["workflow_id"], 0) + 1
-            return {
-                "workflows": [
-                    {
-                        "workflow_id": wf.workflow_id,
-                        "entry_node": wf.entry_node,
-                        "nodes": list(wf.nodes),
-                        "source": wf.source,
-                        "version": wf.version,
-                        "load_error": hub.catalog.file_error(wf.source),
-                        "stranded": stranded.get(wf.workflow_id, 0),
-                    }
-                    for wf in sorted(hub.registry, key=lambda wf: wf.workflow_id)
-                ],
-                "load_errors": hub.load_errors,
-            }
-
-        return await hub.call(work)
+        stranded: Dict[str, int] = {}
+        for r in hub.find_stranded([wf.workflow_id for wf in hub.registry]):
+            stranded[r["workflow_id"]] = stranded.get(r["workflow_id"], 0) + 1
+        return {
+            "workflows": [
+                {
+                    "workflow_id": wf.workflow_id,
+                    "entry_node": wf.entry_node,
+                    "nodes": list(wf.nodes),
+                    "source": wf.source,
+                    "version": wf.version,
+                    "load_error": hub.catalog.file_error(wf.source),
+                    "stranded": stranded.get(wf.workflow_id, 0),
+                }
+                for wf in sorted(hub.registry, key=lambda wf: wf.workflow_id)
+            ],
+            "load_errors": hub.load_errors,
+        }
 
     async def reload(self, p: m.Empty) -> Dict[str, Any]:
         return await asyncio.to_thread(self.hub.reload_workflows)
 
-    async def status(self, p: m.Empty) -> Dict[str, Any]:
-        out = await self.hub.call(self.hub.status)
+    def status(self, p: m.Empty) -> Dict[str, Any]:
+        out = self.hub.status()
         out["protocol_version"] = PROTOCOL_VERSION
         return out
 
     async def shutdown_daemon(self, p: m.Empty) -> None:
         self.loop.call_soon(self.hub.request_stop)
         return None
+
+
+def _reply(msg_id: Any, result: Any) -> bytes:
+    return wire({"jsonrpc": "2.0", "id": msg_id, "result": result})
 
 
 def _validate(model: Any, name: str, raw: Any) -> Any:

@@ -60,3 +60,99 @@ async def read_frame(reader: Any, max_frame: Optional[int] = None) -> Union[byte
             n -= len(await reader.readexactly(min(n, 1 << 20)))
         return FrameTooLarge(length)
     return await reader.readexactly(length)
+
+
+class FrameParser:
+    """The same reading as `read_frame`, for bytes that arrive in pieces (an asyncio
+    Protocol's `data_received`): no coroutine per frame, and a body that arrives in many pieces
+    is joined once, not copied again with every piece.
+
+    `feed(data)` returns the frames completed so far: bodies (bytes) and `FrameTooLarge` for
+    skipped ones. A broken header raises `FrameError`; the stream cannot be read further.
+    """
+
+    __slots__ = ("_head", "_parts", "_have", "_length", "_skip", "max_frame")
+
+    def __init__(self, max_frame: Optional[int] = None) -> None:
+        self._head = b""  # the start of a header block not yet complete
+        self._parts: list = []  # pieces of a body not yet complete
+        self._have = 0
+        self._length: Optional[int] = None  # the body's length once its header block is read
+        self._skip = 0  # bytes of an oversized body still to drop
+        self.max_frame = max_frame
+
+    @property
+    def buffered(self) -> int:
+        return len(self._head) + self._have
+
+    def feed(self, data: bytes) -> list:
+        out: list = []
+        buf = data
+        while buf:
+            if self._skip:
+                n = min(self._skip, len(buf))
+                self._skip -= n
+                buf = buf[n:]
+                continue
+            if self._length is None:
+                if self._head:
+                    buf, self._head = self._head + buf, b""
+                length, buf = self._header(buf)
+                if length is None:
+                    break
+                if self.max_frame is not None and length > self.max_frame:
+                    self._skip = length
+                    out.append(FrameTooLarge(length))
+                    continue
+                self._length = length
+            need = self._length - self._have
+            if len(buf) < need:
+                self._parts.append(buf)
+                self._have += len(buf)
+                break
+            if self._parts:
+                self._parts.append(buf[:need])
+                body = b"".join(self._parts)
+                self._parts, self._have = [], 0
+            else:
+                body = buf[:need] if need < len(buf) else buf
+            out.append(body)
+            self._length = None
+            buf = buf[need:]
+        return out
+
+    def _header(self, buf: bytes) -> tuple:
+        """(the Content-Length, the bytes after the header block), or (None, b"") when the
+        block is not complete yet (kept for the next piece)."""
+        crlf, lf = buf.find(b"\r\n\r\n"), buf.find(b"\n\n")
+        if crlf < 0 and lf < 0:
+            if len(buf) > 4 * MAX_HEADER_LINE:
+                raise FrameError("header line too long")
+            self._head = buf
+            return None, b""
+        if lf < 0 or 0 <= crlf < lf:
+            return _parse_header(buf[:crlf]), buf[crlf + 4 :]
+        return _parse_header(buf[:lf]), buf[lf + 2 :]
+
+
+def _parse_header(head: bytes) -> int:
+    length: Optional[int] = None
+    for line in head.split(b"\n"):
+        if len(line) > MAX_HEADER_LINE:
+            raise FrameError("header line too long")
+        line = line.rstrip(b"\r")
+        if not line:
+            continue
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep:
+            raise FrameError(f"malformed header line {line[:80]!r}")
+        if name.strip().lower() == "content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                raise FrameError(f"bad Content-Length {value.strip()[:40]!r}") from None
+            if length < 0:
+                raise FrameError("negative Content-Length")
+    if length is None:
+        raise FrameError("a frame without Content-Length")
+    return length

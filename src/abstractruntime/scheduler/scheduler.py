@@ -78,6 +78,7 @@ class Scheduler:
         self.on_run_failed = on_run_failed
         self.batch_size = batch_size
         self.lease_s = lease_s
+
         self.stats = SchedulerStats()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -183,25 +184,35 @@ class Scheduler:
         return ids
 
     def _tick(self, run_id: str) -> Optional[RunState]:
+        return self._settle(run_id, self._attempt(run_id))
+
+    def _attempt(self, run_id: str) -> Any:
+        """Tick one run: its new state, or the exception it raised (one load: the runtime finds
+        the workflow from the run)."""
         try:
-            run = self.runtime.get_state(run_id)
-            wf = self.runtime.workflow(run.workflow_id)
-            state = self.runtime.tick(workflow=wf, run_id=run_id)
-        except RunStrandedError as e:
-            if run_id not in self.parked:
-                log.warning("%s", e)
-            self.parked[run_id] = str(e)
-            return None
+            return self.runtime.tick(workflow=None, run_id=run_id)
         except Exception as e:  # isolation boundary: one run's trouble never stops the others
+            return e
+
+    def _settle(self, run_id: str, outcome: Any) -> Optional[RunState]:
+        """What a tick's outcome means for the scheduler: statistics, parked runs, callbacks."""
+        if isinstance(outcome, RunStrandedError):
+            if run_id not in self.parked:
+                log.warning("%s", outcome)
+            self.parked[run_id] = str(outcome)
+            return None
+        if isinstance(outcome, Exception):
+            e = outcome
             if isinstance(e, StorageUnavailableError):
                 self._storage_failed = True
             self.stats.runs_failed += 1
             self._error(f"{run_id}: {type(e).__name__}: {e}")
             if not isinstance(e, AbstractRuntimeError):
-                log.exception("scheduler could not tick run %s", run_id)
+                log.error("scheduler could not tick run %s", run_id, exc_info=e)
             if self.on_run_failed:
                 self.on_run_failed(run_id, e)
             return None
+        state = outcome
         self.parked.pop(run_id, None)
         self.stats.runs_resumed += 1
         if self.on_run_resumed:

@@ -74,11 +74,11 @@ class RunSummary:
         return cls(
             run_id=run.run_id,
             workflow_id=run.workflow_id,
-            status=run.status.value,
+            status=run.status._value_,
             current_node=run.current_node,
             created_at=run.created_at,
             updated_at=run.updated_at,
-            wait_reason=w.reason.value if waiting and w else None,
+            wait_reason=w.reason._value_ if waiting and w else None,
             wait_key=w.wait_key if waiting and w else None,
             until=w.until if waiting and w and not paused else None,
             prompt=w.prompt if waiting and w else None,

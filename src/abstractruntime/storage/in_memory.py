@@ -11,12 +11,11 @@ Runtime commits them one after the other); `open_stores("memory")` makes a pair 
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
-from ..core.jsonutil import dumps
+from ..core.jsonutil import dumps, loads
 from ..core.models import RunState, StepRecord
 from ._index import IndexedRunStore, RunIndex
 from .base import LedgerListener, LedgerStore, RunSummary, StepIndex, StoredRecords
@@ -55,7 +54,7 @@ class MemoryBackend:
         return stored
 
     def records(self, run_id: str) -> List[Dict[str, Any]]:
-        return [json.loads(line) for line in self.lines.get(run_id, ())]
+        return [loads(line) for line in self.lines.get(run_id, ())]
 
 
 class InMemoryRunStore(IndexedRunStore):
@@ -84,7 +83,7 @@ class InMemoryRunStore(IndexedRunStore):
 
     def load(self, run_id: str) -> Optional[RunState]:
         text = self._data.get(run_id)
-        return RunState.from_dict(json.loads(text)) if text is not None else None
+        return RunState.from_dict(loads(text)) if text is not None else None
 
 
 class InMemoryLedgerStore(LedgerStore):
@@ -101,7 +100,7 @@ class InMemoryLedgerStore(LedgerStore):
         lines = self._b.lines.get(run_id, [])[max(0, after) :]  # seq n sits at index n-1
         if limit is not None:
             lines = lines[:limit]
-        return [json.loads(line) for line in lines]
+        return [loads(line) for line in lines]
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         return self._b.heads.get(run_id, (0, None))

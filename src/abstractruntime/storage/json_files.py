@@ -24,7 +24,7 @@ import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
-from ..core.jsonutil import dumps
+from ..core.jsonutil import dumps, loads
 from ..core.models import RunState, StepRecord
 from . import _fs
 from ._cache import DEFAULT_BYTES, BoundedCache
@@ -228,7 +228,7 @@ class JsonFileRunStore(IndexedRunStore):
                     raw = f.read()
             except FileNotFoundError:
                 return None
-        d = json.loads(raw)
+        d = loads(raw)
         d.pop("_lsn", None)
         d.pop("_ledger_tail", None)  # written by versions before the journal
         return RunState.from_dict(d)
@@ -384,9 +384,9 @@ class FileBackend:
                 raw = f.read()
         except FileNotFoundError:
             raw = b""
-        out = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        out = [loads(line) for line in raw.splitlines() if line.strip()]
         last = out[-1]["seq"] if out else 0
-        out.extend(json.loads(line) for seq, line in pending if seq > last)
+        out.extend(loads(line) for seq, line in pending if seq > last)
         return out
 
 

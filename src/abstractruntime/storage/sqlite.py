@@ -17,7 +17,7 @@ import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import Clock
-from ..core.jsonutil import dumps
+from ..core.jsonutil import dumps, loads
 from ..core.leases import LeaseTable
 from ..core.models import RunState, StepRecord
 from . import _fs
@@ -148,7 +148,7 @@ class SqliteDatabase:
     def find_one(self, sql: str, args: tuple) -> Optional[Dict[str, Any]]:
         with self.lock:
             row = self.conn.execute(sql, args).fetchone()
-        return json.loads(row[0]) if row else None
+        return loads(row[0]) if row else None
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         h = self.heads.get(run_id)
@@ -291,10 +291,10 @@ class SqliteRunStore(RunStore):
     def load(self, run_id: str) -> Optional[RunState]:
         cached = self.db.recent.get(run_id)
         if cached is not None:
-            return RunState.from_dict(json.loads(cached))
+            return RunState.from_dict(loads(cached))
         with self.db.lock:
             row = self.db.conn.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        return RunState.from_dict(json.loads(row[0])) if row else None
+        return RunState.from_dict(loads(row[0])) if row else None
 
     def list_run_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100, after=None):
         where: List[str] = []
@@ -316,7 +316,7 @@ class SqliteRunStore(RunStore):
         args.append(-1 if limit is None else int(limit))
         with self.db.lock:
             rows = self.db.conn.execute(sql, args).fetchall()
-        return [RunSummary.from_dict(json.loads(r[0])) for r in rows]
+        return [RunSummary.from_dict(loads(r[0])) for r in rows]
 
     def newest_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100):
         where: List[str] = []
@@ -337,7 +337,7 @@ class SqliteRunStore(RunStore):
         args.append(-1 if limit is None else int(limit))
         with self.db.lock:
             rows = self.db.conn.execute(sql, args).fetchall()
-        return [RunSummary.from_dict(json.loads(r[0])) for r in rows]
+        return [RunSummary.from_dict(loads(r[0])) for r in rows]
 
     def count_by_status(self) -> Dict[str, int]:
         with self.db.lock:
@@ -419,7 +419,7 @@ class SqliteLedgerStore(LedgerStore):
                 "SELECT record FROM ledger WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
                 (run_id, after, -1 if limit is None else limit),
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [loads(r[0]) for r in rows]
 
     def head(self, run_id: str) -> Tuple[int, Optional[str]]:
         return self.db.head(run_id)
