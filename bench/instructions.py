@@ -5,13 +5,14 @@ Each case runs its operation `--n` times after a warm-up, twice (n and 2n), in a
 interpreter under `valgrind --tool=cachegrind --cache-sim=no`; the difference divided by n is
 the cost of one operation, without start-up and imports.
 
-    python bench/instructions.py [--n 300] [--cases kernel,resume,timer]
+    python bench/instructions.py [--n 300] [--cases kernel,resume,timer,due64]
     python bench/instructions.py --tree /tmp/old   # another checkout's src/, for a before/after
 
 Cases: `kernel` one run of the kernel workload (start, tick, resume; in-memory stores);
 `resume` one `Runtime.resume` of a run that asks again, through the daemon's Hub (in-memory
 store, the event log listening); `timer` one due `WAIT_UNTIL` run resumed by
-`Scheduler.poll_once`, with the start and first tick that made it wait (in-memory store).
+`Scheduler.poll_once`, with the start and first tick that made it wait (in-memory store);
+`due64` one of 64 runs due at once resumed by one `poll_once` (the poll's cost alone, per run).
 """
 
 from __future__ import annotations
@@ -64,6 +65,28 @@ def op():
     clock.advance(2)
     assert sr.scheduler.poll_once() == 1
 """,
+    "due64": """
+import sys; sys.path.insert(0, {bench!r})
+from datetime import datetime, timezone
+from timers import WF
+from abstractruntime import create_scheduled_runtime
+from abstractruntime.core.clock import ManualClock
+from abstractruntime.storage import open_stores
+clock = ManualClock(1_000_000.0)
+u = open_stores("memory")
+sr = create_scheduled_runtime(run_store=u.runs, ledger_store=u.ledger, workflows=[WF], auto_start=False, clock=clock)
+POLL = {poll!r}
+def op():
+    # 64 runs start and wait one second; the second passes; the scheduler resumes them all
+    # (with POLL False, only the first half: the difference is what the resumes cost)
+    until = datetime.fromtimestamp(clock.time() + 1, timezone.utc).isoformat()
+    for _ in range(64):
+        rid = sr.runtime.start(workflow=WF, vars={{"until": until}})
+        sr.runtime.tick(workflow=WF, run_id=rid)
+    if POLL:
+        clock.advance(2)
+        assert sr.scheduler.poll_once() == 64
+""",
 }
 
 DRIVER = """
@@ -81,7 +104,9 @@ def count(src: Path, case: str, n: int) -> int:
     code = DRIVER.format(
         src=str(src),
         n=n,
-        setup=CASES[case].format(bench=str(HERE), flows=str(HERE / "daemon_workflows")),
+        setup=CASES["due64" if case.startswith("due64") else case].format(
+            bench=str(HERE), flows=str(HERE / "daemon_workflows"), poll=case == "due64"
+        ),
     )
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "cg.out"
@@ -113,6 +138,13 @@ def main() -> None:
     a = ap.parse_args()
     src = Path(a.tree) / "src"
     for case in a.cases.split(","):
+        if case == "due64":  # the resumes alone: a poll of 64 due runs, less making them wait
+            n = max(1, a.n // 16)
+            with_poll = count(src, "due64", 2 * n) - count(src, "due64", n)
+            without = count(src, "due64-setup", 2 * n) - count(src, "due64-setup", n)
+            per = (with_poll - without) / n / 64
+            print(f"{case:<8} {per / 1e6:.3f}M instructions per due run resumed ({a.tree})", flush=True)
+            continue
         per = (count(src, case, 2 * a.n) - count(src, case, a.n)) / a.n
         print(f"{case:<8} {per / 1e6:.3f}M instructions per operation ({a.tree})", flush=True)
 

@@ -201,4 +201,3 @@ def test_an_unknown_workflow_is_1002_from_the_protocol_and_from_an_editor_comman
         await c.close()
 
     run(hub, scenario)
-

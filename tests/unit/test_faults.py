@@ -282,3 +282,44 @@ def test_concurrent_commits_under_intermittent_failures_lose_nothing_acknowledge
     for rid in acked:
         assert rt.verify_ledger(rid)["ok"]
     close(rs, ls)
+
+
+@pytest.mark.parametrize("kind", ["files", "sqlite"])
+def test_a_failed_batch_commit_of_due_timers_commits_none_and_they_fire_later(tmp_path, kind):
+    """The scheduler writes due runs' steps together; when that write fails every run of the
+    batch keeps its checkpoint (still waiting, still due), and the next poll resumes them."""
+    from datetime import datetime, timezone
+
+    from abstractruntime import create_scheduled_runtime
+    from abstractruntime.core.clock import ManualClock
+
+    clock = ManualClock()
+    until = datetime.fromtimestamp(clock.time() + 5, timezone.utc).isoformat()
+    wf = WorkflowSpec(
+        workflow_id="t",
+        entry_node="wait",
+        nodes={
+            "wait": lambda run, ctx: StepPlan(
+                node_id="wait", effect=Effect(EffectType.WAIT_UNTIL, {"until": until}), next_node="done"
+            ),
+            "done": lambda run, ctx: StepPlan(node_id="done", complete_output={"ok": True}),
+        },
+    )
+    if kind == "files":
+        rs, ls = JsonFileRunStore(tmp_path, clock=clock), JsonlLedgerStore(tmp_path)
+    else:
+        db = SqliteDatabase(tmp_path / "db.sqlite3")
+        rs, ls = SqliteRunStore(db, clock=clock), SqliteLedgerStore(db)
+    sr = create_scheduled_runtime(run_store=rs, ledger_store=ls, workflows=[wf], auto_start=False, clock=clock)
+    ids = [sr.runtime.start_and_tick(workflow=wf).run_id for _ in range(10)]
+    clock.advance(10)
+    _fs.configure("pwrite:ENOSPC@1" if kind == "files" else "sqlite_commit:ENOSPC@1")
+    assert sr.scheduler.poll_once() == 10
+    assert sr.scheduler.stats.runs_failed == 10 and "ENOSPC" in sr.scheduler.stats.errors[-1]
+    assert all(rs.load(r).status == RunStatus.WAITING for r in ids)
+    assert all(len(ls.list(r)) == 1 for r in ids)  # the wait's record only
+    _fs.configure(None)
+    assert sr.scheduler.poll_once() == 10  # still due, claimed again
+    assert all(rs.load(r).status == RunStatus.COMPLETED and sr.runtime.verify_ledger(r)["ok"] for r in ids)
+    rs.close()
+    ls.close()

@@ -190,3 +190,72 @@ def test_respond_and_find_waiting(stores):
     assert st.output == {"name": {"text": "Ada"}}
     with pytest.raises(Exception, match="already completed"):
         sr.respond(rid, {"text": "again"})
+
+
+def test_due_runs_are_ticked_in_batches_each_on_its_own(stores, clock):
+    """Due runs are committed together in batches (Runtime.tick_many); each run's outcome is
+    its own: a node that raises fails its run only, a busy run is left for the next poll, a
+    child finishing in a batch wakes its waiting parent."""
+    rs, ls = stores.open()
+    due = in_s(5, clock)
+
+    def done(run, ctx):
+        if run.vars.get("boom"):
+            raise RuntimeError("boom")
+        return StepPlan(node_id="done", complete_output={"n": run.vars.get("n")})
+
+    wf = WorkflowSpec(
+        workflow_id="t",
+        entry_node="wait",
+        nodes={
+            "wait": lambda run, ctx: StepPlan(
+                node_id="wait", effect=Effect(EffectType.WAIT_UNTIL, {"until": due()}), next_node="done"
+            ),
+            "done": done,
+        },
+    )
+    parent = WorkflowSpec(
+        workflow_id="p",
+        entry_node="call",
+        nodes={
+            "call": lambda run, ctx: StepPlan(
+                node_id="call",
+                effect=Effect(EffectType.START_SUBWORKFLOW, {"workflow_id": "t", "vars": {"n": -1}}, "child"),
+                next_node="end",
+            ),
+            "end": lambda run, ctx: StepPlan(node_id="end", complete_output={"child": run.vars.get("child")}),
+        },
+    )
+    resumed = []
+    sr = create_scheduled_runtime(
+        run_store=rs,
+        ledger_store=ls,
+        workflows=[wf, parent],
+        auto_start=False,
+        clock=clock,
+        on_run_resumed=lambda st: resumed.append(st.run_id),
+    )
+    sr.scheduler.commit_batch = 8
+    rt = sr.runtime
+    ids = [rt.start_and_tick(workflow=wf, vars={"n": i, "boom": i == 7}).run_id for i in range(30)]
+    p = rt.start_and_tick(workflow=parent)
+    assert p.status == RunStatus.WAITING
+    busy = ids[3]
+    clock.advance(10)
+    with rt._locks.hold(busy):  # another thread's tick holds it: the batch does not wait for it
+        holder = threading.Thread(target=lambda: sr.scheduler.poll_once())
+        holder.start()
+        holder.join(30)
+    assert not holder.is_alive()
+    states = {r: rt.get_state(r) for r in ids}
+    assert states[ids[7]].status == RunStatus.FAILED and "boom" in states[ids[7]].error
+    assert states[busy].status == RunStatus.WAITING
+    assert all(
+        s.status == RunStatus.COMPLETED and s.output == {"n": i}
+        for i, s in enumerate(states.values())
+        if i not in (3, 7)
+    )
+    assert all(rt.verify_ledger(r)["ok"] for r in ids)
+    assert rt.get_state(p.run_id).status == RunStatus.COMPLETED  # woken by its child
+    assert set(ids) - {busy, ids[7]} <= set(resumed) and busy not in resumed
+    assert sr.scheduler.poll_once() >= 1 and rt.get_state(busy).status == RunStatus.COMPLETED

@@ -311,3 +311,46 @@ def test_timers_have_their_own_signal_and_a_lease_release_announces_no_state(sto
     assert states == ["waiting"] and len(timers) == 2
     rs.save(r)  # saved again unchanged: nothing to announce
     assert states == ["waiting"]
+
+
+# -- several runs' steps in one commit (the scheduler's due timers) -------------------------------
+
+
+def test_commit_many_commits_each_run_with_its_records(stores):
+    rs, ls = stores.open()
+    seen_records, seen_states = [], []
+    ls.add_listener(lambda run_id, recs: seen_records.append((run_id, [r["seq"] for r in recs])))
+    rs.add_listener(lambda s: seen_states.append((s.run_id, s.status)))
+    runs = [_run() for _ in range(5)]
+    rs.commit(runs[0], [_rec(runs[0], "first")])  # one with a ledger already
+    seen_records.clear()
+    seen_states.clear()
+    for r in runs:
+        r.status = RunStatus.COMPLETED
+        r.output = {"id": r.run_id}
+    out = rs.commit_many([(r, [_rec(r, "a"), _rec(r, "b")]) for r in runs])
+    assert [[d["seq"] for d in stored] for stored in out] == [[2, 3]] + [[1, 2]] * 4
+    for r in runs:
+        assert rs.load(r.run_id).output == {"id": r.run_id}
+        assert verify_ledger_chain(ls.list(r.run_id))["ok"]
+    assert sorted(seen_records) == sorted([(runs[0].run_id, [2, 3])] + [(r.run_id, [1, 2]) for r in runs[1:]])
+    assert sorted(seen_states) == sorted((r.run_id, "completed") for r in runs)
+    if stores.durable_across_reopen:
+        stores.close_all()
+        rs2, ls2 = stores.open()
+        assert all(rs2.load(r.run_id).status == RunStatus.COMPLETED for r in runs)
+        assert all(verify_ledger_chain(ls2.list(r.run_id))["ok"] for r in runs)
+
+
+def test_commit_many_keeps_an_unserializable_run_out_and_commits_the_others(stores):
+    rs, ls = stores.open()
+    good, bad = _run(), _run()
+    rs.save(good)
+    rs.save(bad)
+    good.status = RunStatus.COMPLETED
+    bad.vars = {"bad": object()}
+    out = rs.commit_many([(bad, [_rec(bad, "a")]), (good, [_rec(good, "a")])])
+    assert isinstance(out[0], (TypeError, ValueError))
+    assert [d["seq"] for d in out[1]] == [1]
+    assert rs.load(bad.run_id).vars == {} and ls.list(bad.run_id) == []
+    assert rs.load(good.run_id).status == RunStatus.COMPLETED

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional, Tuple
 
 from .models import StepRecord
 
@@ -19,3 +19,6 @@ class Tick:
     after: List[Callable[[], Any]] = field(default_factory=list)
     # False when a parent ticks its child inline and handles the child's ending itself.
     notify_parent: bool = True
+    # Set by `Runtime.tick_many`: the tick's commit is kept here, as (run, records), and
+    # written together with the other runs' commits of the batch.
+    defer: Optional[List[Tuple[Any, List[StepRecord]]]] = None

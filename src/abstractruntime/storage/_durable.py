@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from ..core.errors import InvalidRunIdError as InvalidRunIdError  # re-exported: the stores use both
 from ..core.errors import StorageUnavailableError
@@ -337,15 +337,24 @@ class Batcher:
         self._leading = False
 
     def submit(self, item: Any) -> None:
+        self.submit_many([item])
+
+    def submit_many(self, items: List[Any]) -> None:
+        """Queue `items` together (they land in one batch) and return once they are done: one
+        write and one sync for a burst of commits made by one thread (the scheduler's due
+        timers). The group shares one wake-up lock; its first item stands for it when it is
+        handed the lead."""
         wake = threading.Lock()
         wake.acquire()
-        item._wake, item._lead = wake, False
+        for it in items:
+            it._wake, it._lead = wake, False
+        item = items[0]
         with self._mutex:
-            self._pending.append(item)
+            self._pending.extend(items)
             lead = not self._leading
             self._leading = True
         if not lead:
-            wake.acquire()  # released when the item is done, or when it is handed the lead
+            wake.acquire()  # released when the group is done, or when it is handed the lead
             if not item._lead:
                 return
         try:
@@ -358,8 +367,10 @@ class Batcher:
                     for it in batch:
                         if not it.done:
                             it.error, it.done = e, True
+                woken = {id(wake)}  # each other group once (a lock released twice is an error)
                 for it in batch:
-                    if it is not item:
+                    if id(it._wake) not in woken:
+                        woken.add(id(it._wake))
                         it._wake.release()
         finally:
             with self._mutex:

@@ -248,6 +248,20 @@ class Journal:
             raise item.error
         self._mark()
 
+    def commit_many(self, entries: List[Tuple[str, int, Optional[bytes], List[Line]]]) -> None:
+        """`commit` for several runs' entries at once: one write and one sync for all of them
+        (and whatever other commits join the batch). All are committed, or none (it raises)."""
+        items = [_Entry(run_id, lsn, ckpt, lines) for run_id, lsn, ckpt, lines in entries]
+        if not items:
+            return
+        self._batcher.submit_many(items)
+        err = items[0].error  # one write: the same outcome for every entry of the batch
+        if err is not None:
+            if isinstance(err, OSError):
+                raise unavailable(err, f"appending to the journal in {self._jdir}") from err
+            raise err
+        self._mark()
+
     def _write_batch(self, batch: List[_Entry]) -> None:
         err: Optional[BaseException] = None
         with self._seg_lock:

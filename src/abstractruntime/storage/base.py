@@ -283,6 +283,18 @@ class RunStore(ABC):
         self.save(run)
         return []
 
+    def commit_many(self, items: List[Tuple[RunState, List[StepRecord]]]) -> List[Any]:
+        """Several runs' steps at once (`commit` each, here; durable stores override it to
+        write and sync them together). Per item: the records as stored, or the TypeError or
+        ValueError that kept that run out; a storage failure raises."""
+        out: List[Any] = []
+        for run, records in items:
+            try:
+                out.append(self.commit(run, records))
+            except (TypeError, ValueError) as e:
+                out.append(e)
+        return out
+
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing to release
         """Release files and connections (idempotent)."""
 

@@ -16,6 +16,7 @@ process reading the files meanwhile may find them a cycle behind, or a checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -187,14 +188,21 @@ class JsonFileRunStore(IndexedRunStore):
         """Commit the checkpoint (and the step's ledger lines) to the journal; the caller
         publishes the summary (index, listeners) once everything the commit writes is written,
         so listeners hear of records first."""
+        s, lsn, data = self._encode(run)
+        self._recent.pop(run.run_id)  # a failed commit below must not leave a stale copy
+        self._journal.commit(run.run_id, lsn, data, lines)
+        self._written(run.run_id, s, data)
+        return s
+
+    def _encode(self, run: RunState) -> Tuple[RunSummary, int, bytes]:
         check_run_id(run.run_id)
         s = RunSummary.from_state(run)
         d = run.to_dict()
         d["_lsn"] = lsn = self._journal.next_lsn()
-        data = dumps(d).encode()
-        self._recent.pop(run.run_id)  # a failed commit below must not leave a stale copy
-        self._journal.commit(run.run_id, lsn, data, lines)
-        old = self._index.get(run.run_id)
+        return s, lsn, dumps(d).encode()  # TypeError/ValueError: nothing written
+
+    def _written(self, run_id: str, s: RunSummary, data: bytes) -> None:
+        old = self._index.get(run_id)
         if old is None or _key(old) != _key(s):
             # The index log is a cache of what the checkpoints say: queued once the commit is
             # durable (never for one that failed), written and synced by the flusher. A crash
@@ -202,8 +210,7 @@ class JsonFileRunStore(IndexedRunStore):
             # written around the log's last write.
             self._log.append([s])
             self._flusher.mark(self._log.path(), before_sync=self._log.flush)
-        self._recent.put(run.run_id, data)
-        return s
+        self._recent.put(run_id, data)
 
     def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
         """A step's checkpoint and its ledger lines as one journal entry: they land together."""
@@ -219,6 +226,37 @@ class JsonFileRunStore(IndexedRunStore):
             stored = unit.written(run.run_id, chained)
         self._publish(summary)
         return stored
+
+    def commit_many(self, items: List[Tuple[RunState, List[StepRecord]]]) -> List[Any]:
+        """Several runs' steps (one each) as one journal write and one sync. Per item: the
+        records as stored, or the TypeError/ValueError that kept that run out (nothing of it
+        written). A storage failure raises, and none is committed."""
+        unit = self.unit
+        out: List[Any] = [None] * len(items)
+        done: List[Tuple[int, RunState, list, RunSummary, bytes]] = []
+        with contextlib.ExitStack() as held:
+            for lock in unit.run_locks([run.run_id for run, _ in items]):
+                held.enter_context(lock)
+            entries = []
+            for i, (run, records) in enumerate(items):
+                try:
+                    if self._index.get(run.run_id) is None:
+                        unit.know_new(run.run_id)
+                    chained = unit.chain(run.run_id, records) if records else []
+                    s, lsn, data = self._encode(run)
+                except (TypeError, ValueError) as e:
+                    out[i] = e
+                    continue
+                self._recent.pop(run.run_id)
+                entries.append((run.run_id, lsn, data, [(d["seq"], line) for d, line in chained]))
+                done.append((i, run, chained, s, data))
+            self._journal.commit_many(entries)
+            for i, run, chained, s, data in done:
+                self._written(run.run_id, s, data)
+                out[i] = unit.written(run.run_id, chained)
+        for _, _, _, s, _ in done:
+            self._publish(s)
+        return out
 
     def load(self, run_id: str) -> Optional[RunState]:
         raw = self._recent.get(run_id) or self._journal.checkpoint(run_id)
@@ -323,6 +361,11 @@ class FileBackend:
 
     def run_lock(self, run_id: str) -> Any:
         return self._locks[hash(run_id) % _STRIPES]
+
+    def run_locks(self, run_ids: Iterable[str]) -> List[Any]:
+        """The locks of several runs, each once, in one order for every caller (no deadlock
+        between two threads taking several)."""
+        return [self._locks[i] for i in sorted({hash(r) % _STRIPES for r in run_ids})]
 
     def _remember_head(self, run_id: str, head: Tuple[int, Optional[str]]) -> None:
         if len(self._heads) >= _MAX_HEADS and run_id not in self._heads:

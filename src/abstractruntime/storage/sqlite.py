@@ -181,10 +181,36 @@ class SqliteDatabase:
             if isinstance(job.error, (OSError, sqlite3.OperationalError)):
                 raise unavailable(job.error, f"committing to {self.path}") from job.error
             raise job.error
+        return self._announce(job)
+
+    def write_many(self, items: List[Tuple[RunState, List[StepRecord]]]) -> List[Any]:
+        """`write` for several runs' steps, in one transaction with one sync. Per item: the
+        records as stored, or the error that kept that run out (a checkpoint that cannot be
+        encoded; a row that fails). A storage failure raises, and none is committed."""
+        out: List[Any] = [None] * len(items)
+        jobs: List[Tuple[int, _Job]] = []
+        for i, (run, records) in enumerate(items):
+            try:
+                text = dumps(run.to_dict())
+            except (TypeError, ValueError) as e:
+                out[i] = e
+                continue
+            jobs.append((i, _Job(run, run.run_id, list(records), text, RunSummary.from_state(run))))
+        if jobs:
+            self._batcher.submit_many([job for _, job in jobs])
+        failed = [job.error for _, job in jobs if isinstance(job.error, (OSError, sqlite3.OperationalError))]
+        if failed:
+            raise unavailable(failed[0], f"committing to {self.path}") from failed[0]
+        for i, job in jobs:
+            out[i] = job.error if job.error is not None else self._announce(job)
+        return out
+
+    def _announce(self, job: _Job) -> List[Dict[str, Any]]:
+        """Tell the listeners of a committed job; returns its records as stored."""
         stored = StoredRecords.of(job.chained)
         if stored:
             for fn in self.ledger_listeners:
-                fn(run_id, stored)
+                fn(job.run_id, stored)
         if job.summary is not None and job.changed:
             for rl in self.run_listeners:
                 rl(job.summary)
@@ -287,6 +313,10 @@ class SqliteRunStore(RunStore):
 
     def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
         return self.db.write(run, run.run_id, records)
+
+    def commit_many(self, items: List[Tuple[RunState, List[StepRecord]]]) -> List[Any]:
+        """Several runs' steps in one transaction (see `SqliteDatabase.write_many`)."""
+        return self.db.write_many(items)
 
     def load(self, run_id: str) -> Optional[RunState]:
         cached = self.db.recent.get(run_id)
