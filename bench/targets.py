@@ -90,8 +90,10 @@ def clients_round(parent: Path, per_client: int, i: int) -> dict:
     return {**got, "ratio": got["files"] / got["memory"]}
 
 
-def timers_round(store: str, n: int) -> dict:
-    r = run_json("ours", "timers.py", "--store", store, "--n", str(n))
+def timers_round(store: str, n: int, parent: Path) -> dict:
+    # Kept until the bench ends (like the clients' data): deleting 10,000 runs' files would
+    # make the next round's file creates slow for minutes.
+    r = run_json("ours", "timers.py", "--store", store, "--n", str(n), "--dir", str(parent), "--keep")
     if not r["all_resumed"]:
         raise RuntimeError(f"timers {store} {n}: only {r['resumed']} resumed")
     return {"p50_ms": r["lag_p50_ms"], "p99_ms": r["lag_p99_ms"]}
@@ -235,7 +237,7 @@ def main() -> None:
             line += f"; 32 clients files {c['files']:.0f} mem {c['memory']:.0f} sqlite {c['sqlite']:.0f} ({c['ratio']:.2f}x)"
             for n in sizes:
                 for store in ("jsonfile", "sqlite"):
-                    t = timers_round(store, n)
+                    t = timers_round(store, n, parent)
                     raw["timers"].setdefault(f"{n}/{store}", []).append(t)
                     line += f"; {n} timers {store} p99 {t['p99_ms']:.0f} ms"
             print(line, flush=True)

@@ -68,6 +68,13 @@ def main() -> None:
     ap.add_argument("--lead", type=float, default=None, help="seconds from now to the deadline")
     ap.add_argument("--poll", type=float, default=0.2)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--dir", default=None, help="where the data goes (default: a new temporary folder)")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the data in place: deleting 10,000 runs' files makes the next creates in that "
+        "file system slow for minutes (see daemon_bench.py), which a driver running other benches avoids",
+    )
     ap.add_argument(
         "--stagger",
         type=float,
@@ -76,7 +83,7 @@ def main() -> None:
         "(the method of the peer harness ar_timer_bench.py)",
     )
     a = ap.parse_args()
-    d = tempfile.mkdtemp(prefix="artimers_")
+    d = tempfile.mkdtemp(prefix="artimers_", dir=a.dir)
     rs, ls = stores(a.store, d)
     resumed = {}
     lock = threading.Lock()
@@ -112,7 +119,10 @@ def main() -> None:
     created_s = time.time() - t0
     ok = all_done.wait(a.timeout)
     sr.stop()
-    shutil.rmtree(d, ignore_errors=True)
+    if hasattr(rs, "close"):
+        rs.close()
+    if not a.keep:
+        shutil.rmtree(d, ignore_errors=True)
     lags = [t - due[rid] for rid, t in resumed.items()]
     print(
         json.dumps(
