@@ -89,23 +89,33 @@ class _RunLocks:
 
     @contextmanager
     def hold(self, run_id: str, timeout: Optional[float] = None) -> Iterator[None]:
+        ent = self.acquire(run_id, timeout)
+        try:
+            yield
+        finally:
+            self.release(run_id, ent)
+
+    def acquire(self, run_id: str, timeout: Optional[float] = None) -> List[Any]:
+        """Take the run's lock (RunBusyError after `timeout`); returns what `release` needs."""
         with self._guard:
             ent = self._locks.get(run_id)
             if ent is None:
                 ent = self._locks[run_id] = [threading.RLock(), 0]
             ent[1] += 1
-        ok = ent[0].acquire(timeout=-1 if timeout is None else timeout)
-        try:
-            if not ok:
-                raise RunBusyError(f"run {run_id} is busy in another tick", run_id=run_id)
-            yield
-        finally:
-            if ok:
-                ent[0].release()
-            with self._guard:
-                ent[1] -= 1
-                if ent[1] == 0:
-                    self._locks.pop(run_id, None)
+        if not ent[0].acquire(timeout=-1 if timeout is None else timeout):
+            self._drop(run_id, ent)
+            raise RunBusyError(f"run {run_id} is busy in another tick", run_id=run_id)
+        return ent
+
+    def release(self, run_id: str, ent: List[Any]) -> None:
+        ent[0].release()
+        self._drop(run_id, ent)
+
+    def _drop(self, run_id: str, ent: List[Any]) -> None:
+        with self._guard:
+            ent[1] -= 1
+            if ent[1] == 0:
+                self._locks.pop(run_id, None)
 
 
 class Runtime:
@@ -567,13 +577,17 @@ class Runtime:
 
     @contextmanager
     def _guard(self, run_id: str, timeout: Optional[float] = None) -> Iterator[None]:
-        with self._locks.hold(run_id, timeout):
+        # The lock and the lease in one context (not two nested ones): this is on every tick.
+        ent = self._locks.acquire(run_id, timeout)
+        try:
             if not self._runs.try_lease(run_id, self.owner_id, self.lease_s):
                 raise RunBusyError(f"run {run_id} is leased by another runtime", run_id=run_id)
             try:
                 yield
             finally:
                 self._runs.release_lease(run_id, self.owner_id)
+        finally:
+            self._locks.release(run_id, ent)
 
     def _advance(self, workflow: WorkflowSpec, run: RunState, max_steps: int, t: Tick) -> RunState:
         if run.status.is_terminal:

@@ -16,6 +16,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, List, Optional
 
+import orjson
+
 from ..protocol.errors import INVALID_REQUEST, PARSE_ERROR, RpcError
 from ..protocol.framing import FrameError, FrameParser, FrameTooLarge
 
@@ -213,21 +215,14 @@ class ConnWriter(asyncio.Protocol):
 
 def dispatch(session: Session, body: bytes) -> None:
     try:
-        # UTF-8 only (json.loads would guess UTF-16 or UTF-32 from the first bytes).
-        data = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        session.reply_error(
-            None, RpcError(PARSE_ERROR, f"parse error: the body must be UTF-8 ({e.reason} at byte {e.start})")
-        )
-        return
-    except ValueError as e:
-        session.reply_error(None, RpcError(PARSE_ERROR, f"parse error: {e}"))
-        return
-    except RecursionError:
-        session.reply_error(
-            None, RpcError(PARSE_ERROR, f"parse error: the message nests deeper than {MAX_DEPTH} levels")
-        )
-        return
+        # orjson first (UTF-8 only, several times faster); what it refuses (invalid input, but
+        # also what the standard library takes: integers beyond 64 bits, NaN) is read again by
+        # the standard library, whose verdict and messages are the protocol's.
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = _slow_loads(session, body)
+        if data is _REFUSED:
+            return
     msg_id = data.get("id") if isinstance(data, dict) else None
     if not isinstance(msg_id, (str, int)) or isinstance(msg_id, bool):
         msg_id = None
@@ -253,6 +248,27 @@ def dispatch(session: Session, body: bytes) -> None:
         log.exception("handling %s failed", data.get("method"))
         if msg_id is not None and "method" in data:
             session.reply_error(msg_id, e)
+
+
+_REFUSED = object()
+
+
+def _slow_loads(session: Session, body: bytes) -> Any:
+    """The message through the standard library, or `_REFUSED` once the error is answered."""
+    try:
+        # UTF-8 only (json.loads would guess UTF-16 or UTF-32 from the first bytes).
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        session.reply_error(
+            None, RpcError(PARSE_ERROR, f"parse error: the body must be UTF-8 ({e.reason} at byte {e.start})")
+        )
+    except ValueError as e:
+        session.reply_error(None, RpcError(PARSE_ERROR, f"parse error: {e}"))
+    except RecursionError:
+        session.reply_error(
+            None, RpcError(PARSE_ERROR, f"parse error: the message nests deeper than {MAX_DEPTH} levels")
+        )
+    return _REFUSED
 
 
 def too_deep(value: Any, limit: int) -> bool:
