@@ -69,21 +69,8 @@ asyncio.run(main())
 
 def spawn_daemon(tmp: Path, *extra: str) -> tuple:
     sock = str(tmp / "d.sock")
-    argv = [
-        sys.executable,
-        "-m",
-        "abstractruntime",
-        "serve",
-        "--data",
-        str(tmp / "data"),
-        "--workflows",
-        str(WORKFLOWS),
-        "--socket",
-        sock,
-        "--log-level",
-        "warning",
-        *extra,
-    ]
+    argv = [sys.executable, "-m", "abstractruntime", "serve", "--data", str(tmp / "data"), "--workflows", str(WORKFLOWS),
+            "--socket", sock, "--log-level", "warning", *extra]
     proc = subprocess.Popen(argv, env=env_with_package(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 20
     while not os.path.exists(sock):
@@ -184,7 +171,6 @@ def bench_concurrent(clients: int, per_client: int, store: str, parent: Path) ->
     SCRATCH.append(tmp)
     proc, sock = spawn_daemon(tmp, "--store", store)
     try:
-
         async def main():
             t = time.perf_counter()
             done = await asyncio.gather(*[_client_loop(sock, per_client) for _ in range(clients)])
@@ -204,16 +190,11 @@ def bench_concurrent_rounds(rounds: int, per_client: int) -> dict:
     out: dict = {"rounds": [], "create_us": []}
     for r in range(rounds):
         cost = settle(parent)
-        got = {
-            store: bench_concurrent(32, per_client, store, parent)["runs_s"] for store in ("files", "sqlite", "memory")
-        }
+        got = {store: bench_concurrent(32, per_client, store, parent)["runs_s"] for store in ("files", "sqlite", "memory")}
         out["rounds"].append(got)
         out["create_us"].append(cost)
-        print(
-            f"  round {r + 1}: files {got['files']:.0f}, sqlite {got['sqlite']:.0f}, memory {got['memory']:.0f} runs/s "
-            f"(file create {cost:.0f} us before the round)",
-            flush=True,
-        )
+        print(f"  round {r + 1}: files {got['files']:.0f}, sqlite {got['sqlite']:.0f}, memory {got['memory']:.0f} runs/s "
+              f"(file create {cost:.0f} us before the round)", flush=True)
     for store in ("files", "sqlite", "memory"):
         xs = [g[store] for g in out["rounds"]]
         out[store] = {"median": median(xs), "min": min(xs), "max": max(xs)}
@@ -226,7 +207,6 @@ def bench_subscriber(n_runs: int) -> dict:
     proc, sock = spawn_daemon(tmp)
     delays, since_ended = [], []
     try:
-
         async def main():
             watcher = AsyncClient(Target("unix", path=sock))
             await watcher.connect()
@@ -259,29 +239,15 @@ def bench_subscriber(n_runs: int) -> dict:
         proc.terminate()
         proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    return {
-        "events": len(delays),
-        "p50_ms": pct(delays, 50) * 1e3,
-        "p99_ms": pct(delays, 99) * 1e3,
-        "since_ended_p99_ms": pct(since_ended, 99) * 1e3,
-    }
+    return {"events": len(delays), "p50_ms": pct(delays, 50) * 1e3, "p99_ms": pct(delays, 99) * 1e3,
+            "since_ended_p99_ms": pct(since_ended, 99) * 1e3}
 
 
 def bench_initialize(repeats: int) -> dict:
     times = []
     for _ in range(repeats):
         tmp = Path(tempfile.mkdtemp(prefix="ar_init_"))
-        argv = [
-            sys.executable,
-            "-m",
-            "abstractruntime",
-            "serve",
-            "--stdio",
-            "--data",
-            str(tmp / "data"),
-            "--workflows",
-            str(WORKFLOWS),
-        ]
+        argv = [sys.executable, "-m", "abstractruntime", "serve", "--stdio", "--data", str(tmp / "data"), "--workflows", str(WORKFLOWS)]
 
         async def main(argv=argv):
             t = time.perf_counter()
@@ -304,30 +270,18 @@ def main() -> None:
     a = ap.parse_args()
     out = {}
     out["rtt"] = bench_rtt(1000 if a.quick else 3000, 1 if a.quick else 3)
-    print(
-        f"resume RTT p50: daemon {out['rtt']['daemon_p50_us']:.0f} us, raw echo {out['rtt']['echo_p50_us']:.0f} us, "
-        f"ratio {out['rtt']['ratio']:.2f}x (target <= 3x)",
-        flush=True,
-    )
+    print(f"resume RTT p50: daemon {out['rtt']['daemon_p50_us']:.0f} us, raw echo {out['rtt']['echo_p50_us']:.0f} us, "
+          f"ratio {out['rtt']['ratio']:.2f}x (target <= 3x)", flush=True)
     c = out["concurrent"] = bench_concurrent_rounds(1 if a.quick else 3, 20 if a.quick else 60)
-    print(
-        f"32 clients on fsync'd file stores: median {c['files']['median']:.0f} runs/s "
-        f"({c['files']['min']:.0f}-{c['files']['max']:.0f}; target >= 1000); SQLite {c['sqlite']['median']:.0f}, "
-        f"memory {c['memory']['median']:.0f}; files/SQLite {c['files_over_sqlite']:.2f}x",
-        flush=True,
-    )
+    print(f"32 clients on fsync'd file stores: median {c['files']['median']:.0f} runs/s "
+          f"({c['files']['min']:.0f}-{c['files']['max']:.0f}; target >= 1000); SQLite {c['sqlite']['median']:.0f}, "
+          f"memory {c['memory']['median']:.0f}; files/SQLite {c['files_over_sqlite']:.2f}x", flush=True)
     out["subscriber"] = bench_subscriber(100 if a.quick else 300)
-    print(
-        f"subscriber delay: p50 {out['subscriber']['p50_ms']:.2f} ms, p99 {out['subscriber']['p99_ms']:.2f} ms "
-        f"over {out['subscriber']['events']} records (target p99 <= 5 ms)",
-        flush=True,
-    )
+    print(f"subscriber delay: p50 {out['subscriber']['p50_ms']:.2f} ms, p99 {out['subscriber']['p99_ms']:.2f} ms "
+          f"over {out['subscriber']['events']} records (target p99 <= 5 ms)", flush=True)
     out["initialize"] = bench_initialize(5)
-    print(
-        f"initialize after spawn: median {out['initialize']['median_s'] * 1e3:.0f} ms, max "
-        f"{out['initialize']['max_s'] * 1e3:.0f} ms (target < 500 ms)",
-        flush=True,
-    )
+    print(f"initialize after spawn: median {out['initialize']['median_s'] * 1e3:.0f} ms, max "
+          f"{out['initialize']['max_s'] * 1e3:.0f} ms (target < 500 ms)", flush=True)
     save("daemon", out)
     for d in SCRATCH:
         shutil.rmtree(d, ignore_errors=True)

@@ -38,7 +38,7 @@ from abstractruntime.client.aio import AsyncClient, Target  # noqa: E402
 from abstractruntime.client.connection import env_with_package  # noqa: E402
 from abstractruntime.daemon.loader import source_version  # noqa: E402
 
-MODULE = """\
+MODULE = '''\
 from abstractruntime import Effect, EffectType, StepPlan, WorkflowSpec
 
 
@@ -52,7 +52,7 @@ def done(run, ctx):
 
 
 flow = WorkflowSpec(workflow_id="flow", entry_node="ask", nodes={{"ask": ask, "done": done}})
-"""
+'''
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -78,25 +78,9 @@ async def ours(tmp: Path, edits: int, waiting: int = 0, store: str = "memory") -
     sock = str(tmp / f"d{waiting}.sock")
     log = open(tmp / "ours.log", "ab")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "abstractruntime",
-            "serve",
-            "--data",
-            str(tmp / f"data-{waiting}"),
-            "--workflows",
-            str(wf),
-            "--socket",
-            sock,
-            "--store",
-            store,
-            "--log-level",
-            "warning",
-        ],
-        env=env_with_package(),
-        stdout=subprocess.DEVNULL,
-        stderr=log,
+        [sys.executable, "-m", "abstractruntime", "serve", "--data", str(tmp / f"data-{waiting}"), "--workflows",
+         str(wf), "--socket", sock, "--store", store, "--log-level", "warning"],
+        env=env_with_package(), stdout=subprocess.DEVNULL, stderr=log,
     )
     try:
         await wait_socket(sock)
@@ -141,10 +125,7 @@ async def restart_on_save(tmp: Path, edits: int) -> list:
     log = open(tmp / "peer.log", "wb")
     proc = subprocess.Popen(
         [watchfiles, "--filter", "python", "--non-recursive", "--sigint-timeout", "5", serve, str(wf)],
-        env=env_with_package(),
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        start_new_session=True,
+        env=env_with_package(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
     )
     try:
         await wait_socket(sock)

@@ -70,25 +70,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ar-soak-"))
     sock = str(tmp / "d.sock")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "abstractruntime",
-            "serve",
-            "--data",
-            str(tmp / "data"),
-            "--workflows",
-            str(WORKFLOWS),
-            "--socket",
-            sock,
-            "--store",
-            args.store,
-            "--log-level",
-            "warning",
-        ],
-        env=env_with_package(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "abstractruntime", "serve", "--data", str(tmp / "data"), "--workflows", str(WORKFLOWS),
+         "--socket", sock, "--store", args.store, "--log-level", "warning"],
+        env=env_with_package(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         while not os.path.exists(sock):
@@ -99,10 +83,8 @@ def main() -> None:
         def sample(label: str, done: int, rate: float = 0.0) -> None:
             rss = rss_mb(proc.pid)
             rows.append({"phase": label, "runs": done, "rss_mb": round(rss, 1), "runs_per_s": round(rate)})
-            print(
-                f"{label:<28} runs {done:>8}   RSS {rss:7.1f} MB" + (f"   {rate:,.0f} runs/s" if rate else ""),
-                flush=True,
-            )
+            print(f"{label:<28} runs {done:>8}   RSS {rss:7.1f} MB" + (f"   {rate:,.0f} runs/s" if rate else ""),
+                  flush=True)
 
         sample("start", 0)
         asyncio.run(drive(sock, 2000, args.clients))

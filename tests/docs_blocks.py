@@ -24,20 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted(
     [ROOT / "README.md", ROOT / "examples" / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("clients/*/README.md")]
 )
-FENCE = re.compile(r"(?P<notes>(?:<!--[^\n]*-->\n)*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.S | re.M)
+FENCE = re.compile(
+    r"(?P<notes>(?:<!--[^\n]*-->\n)*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.S | re.M
+)
 NOTE = re.compile(r"<!--\s*(not run|stdin):\s*(.*?)\s*-->")
 # What runs each language; others must say why they are not run.
-RUNNERS = {
-    "python": "python",
-    "py": "python",
-    "bash": "shell",
-    "sh": "shell",
-    "shell": "shell",
-    "ts": "typescript",
-    "typescript": "typescript",
-    "json": "json",
-    "toml": "toml",
-}
+RUNNERS = {"python": "python", "py": "python", "bash": "shell", "sh": "shell", "shell": "shell",
+           "ts": "typescript", "typescript": "typescript", "json": "json", "toml": "toml"}
 
 
 @dataclass
@@ -77,10 +70,7 @@ def make_reader_folder(folder: Path, env: Dict[str, str]) -> None:
     bin_dir = folder / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     pythonpath = env.get("PYTHONPATH", "")
-    for name, argv in (
-        ("abstractruntime", f'"{sys.executable}" -m abstractruntime'),
-        ("python", f'"{sys.executable}"'),
-    ):
+    for name, argv in (("abstractruntime", f'"{sys.executable}" -m abstractruntime'), ("python", f'"{sys.executable}"')):
         shim = bin_dir / name
         shim.write_text(f'#!/bin/sh\nPYTHONPATH="{pythonpath}" exec {argv} "$@"\n')
         shim.chmod(shim.stat().st_mode | stat.S_IXUSR)

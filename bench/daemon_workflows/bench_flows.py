@@ -4,9 +4,7 @@ from abstractruntime import Effect, EffectType, StepPlan, WorkflowSpec
 
 
 def _ask(run, ctx):
-    return StepPlan(
-        node_id="ask", effect=Effect(EffectType.ASK_USER, {"prompt": "Continue?"}, "answer"), next_node="done"
-    )
+    return StepPlan(node_id="ask", effect=Effect(EffectType.ASK_USER, {"prompt": "Continue?"}, "answer"), next_node="done")
 
 
 def _done(run, ctx):
@@ -18,9 +16,7 @@ ask = WorkflowSpec(workflow_id="ask", entry_node="ask", nodes={"ask": _ask, "don
 
 def _again(run, ctx):
     # Waits again after every answer: each resume is one full round trip through a tick.
-    return StepPlan(
-        node_id="again", effect=Effect(EffectType.ASK_USER, {"prompt": "Again?"}, "answer"), next_node="again"
-    )
+    return StepPlan(node_id="again", effect=Effect(EffectType.ASK_USER, {"prompt": "Again?"}, "answer"), next_node="again")
 
 
 again = WorkflowSpec(workflow_id="again", entry_node="again", nodes={"again": _again})

@@ -26,9 +26,7 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    def __init__(
-        self, tmp: Path, transport: str, extra: Optional[List[str]] = None, workflows: Optional[Path] = None
-    ) -> None:
+    def __init__(self, tmp: Path, transport: str, extra: Optional[List[str]] = None, workflows: Optional[Path] = None) -> None:
         self.tmp = tmp
         self.transport = transport
         self.data = tmp / "data"
@@ -40,16 +38,7 @@ class DaemonProcess:
         self.log = tmp / f"daemon-{transport}.log"
 
     def argv(self) -> List[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "abstractruntime",
-            "serve",
-            "--data",
-            str(self.data),
-            "--workflows",
-            str(self.workflows),
-        ]
+        argv = [sys.executable, "-m", "abstractruntime", "serve", "--data", str(self.data), "--workflows", str(self.workflows)]
         if self.transport == "stdio":
             return argv + ["--stdio", *self.extra]
         if self.transport == "tcp":
@@ -60,9 +49,8 @@ class DaemonProcess:
         if self.transport == "stdio":
             return self  # each client spawns its own
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv(), env=env_with_package(), stdout=subprocess.DEVNULL, stderr=log, cwd=self.tmp
-            )
+            self.proc = subprocess.Popen(self.argv(), env=env_with_package(), stdout=subprocess.DEVNULL,
+                                         stderr=log, cwd=self.tmp)
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -35,13 +35,7 @@ def _ollama(path: str, step: Dict[str, Any], model: str) -> Dict[str, Any]:
     usage = {"prompt_eval_count": 11, "eval_count": 7}
     if path.startswith("/api/generate"):
         return {"model": model, "response": text, "done": True, "done_reason": "stop", **usage}
-    return {
-        "model": model,
-        "message": {"role": "assistant", "content": text},
-        "done": True,
-        "done_reason": "stop",
-        **usage,
-    }
+    return {"model": model, "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "stop", **usage}
 
 
 def _openai(step: Dict[str, Any], model: str) -> Dict[str, Any]:
@@ -49,17 +43,12 @@ def _openai(step: Dict[str, Any], model: str) -> Dict[str, Any]:
     msg: Dict[str, Any] = {"role": "assistant", "content": step.get("text") or None}
     if calls:
         msg["tool_calls"] = [
-            {
-                "id": c.get("id", f"call_{i}"),
-                "type": "function",
-                "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
-            }
+            {"id": c.get("id", f"call_{i}"), "type": "function",
+             "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
             for i, c in enumerate(calls)
         ]
     return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": model,
+        "id": "chatcmpl-1", "object": "chat.completion", "model": model,
         "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls" if calls else "stop"}],
         "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
     }
@@ -110,9 +99,7 @@ class FakeLLMServer:
                 model = body.get("model", "m")
                 if body.get("stream"):
                     return self._stream(step, model)
-                self._send(
-                    200, _openai(step, model) if self.path.startswith("/v1/") else _ollama(self.path, step, model)
-                )
+                self._send(200, _openai(step, model) if self.path.startswith("/v1/") else _ollama(self.path, step, model))
 
             def _stream(self, step: Dict[str, Any], model: str) -> None:
                 sse = self.path.startswith("/v1/")
@@ -129,62 +116,26 @@ class FakeLLMServer:
                 calls = step.get("tool_calls") or []
                 if calls and sse:  # OpenAI streams tool calls as deltas of their own
                     for i, c in enumerate(calls):
-                        tc = {
-                            "index": i,
-                            "id": c.get("id", f"call_{i}"),
-                            "type": "function",
-                            "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
-                        }
+                        tc = {"index": i, "id": c.get("id", f"call_{i}"), "type": "function",
+                              "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
                         delta = {"index": 0, "delta": {"tool_calls": [tc]}, "finish_reason": None}
-                        chunk(
-                            "data: "
-                            + json.dumps({"object": "chat.completion.chunk", "model": model, "choices": [delta]})
-                            + "\n\n"
-                        )
+                        chunk("data: " + json.dumps({"object": "chat.completion.chunk", "model": model, "choices": [delta]}) + "\n\n")
                 tokens = step.get("tokens", [step.get("text", "")])
                 if calls and not sse:  # Ollama models write them in the text
                     tokens = [_ollama("/api/chat", step, model)["message"]["content"]]
                 for tok in tokens:
                     if sse:
                         delta = {"index": 0, "delta": {"content": tok}, "finish_reason": None}
-                        chunk(
-                            "data: "
-                            + json.dumps({"object": "chat.completion.chunk", "model": model, "choices": [delta]})
-                            + "\n\n"
-                        )
+                        chunk("data: " + json.dumps({"object": "chat.completion.chunk", "model": model, "choices": [delta]}) + "\n\n")
                     else:
-                        chunk(
-                            json.dumps(
-                                {
-                                    "model": model,
-                                    "message": {"role": "assistant", "content": tok},
-                                    "response": tok,
-                                    "done": False,
-                                }
-                            )
-                            + "\n"
-                        )
+                        chunk(json.dumps({"model": model, "message": {"role": "assistant", "content": tok}, "response": tok, "done": False}) + "\n")
                     time.sleep(step.get("gap", 0.02))
                 if sse:
                     end = {"index": 0, "delta": {}, "finish_reason": "stop"}
-                    chunk(
-                        "data: "
-                        + json.dumps({"object": "chat.completion.chunk", "model": model, "choices": [end]})
-                        + "\n\n"
-                    )
+                    chunk("data: " + json.dumps({"object": "chat.completion.chunk", "model": model, "choices": [end]}) + "\n\n")
                     chunk("data: [DONE]\n\n")
                 else:
-                    chunk(
-                        json.dumps(
-                            {
-                                "model": model,
-                                "message": {"role": "assistant", "content": ""},
-                                "done": True,
-                                "done_reason": "stop",
-                            }
-                        )
-                        + "\n"
-                    )
+                    chunk(json.dumps({"model": model, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"}) + "\n")
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
 

@@ -69,9 +69,7 @@ def main() -> None:
     except OSError as e:  # an injected failure at open: the store refuses to open, nothing is changed
         say("OPENFAIL", e)
         sys.exit(3)
-    rt = Runtime(
-        run_store=rs, ledger_store=ls, effect_handlers={"pay": lambda run, eff: EffectOutcome.completed({"ok": 1})}
-    )
+    rt = Runtime(run_store=rs, ledger_store=ls, effect_handlers={"pay": lambda run, eff: EffectOutcome.completed({"ok": 1})})
 
     def drive(ids) -> None:
         todo = list(ids)

@@ -49,9 +49,7 @@ def one_call(payload):
         workflow_id="one",
         entry_node="ask",
         nodes={
-            "ask": lambda run, ctx: StepPlan(
-                node_id="ask", effect=Effect(EffectType.LLM_CALL, payload, "llm"), next_node="done"
-            ),
+            "ask": lambda run, ctx: StepPlan(node_id="ask", effect=Effect(EffectType.LLM_CALL, payload, "llm"), next_node="done"),
             "done": lambda run, ctx: StepPlan(node_id="done", complete_output=run.vars["llm"]),
         },
     )
@@ -69,9 +67,7 @@ def test_text_tool_calls_retries_and_failures(llm_server, provider, model, suffi
     rt = runtime(llm_server, provider, model, suffix)
 
     llm_server.add({"text": "Durable state is a checkpoint."})
-    st = rt.start_and_tick(
-        workflow=one_call({"prompt": "What is durable state?", "params": {"temperature": 0, "max_tokens": 64}})
-    )
+    st = rt.start_and_tick(workflow=one_call({"prompt": "What is durable state?", "params": {"temperature": 0, "max_tokens": 64}}))
     out = st.output
     assert st.status.value == "completed" and out["content"] == "Durable state is a checkpoint."
     assert out["model"] == model and out["provider"] == provider and out["finish_reason"] == "stop"
@@ -81,14 +77,8 @@ def test_text_tool_calls_retries_and_failures(llm_server, provider, model, suffi
     assert json.dumps(sent).count("What is durable state?") == 1
 
     llm_server.add({"tool_calls": [{"name": "lookup", "arguments": {"city": "Paris"}}]})
-    schema = {
-        "name": "lookup",
-        "description": "Weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    }
-    st = rt.start_and_tick(
-        workflow=one_call({"messages": [{"role": "user", "content": "weather?"}], "tools": [schema]})
-    )
+    schema = {"name": "lookup", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    st = rt.start_and_tick(workflow=one_call({"messages": [{"role": "user", "content": "weather?"}], "tools": [schema]}))
     assert [(c["name"], c["arguments"]) for c in st.output["tool_calls"]] == [("lookup", {"city": "Paris"})]
 
     # A 500, then success: the kernel's retry policy, every attempt in the ledger.
@@ -111,13 +101,8 @@ def test_text_tool_calls_retries_and_failures(llm_server, provider, model, suffi
     assert sum(1 for r in rt.get_ledger(st.run_id) if r["status"] == "started") == 1
 
     # Connection refused is transient too.
-    dead = create_local_runtime(
-        provider=provider,
-        model=model,
-        base_url="http://127.0.0.1:9" + suffix,
-        timeout=1.0,
-        **({"validate_model": False} if provider != "ollama" else {}),
-    )
+    dead = create_local_runtime(provider=provider, model=model, base_url="http://127.0.0.1:9" + suffix, timeout=1.0,
+                                **({"validate_model": False} if provider != "ollama" else {}))
     _RUNTIMES.append(dead)
     st = dead.start_and_tick(workflow=one_call({"prompt": "hi"}))
     assert st.status.value == "failed" and "Connection refused" in st.error and "after 3 attempts" in st.error
@@ -175,9 +160,7 @@ def test_tools_allowed_approval_denied_and_external_in_process(llm_server):
         workflow_id="tools",
         entry_node="act",
         nodes={
-            "act": lambda run, ctx: StepPlan(
-                node_id="act", effect=Effect(EffectType.TOOL_CALLS, {"tool_calls": calls}, "out"), next_node="done"
-            ),
+            "act": lambda run, ctx: StepPlan(node_id="act", effect=Effect(EffectType.TOOL_CALLS, {"tool_calls": calls}, "out"), next_node="done"),
             "done": lambda run, ctx: StepPlan(node_id="done", complete_output=run.vars["out"]),
         },
     )
@@ -189,12 +172,8 @@ def test_tools_allowed_approval_denied_and_external_in_process(llm_server):
     w = st.waiting
     assert w.reason.value == "job" and w.details["effect"]["payload"]["tool_calls"][0]["name"] == "lookup"
     assert ran == []
-    st = rt.resume(
-        workflow=wf,
-        run_id=st.run_id,
-        wait_key=w.wait_key,
-        payload={"results": [{"call_id": "c3", "output": {"found": 1}}]},
-    )
+    st = rt.resume(workflow=wf, run_id=st.run_id, wait_key=w.wait_key,
+                   payload={"results": [{"call_id": "c3", "output": {"found": 1}}]})
     assert st.status.value == "completed" and ran == [("add", 1, 2)]
     by = {r["call_id"]: r for r in st.output["results"]}
     assert by["c1"] == {"call_id": "c1", "name": "add", "success": True, "output": 3}
@@ -207,19 +186,8 @@ def test_tools_allowed_approval_denied_and_external_in_process(llm_server):
 
 
 def serve_args(srv, *extra):
-    return [
-        "--llm-provider",
-        "openai-compatible",
-        "--llm-model",
-        "test-model",
-        "--llm-base-url",
-        srv.url + "/v1",
-        "--llm-timeout",
-        "5",
-        "--llm-api-key-env",
-        "AR_TEST_KEY",
-        *extra,
-    ]
+    return ["--llm-provider", "openai-compatible", "--llm-model", "test-model", "--llm-base-url", srv.url + "/v1",
+            "--llm-timeout", "5", "--llm-api-key-env", "AR_TEST_KEY", *extra]
 
 
 @pytest.fixture
@@ -229,12 +197,10 @@ def agent_dir(tmp_path):
     shutil.copy(ROOT / "examples" / "workflows" / "agent.py", wf / "agent.py")
     # The refund tool also writes to a file, so a test can count how often it really ran.
     text = (wf / "agent.py").read_text()
-    text = text.replace(
-        '    return {"order_id": order_id, "refunded": amount}',
-        '    with open(__import__("os").environ["AR_TOOL_LOG"], "a") as f:\n'
-        '        f.write(order_id + "\\n")\n'
-        '    return {"order_id": order_id, "refunded": amount}',
-    )
+    text = text.replace('    return {"order_id": order_id, "refunded": amount}',
+                        '    with open(__import__("os").environ["AR_TOOL_LOG"], "a") as f:\n'
+                        '        f.write(order_id + "\\n")\n'
+                        '    return {"order_id": order_id, "refunded": amount}')
     (wf / "agent.py").write_text(text)
     return wf
 
@@ -248,12 +214,8 @@ def env(tmp_path, monkeypatch):
 
 def script_agent(srv, final="Refunded 39 EUR."):
     srv.add(
-        {
-            "tool_calls": [
-                {"name": "lookup_order", "arguments": {"order_id": "A-1001"}},
-                {"name": "refund_order", "arguments": {"order_id": "A-1001", "amount": 39.0}},
-            ]
-        },
+        {"tool_calls": [{"name": "lookup_order", "arguments": {"order_id": "A-1001"}},
+                        {"name": "refund_order", "arguments": {"order_id": "A-1001", "amount": 39.0}}]},
         {"text": final},
     )
 
@@ -280,20 +242,14 @@ def test_the_agent_example_waits_for_approval_and_finishes(llm_server, agent_dir
         st = c.resume(st.run_id, {"text": "approve"})
         assert st.status == "completed" and st.output == {"answer": "Refunded 39 EUR.", "turns": 1}
         results = st.vars["tool_results"]["results"]
-        assert [r["output"] for r in results] == [
-            {"item": "kettle", "amount": 39.0, "status": "delivered"},
-            {"order_id": "A-1001", "refunded": 39.0},
-        ]
+        assert [r["output"] for r in results] == [{"item": "kettle", "amount": 39.0, "status": "delivered"},
+                                                  {"order_id": "A-1001", "refunded": 39.0}]
         assert (env / "refunds.log").read_text() == "A-1001\n"
         # The model saw the tool results on its second call.
         second = llm_server.posts()[-1]["body"]["messages"]
         assert any(m.get("role") == "tool" and "refunded" in str(m.get("content")) for m in second)
         log = (env / "daemon-unix.log").read_text()
-        everything = (
-            json.dumps(st.model_dump())
-            + json.dumps([r.model_dump() for r in c.ledger(st.run_id, limit=1000).records])
-            + log
-        )
+        everything = json.dumps(st.model_dump()) + json.dumps([r.model_dump() for r in c.ledger(st.run_id, limit=1000).records]) + log
         assert SECRET not in everything
 
 
@@ -323,9 +279,7 @@ def test_a_crash_after_the_tool_ran_does_not_run_it_again(llm_server, agent_dir,
         run = c.start("agent").run_id
         resume = subprocess.Popen(
             [sys.executable, "-m", "abstractruntime", "resume", run, "--text", "approve", "--socket", proc.socket],
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 20
         while time.time() < deadline and len(llm_server.posts()) < 2:
@@ -351,8 +305,7 @@ def test_a_crash_after_the_tool_ran_does_not_run_it_again(llm_server, agent_dir,
 def test_an_external_tool_is_executed_by_a_python_client(llm_server, tmp_path, env):
     wf = tmp_path / "workflows"
     wf.mkdir()
-    (wf / "ext.py").write_text(
-        textwrap.dedent("""
+    (wf / "ext.py").write_text(textwrap.dedent("""
         from abstractruntime import Effect, EffectType, StepPlan, WorkflowSpec
         from abstractruntime.integrations.abstractcore import external_tool
 
@@ -366,8 +319,7 @@ def test_an_external_tool_is_executed_by_a_python_client(llm_server, tmp_path, e
             return StepPlan(node_id="done", complete_output=run.vars["geo"])
 
         ext = WorkflowSpec(workflow_id="ext", entry_node="act", nodes={"act": act, "done": done})
-        """)
-    )
+        """))
     with daemon(env, "unix", workflows=wf) as d, d.client() as c:
         run = c.start("ext").run_id
         job = next(r for r in c.runs(status="waiting").runs if r.wait_reason == "job")
@@ -376,16 +328,13 @@ def test_an_external_tool_is_executed_by_a_python_client(llm_server, tmp_path, e
         results = [{"call_id": x["call_id"], "output": {"lat": 45.76, "lon": 4.84}} for x in calls]  # the host's work
         done = c.resume(run, {"results": results}, wait_key=st.waiting.wait_key)
         assert done.status == "completed"
-        assert done.output["results"] == [
-            {"call_id": "g1", "name": "geocode", "success": True, "output": {"lat": 45.76, "lon": 4.84}}
-        ]
+        assert done.output["results"] == [{"call_id": "g1", "name": "geocode", "success": True, "output": {"lat": 45.76, "lon": 4.84}}]
 
 
 def test_streamed_tokens_reach_subscribers_and_editors_see_progress(llm_server, tmp_path, env):
     wf = tmp_path / "workflows"
     wf.mkdir()
-    (wf / "one.py").write_text(
-        textwrap.dedent("""
+    (wf / "one.py").write_text(textwrap.dedent("""
         from abstractruntime import Effect, EffectType, StepPlan, WorkflowSpec
 
         def ask(run, ctx):
@@ -395,8 +344,7 @@ def test_streamed_tokens_reach_subscribers_and_editors_see_progress(llm_server, 
             return StepPlan(node_id="done", complete_output={"text": run.vars["llm"]["content"]})
 
         story = WorkflowSpec(workflow_id="story", entry_node="ask", nodes={"ask": ask, "done": done})
-        """)
-    )
+        """))
     tokens = ["Once ", "upon ", "a ", "time ", "there ", "was ", "a ", "ledger."]
     llm_server.add({"tokens": tokens, "gap": 0.08})
 
@@ -407,14 +355,8 @@ def test_streamed_tokens_reach_subscribers_and_editors_see_progress(llm_server, 
         conn = await Connection.unix(d.socket)
         conn.on_request("window/workDoneProgress/create", lambda p: None)
         conn.on_notification("$/progress", progress.append)
-        await conn.request(
-            "initialize",
-            {
-                "processId": None,
-                "rootUri": None,
-                "capabilities": {"textDocument": {}, "window": {"workDoneProgress": True}},
-            },
-        )
+        await conn.request("initialize", {"processId": None, "rootUri": None,
+                                          "capabilities": {"textDocument": {}, "window": {"workDoneProgress": True}}})
         conn.notify("initialized", {})
         try:
             events = sub.subscribe()
@@ -456,36 +398,16 @@ def test_serve_without_a_model_fails_llm_calls_clearly(tmp_path):
     with daemon(tmp_path, "unix", workflows=wf) as d, d.client() as c:
         st = c.start("agent").state
         assert st.status == "failed" and "no LLM is configured" in st.error and "--llm-provider" in st.error
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "abstractruntime",
-            "serve",
-            "--data",
-            str(tmp_path / "d2"),
-            "--llm-provider",
-            "ollama",
-            "--llm-model",
-            "x",
-            "--llm-api-key-env",
-            "AR_NOT_SET_ANYWHERE",
-        ],
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = subprocess.run([sys.executable, "-m", "abstractruntime", "serve", "--data", str(tmp_path / "d2"),
+                          "--llm-provider", "ollama", "--llm-model", "x", "--llm-api-key-env", "AR_NOT_SET_ANYWHERE"],
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "AR_NOT_SET_ANYWHERE" in bad.stderr
 
 
 def test_a_key_echoed_by_the_provider_never_reaches_the_daemons_log(llm_server, agent_dir, env):
     # Some OpenAI-compatible servers print the key back in a 401 body; AbstractCore's own
     # loggers then log that body. The daemon's log handler masks the key in every record.
-    with (
-        daemon(env, "unix", workflows=agent_dir, extra=serve_args(llm_server, "--log-level", "debug")) as d,
-        d.client() as c,
-    ):
+    with daemon(env, "unix", workflows=agent_dir, extra=serve_args(llm_server, "--log-level", "debug")) as d, d.client() as c:
         llm_server.add({"echo_headers": True})
         st = c.start("agent").state
         assert st.status == "failed" and "401" in st.error and "***" in st.error

@@ -15,26 +15,14 @@ from conftest import ROOT
 
 
 def cli(cwd, *args, stdin=None):
-    return subprocess.run(
-        [sys.executable, "-m", "abstractruntime", *args],
-        cwd=cwd,
-        env=env_with_package(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return subprocess.run([sys.executable, "-m", "abstractruntime", *args], cwd=cwd, env=env_with_package(),
+                          input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def test_make_serve_then_runs_and_answer_in_a_second_terminal(tmp_path):
     # What `make serve` runs, from the project folder (here a copy of the layout it needs).
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "abstractruntime", "serve", "--workflows", str(ROOT / "examples" / "workflows")],
-        cwd=tmp_path,
-        env=env_with_package(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "abstractruntime", "serve", "--workflows", str(ROOT / "examples" / "workflows")],
+                            cwd=tmp_path, env=env_with_package(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         sock = discovery.default_socket(str(tmp_path / ".abstractruntime"))
         deadline = time.time() + 15
@@ -52,9 +40,7 @@ def test_make_serve_then_runs_and_answer_in_a_second_terminal(tmp_path):
         assert ans.returncode == 0 and "cool_off" in ans.stdout, ans.stderr
         rid = json.loads(cli(tmp_path, "runs", "--json").stdout)["runs"][0]["run_id"]
         deadline = time.time() + 10
-        while (
-            json.loads(cli(tmp_path, "state", rid, "--json").stdout)["status"] != "completed" and time.time() < deadline
-        ):
+        while json.loads(cli(tmp_path, "state", rid, "--json").stdout)["status"] != "completed" and time.time() < deadline:
             time.sleep(0.2)
         state = json.loads(cli(tmp_path, "state", rid, "--json").stdout)
         assert state["status"] == "completed" and state["output"] == {"decision": "approve"}

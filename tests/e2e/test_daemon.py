@@ -114,9 +114,7 @@ def test_lifecycle_and_malformed_frames(d):
             await conn.request("daemon/status", {})
         got["before_init"] = e.value.code
         opts = {"token": d.token} if d.token else None
-        await conn.request(
-            "initialize", {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": opts}
-        )
+        await conn.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": opts})
         conn.notify("initialized", {})
         replies = []
         conn.on_notification("never", lambda p: None)
@@ -144,22 +142,12 @@ def test_lifecycle_and_malformed_frames(d):
 
 def test_huge_frame_is_refused_and_the_daemon_goes_on(tmp_path):
     with daemon(tmp_path, "unix", extra=["--max-frame", "100000"]) as d:
-
         async def scenario(conn: Connection):
             await conn.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}})
             errors = []
             orig = conn._dispatch
-            conn._dispatch = lambda m: (
-                errors.append(m["error"]["message"]) if m.get("id") is None and "error" in m else orig(m)
-            )  # type: ignore[method-assign]
-            big = json.dumps(
-                {
-                    "jsonrpc": "2.0",
-                    "id": 99,
-                    "method": "runtime/start",
-                    "params": {"workflow_id": "ask", "vars": {"a": "x" * 200_000}},
-                }
-            )
+            conn._dispatch = lambda m: (errors.append(m["error"]["message"]) if m.get("id") is None and "error" in m else orig(m))  # type: ignore[method-assign]
+            big = json.dumps({"jsonrpc": "2.0", "id": 99, "method": "runtime/start", "params": {"workflow_id": "ask", "vars": {"a": "x" * 200_000}}})
             await conn.send_raw(_frame(big.encode()))
             st = await conn.request("daemon/status", {})
             return errors, st
@@ -315,22 +303,8 @@ def test_tcp_refuses_a_remote_address_without_allow_remote(tmp_path):
     from abstractruntime.client.connection import env_with_package
 
     p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "abstractruntime",
-            "serve",
-            "--data",
-            str(tmp_path),
-            "--workflows",
-            str(tmp_path),
-            "--tcp",
-            "0.0.0.0:0",
-        ],
-        env=env_with_package(),
-        capture_output=True,
-        text=True,
-        timeout=30,
+        [sys.executable, "-m", "abstractruntime", "serve", "--data", str(tmp_path), "--workflows", str(tmp_path), "--tcp", "0.0.0.0:0"],
+        env=env_with_package(), capture_output=True, text=True, timeout=30,
     )
     assert p.returncode != 0 and "--allow-remote" in p.stderr
 
@@ -365,12 +339,8 @@ def test_a_broken_workflow_file_is_reported_and_the_rest_served(tmp_path):
 
     wf_dir = tmp_path / "wfs"
     shutil.copytree(ROOT / "examples" / "workflows", wf_dir)
-    (wf_dir / "broken.py").write_text(
-        "from abstractruntime import WorkflowSpec\n\nx = 1\nraise RuntimeError('oops at import')\n"
-    )
-    (wf_dir / "bad_spec.py").write_text(
-        "from abstractruntime import WorkflowSpec\n\nw = WorkflowSpec(workflow_id='w', entry_node='nope', nodes={'a': print})\n"
-    )
+    (wf_dir / "broken.py").write_text("from abstractruntime import WorkflowSpec\n\nx = 1\nraise RuntimeError('oops at import')\n")
+    (wf_dir / "bad_spec.py").write_text("from abstractruntime import WorkflowSpec\n\nw = WorkflowSpec(workflow_id='w', entry_node='nope', nodes={'a': print})\n")
     (tmp_path / "d").mkdir()
     with daemon(tmp_path / "d", "unix", workflows=wf_dir) as d, d.client() as c:
         res = c.call("workflows/list")
@@ -389,22 +359,9 @@ def test_a_second_daemon_on_the_same_data_folder_refuses_to_start(tmp_path):
 
     with daemon(tmp_path, "unix") as d:
         p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "abstractruntime",
-                "serve",
-                "--data",
-                str(d.data),
-                "--workflows",
-                str(d.workflows),
-                "--socket",
-                str(tmp_path / "other.sock"),
-            ],
-            env=env_with_package(),
-            capture_output=True,
-            text=True,
-            timeout=30,
+            [sys.executable, "-m", "abstractruntime", "serve", "--data", str(d.data), "--workflows", str(d.workflows),
+             "--socket", str(tmp_path / "other.sock")],
+            env=env_with_package(), capture_output=True, text=True, timeout=30,
         )
         assert p.returncode == 1
         assert f"pid {d.proc.pid}" in p.stderr and d.socket in p.stderr

@@ -43,7 +43,6 @@ def test_sigkill_under_load_then_every_run_finishes(tmp_path):
         assert len(errors) == 8  # every client saw its connection drop
 
         d.start()  # restart on the same data folder
-
         def all_runs(c):
             out, cursor = [], None
             while True:
@@ -118,58 +117,18 @@ def test_fuzzed_frames_and_params_leave_the_daemon_answering(tmp_path_factory, d
         body = data.draw(st.binary(max_size=300))
         frame = b"Content-Length: %d\r\n\r\n" % len(body) + body
     elif kind == "json":
-        obj = data.draw(
-            st.recursive(
-                st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                max_leaves=12,
-            )
-        )
+        obj = data.draw(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12))
         body = json.dumps(obj).encode()
         frame = b"Content-Length: %d\r\n\r\n" % len(body) + body
     else:
-        method = data.draw(
-            st.sampled_from(
-                [
-                    "runtime/start",
-                    "runtime/resume",
-                    "runtime/state",
-                    "runtime/ledger",
-                    "runtime/runs",
-                    "runtime/cancel",
-                    "runtime/emitEvent",
-                    "runtime/subscribe",
-                    "runtime/unsubscribe",
-                    "workflows/list",
-                    "initialize",
-                    "nope/x",
-                ]
-            )
-        )
-        params = data.draw(
-            st.dictionaries(
-                st.sampled_from(
-                    [
-                        "run_id",
-                        "workflow_id",
-                        "payload",
-                        "vars",
-                        "after",
-                        "limit",
-                        "name",
-                        "status",
-                        "cursor",
-                        "scope",
-                        "x",
-                    ]
-                ),
-                st.none()
-                | st.integers(-5, 2000)
-                | st.text(max_size=30)
-                | st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
-                max_size=4,
-            )
-        )
+        method = data.draw(st.sampled_from(["runtime/start", "runtime/resume", "runtime/state", "runtime/ledger", "runtime/runs",
+                                            "runtime/cancel", "runtime/emitEvent", "runtime/subscribe", "runtime/unsubscribe",
+                                            "workflows/list", "initialize", "nope/x"]))
+        params = data.draw(st.dictionaries(st.sampled_from(["run_id", "workflow_id", "payload", "vars", "after", "limit", "name",
+                                                             "status", "cursor", "scope", "x"]),
+                                           st.none() | st.integers(-5, 2000) | st.text(max_size=30) | st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+                                           max_size=4))
         body = json.dumps({"jsonrpc": "2.0", "id": 77, "method": method, "params": params}).encode()
         frame = b"Content-Length: %d\r\n\r\n" % len(body) + body
     assert _FUZZ.survives(frame)

@@ -28,15 +28,8 @@ def clean_env():
 
 
 def cli(cwd, *args, stdin=None):
-    return subprocess.run(
-        [sys.executable, "-m", "abstractruntime", *args],
-        cwd=cwd,
-        env=clean_env(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return subprocess.run([sys.executable, "-m", "abstractruntime", *args], cwd=cwd, env=clean_env(),
+                          input=stdin, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -71,13 +64,8 @@ def test_cli_and_python_client_from_a_nested_folder(proj):
     with pytest.raises(DaemonNotRunning, match=f"project at {proj}: nothing answers at unix socket {sock}"):
         Client.discover(start=str(deep)).connect()
 
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "abstractruntime", "serve"],
-        cwd=deep,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = subprocess.Popen([sys.executable, "-m", "abstractruntime", "serve"], cwd=deep, env=clean_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_socket(proj / "var" / "runtime")
         started = cli(deep, "start", "ask")

@@ -41,13 +41,8 @@ class ReaderDaemon:
     def __init__(self, folder: Path, env: dict) -> None:
         self.folder = folder
         self.log = open(folder.parent / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [str(folder / ".venv" / "bin" / "abstractruntime"), "serve"],
-            cwd=folder,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-        )
+        self.proc = subprocess.Popen([str(folder / ".venv" / "bin" / "abstractruntime"), "serve"], cwd=folder,
+                                     env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         sock = discovery.default_socket(str(folder / ".abstractruntime"))
         deadline = time.time() + 20
         while not os.path.exists(sock):
@@ -70,15 +65,8 @@ def _run(b: Block, folder: Path, env: dict) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-c", b.code]
     else:
         argv = ["bash", "-e", "-o", "pipefail", "-c", b.code]
-    return subprocess.run(
-        argv,
-        cwd=folder,
-        env=env,
-        input=(b.stdin + "\n") if b.stdin else "",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return subprocess.run(argv, cwd=folder, env=env, input=(b.stdin + "\n") if b.stdin else "",
+                          capture_output=True, text=True, timeout=120)
 
 
 DOCS_HERE = [d for d in DOCS if any(b.runner in RUN_HERE and not b.not_run for b in blocks(d))]
@@ -115,9 +103,7 @@ def test_the_blocks_of(doc, tmp_path):
                 stack.callback(llm.close)
                 block_env["OLLAMA_BASE_URL"] = llm.url  # the block's "ollama" provider reaches a scripted model
             p = _run(b, folder, block_env)
-            assert p.returncode == 0, (
-                f"{b.where} failed:\n--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-3000:]}"
-            )
+            assert p.returncode == 0, f"{b.where} failed:\n--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-3000:]}"
 
 
 def test_the_readme_walkthrough_answers_and_completes_the_run(tmp_path):
@@ -138,21 +124,13 @@ def test_the_readme_walkthrough_answers_and_completes_the_run(tmp_path):
 
 def test_examples_run(tmp_path):
     env = _env()
-    p = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")], env=env, capture_output=True, text=True, timeout=60
-    )
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")], env=env, capture_output=True,
+                       text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "completed: {'shipped': True}" in p.stdout and "ledger verifies: True" in p.stdout
     for _ in (1, 2):
-        p = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "embedded.py")],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
+        p = subprocess.run([sys.executable, str(ROOT / "examples" / "embedded.py")], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert p.returncode == 0, p.stderr
         assert "approval   completed  {'decision': 'approve'}" in p.stdout
         assert "greeting   completed  {'greeting': 'Hello, world!'}" in p.stdout

@@ -81,9 +81,7 @@ class Editor:
         return {(lens["range"]["start"]["line"], lens["command"]["title"]) for lens in got}
 
     async def command(self, name: str, *args):
-        return await self.conn.request(
-            "workspace/executeCommand", {"command": name, "arguments": list(args)}, timeout=30
-        )
+        return await self.conn.request("workspace/executeCommand", {"command": name, "arguments": list(args)}, timeout=30)
 
     async def close(self) -> None:
         try:
@@ -175,9 +173,7 @@ def test_commands_lenses_and_free_text_answers(project):
 
             # The lens's own arguments: the oldest run at that node; the choice comes back
             # through window/showMessageRequest.
-            pending = asyncio.ensure_future(
-                ed.command("abstractruntime.answer", {"workflow_id": "ask", "node_id": "ask"})
-            )
+            pending = asyncio.ensure_future(ed.command("abstractruntime.answer", {"workflow_id": "ask", "node_id": "ask"}))
             params, answer = await next_item(ed.prompts)
             assert [x["title"] for x in params["actions"]] == ["yes", "no"]
             answer.set_result({"title": "no"})
@@ -218,11 +214,8 @@ def test_diagnostics_for_load_errors_and_stranded_runs(project):
 
             run = (await script.start("ask")).run_id
             flows = wf_dir / "flows.py"
-            flows.write_text(
-                flows.read_text()
-                .replace('next_node="done"', 'next_node="finish"', 1)
-                .replace('"done": _done})', '"finish": _done})', 1)
-            )
+            flows.write_text(flows.read_text().replace('next_node="done"', 'next_node="finish"', 1).replace(
+                '"done": _done})', '"finish": _done})', 1))
             while True:
                 diag = await next_item(ed.diagnostics)
                 if diag["uri"] == flows.as_uri() and diag["diagnostics"]:
@@ -261,34 +254,15 @@ def test_lsp_starts_the_project_daemon_once_and_a_second_daemon_is_refused(tmp_p
         with Client.discover(str(data)) as c:
             assert c.status().pid == pid and {w.workflow_id for w in c.workflows()} >= {"ask"}
         again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "abstractruntime",
-                "serve",
-                "--data",
-                str(data),
-                "--workflows",
-                str(tmp_path / "workflows"),
-            ],
-            env=env_with_package(),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
+            [sys.executable, "-m", "abstractruntime", "serve", "--data", str(data), "--workflows", str(tmp_path / "workflows")],
+            env=env_with_package(), cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )
         sock = discovery.default_socket(str(data))
         assert again.returncode == 1
         assert f"in use by another daemon (pid {pid}, at {sock})" in again.stderr
     finally:
-        stop = subprocess.run(
-            [sys.executable, "-m", "abstractruntime", "stop", "--data", str(data)],
-            env=env_with_package(),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        stop = subprocess.run([sys.executable, "-m", "abstractruntime", "stop", "--data", str(data)],
+                              env=env_with_package(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert stop.returncode == 0 and f"stopping the daemon (pid {pid})" in stop.stdout, stop.stderr
         deadline = time.time() + 20
         while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
@@ -301,12 +275,7 @@ def test_lsp_reports_a_daemon_that_cannot_start(tmp_path):
     (tmp_path / "data").write_text("not a folder")
     p = subprocess.run(
         [sys.executable, "-m", "abstractruntime", "lsp", "--data", str(tmp_path / "data")],
-        env=env_with_package(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input="",
+        env=env_with_package(), cwd=tmp_path, capture_output=True, text=True, timeout=60, input="",
     )
     assert p.returncode == 1 and p.stderr.startswith("abstractruntime lsp: ")
 

@@ -81,13 +81,8 @@ def test_failing_writes_then_crashes_lose_no_acknowledged_commit(kind, tmp_path)
     for i in range(LOOPS):
         spec = plan(rng, kind)
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ABSTRACTRUNTIME_FAULTS=spec)
-        p = subprocess.run(
-            [sys.executable, str(DRIVER), kind, str(data), "40", f"L{i}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        p = subprocess.run([sys.executable, str(DRIVER), kind, str(data), "40", f"L{i}"], env=env, capture_output=True,
+                           text=True, timeout=120)
         for line in p.stdout.splitlines():
             parts = line.split()
             if parts[:1] == ["ACK"]:

@@ -57,7 +57,7 @@ def module(code: str = "v1", *, next_node: str = "finish", with_finish: bool = T
         nodes[next_node] = next_node
     body += extra
     spec = ", ".join(f"{k!r}: {v}" for k, v in nodes.items())
-    body += f'\n\ndev = WorkflowSpec(workflow_id="dev", entry_node="ask", nodes={{{spec}}})\n'
+    body += f"\n\ndev = WorkflowSpec(workflow_id=\"dev\", entry_node=\"ask\", nodes={{{spec}}})\n"
     return body
 
 
@@ -125,9 +125,7 @@ def test_a_broken_edit_keeps_the_old_version_serving_until_fixed(d, wf_dir):
         v1 = version_of(c).version
         waiting = c.start("dev").run_id
 
-        broken = module("v2").replace(
-            '    return StepPlan(\n        node_id="ask"', '    return StepPlan(\n        node_id="ask" ???', 1
-        )
+        broken = module("v2").replace('    return StepPlan(\n        node_id="ask"', '    return StepPlan(\n        node_id="ask" ???', 1)
         bad_line = next(i for i, line in enumerate(broken.splitlines(), 1) if "???" in line)
         save(wf_dir / "dev.py", broken)
         ch = next_change(c, want=lambda ch: bool(ch.new_errors))
@@ -189,10 +187,7 @@ def test_removing_a_node_strands_its_waiting_runs_until_migrated_or_restored(d, 
         moved = c.migrate(a, "wrap")
         assert moved.status == "waiting" and moved.waiting.resume_to_node == "wrap" and moved.last_version == v2
         assert c.ledger(a).records[-1].result["migrated"] == {
-            "from_node": "finish",
-            "to_node": "wrap",
-            "from_version": v1,
-            "to_version": v2,
+            "from_node": "finish", "to_node": "wrap", "from_version": v1, "to_version": v2,
         }
         assert c.resume(a, {"text": "yes"}).output == {"code": "v2", "via": "wrap"}
         assert version_of(c).stranded == 1
@@ -288,10 +283,7 @@ def test_reload_on_request_without_watching(tmp_path, wf_dir):
             assert c.reload_workflows().changed == []  # nothing changed since
         out = subprocess.run(
             [sys.executable, "-m", "abstractruntime", "reload", "--socket", proc.socket, "--json"],
-            env=env_with_package(),
-            capture_output=True,
-            text=True,
-            timeout=60,
+            env=env_with_package(), capture_output=True, text=True, timeout=60,
         )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["changed"] == []
@@ -321,9 +313,7 @@ def test_saving_a_helper_reloads_the_workflows_that_import_it(tmp_path):
         save(wf / "_policy.py", "LIMIT = (\n")
         ch = next_change(c, want=lambda ch: bool(ch.new_errors))
         assert {(e.file, e.line, e.module) for e in ch.new_errors} == {
-            (str(wf / "_policy.py"), 1, str(wf / "a.py")),
-            (str(wf / "_policy.py"), 1, str(wf / "b.py")),
-        }
+            (str(wf / "_policy.py"), 1, str(wf / "a.py")), (str(wf / "_policy.py"), 1, str(wf / "b.py"))}
         assert c.start("a").state.output == {"limit": 250}  # the last good version serves on
 
 

@@ -31,28 +31,16 @@ class Served:
     def __init__(self, tmp: Path, data: Path, *extra: str, nofile: int = 0) -> None:
         self.socket = str(tmp / f"d{time.monotonic_ns()}.sock")
         self.log = tmp / "daemon.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "abstractruntime",
-            "serve",
-            "--data",
-            str(data),
-            "--workflows",
-            str(WORKFLOWS),
-            "--socket",
-            self.socket,
-            *extra,
-        ]
+        argv = [sys.executable, "-m", "abstractruntime", "serve", "--data", str(data), "--workflows", str(WORKFLOWS),
+                "--socket", self.socket, *extra]
 
         def limit() -> None:
             if nofile:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv, env=env_with_package(), stdout=subprocess.DEVNULL, stderr=log, preexec_fn=limit
-            )
+            self.proc = subprocess.Popen(argv, env=env_with_package(), stdout=subprocess.DEVNULL, stderr=log,
+                                         preexec_fn=limit)
         deadline = time.monotonic() + 20
         while not self._up():
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -175,9 +163,8 @@ def test_128_file_descriptors_a_crowd_of_clients_then_sigkill_then_sigterm(tmp_p
 
 def _mount_tmpfs(where: Path, size: str) -> None:
     where.mkdir()
-    p = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
-    )
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+                       text=True)
     if p.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip()})")
 

@@ -48,10 +48,7 @@ def test_an_editor_connecting_does_not_hold_up_the_event_loop_with_its_imports()
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-c", _IMPORT_PROBE, str(Path(__file__).resolve().parents[1] / "daemon")],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", _IMPORT_PROBE, str(Path(__file__).resolve().parents[1] / "daemon")], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "lsp-import"

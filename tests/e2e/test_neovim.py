@@ -44,9 +44,7 @@ def test_the_plugin_lists_answers_and_counts_waiting_runs(tmp_path):
         out = tmp_path / "out.json"
         env = dict(
             env_with_package(),
-            AR_CMD=json.dumps(
-                [sys.executable, "-m", "abstractruntime", "lsp", "--data", str(d.data), "--socket", d.socket]
-            ),
+            AR_CMD=json.dumps([sys.executable, "-m", "abstractruntime", "lsp", "--data", str(d.data), "--socket", d.socket]),
             AR_WORKFLOWS=str(wf),
             AR_FLOWS=str(wf / "flows.py"),
             AR_OUT=str(out),
@@ -54,25 +52,10 @@ def test_the_plugin_lists_answers_and_counts_waiting_runs(tmp_path):
             AR_RUN_TEXT=text,
         )
         p = subprocess.run(
-            [
-                NVIM,
-                "--headless",
-                "-u",
-                "NONE",
-                "-i",
-                "NONE",
-                "-n",
-                "--cmd",
-                f"set rtp^={ROOT / 'clients' / 'neovim'}",
-                "-c",
-                f"luafile {ROOT / 'tests' / 'e2e' / 'nvim' / 'plugin_test.lua'}",
-            ],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
+            [NVIM, "--headless", "-u", "NONE", "-i", "NONE", "-n",
+             "--cmd", f"set rtp^={ROOT / 'clients' / 'neovim'}",
+             "-c", f"luafile {ROOT / 'tests' / 'e2e' / 'nvim' / 'plugin_test.lua'}"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
         )
         assert out.exists(), f"nvim wrote nothing (exit {p.returncode}): {p.stdout[-2000:]} {p.stderr[-2000:]}"
         res = json.loads(out.read_text())

@@ -99,9 +99,7 @@ def d(tmp_path):
 def test_deep_nesting_is_refused_with_an_answer_and_the_connection_lives(d):
     r = initialized(d.socket)
     deep = b"[" * 2000 + b'"x"' + b"]" * 2000  # deeper than Python's JSON recursion limit
-    r.send(
-        b'{"jsonrpc":"2.0","id":5,"method":"runtime/start","params":{"workflow_id":"ask","vars":{"v":' + deep + b"}}}"
-    )
+    r.send(b'{"jsonrpc":"2.0","id":5,"method":"runtime/start","params":{"workflow_id":"ask","vars":{"v":' + deep + b"}}}")
     reply = r.recv()
     # Python's parser gives up on it (a parse error, id unknown), or parses it (3.13) and the
     # depth check refuses it (an invalid request, with its id).
@@ -180,14 +178,8 @@ NOBODY = 65534
 
 
 def serve(tmp_path, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "abstractruntime", "serve", *args],
-        cwd=tmp_path,
-        env=env_with_package(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return subprocess.run([sys.executable, "-m", "abstractruntime", "serve", *args], cwd=tmp_path,
+                          env=env_with_package(), capture_output=True, text=True, timeout=30)
 
 
 @root_only
@@ -227,18 +219,11 @@ def test_clients_refuse_a_socket_folder_another_user_made(tmp_path):
     finally:
         del os.environ["XDG_RUNTIME_DIR"]
     assert os.path.dirname(sock) == str(planted)
-    p = subprocess.run(
-        [sys.executable, "-m", "abstractruntime", "runs"], cwd=proj, env=env, capture_output=True, text=True, timeout=30
-    )
+    p = subprocess.run([sys.executable, "-m", "abstractruntime", "runs"], cwd=proj, env=env, capture_output=True,
+                       text=True, timeout=30)
     assert p.returncode == 2 and f"the socket folder {planted} belongs to" in p.stderr
-    s = subprocess.run(
-        [sys.executable, "-m", "abstractruntime", "serve"],
-        cwd=proj,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    s = subprocess.run([sys.executable, "-m", "abstractruntime", "serve"], cwd=proj, env=env, capture_output=True,
+                       text=True, timeout=30)
     assert s.returncode == 2 and "belongs to" in s.stderr
 
 
@@ -251,23 +236,9 @@ def test_the_token_is_never_written_through_a_planted_link(tmp_path):
     port.bind(("127.0.0.1", 0))
     free = port.getsockname()[1]
     port.close()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "abstractruntime",
-            "serve",
-            "--data",
-            str(data),
-            "--workflows",
-            str(WORKFLOWS),
-            "--tcp",
-            f"127.0.0.1:{free}",
-        ],
-        env=env_with_package(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "abstractruntime", "serve", "--data", str(data), "--workflows",
+                             str(WORKFLOWS), "--tcp", f"127.0.0.1:{free}"], env=env_with_package(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
         while not (data / "daemon.token").exists():
@@ -299,14 +270,8 @@ def test_code_lenses_never_block_on_a_fifo_or_read_a_device(d, tmp_path):
     editor.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
     t0 = time.monotonic()
     for i, uri in enumerate([fifo.as_uri(), "file:///dev/zero", (WORKFLOWS / "flows.py").as_uri()]):
-        editor.send(
-            {
-                "jsonrpc": "2.0",
-                "id": 100 + i,
-                "method": "textDocument/codeLens",
-                "params": {"textDocument": {"uri": uri}},
-            }
-        )
+        editor.send({"jsonrpc": "2.0", "id": 100 + i, "method": "textDocument/codeLens",
+                     "params": {"textDocument": {"uri": uri}}})
     replies = {}
     while len(replies) < 3:
         msg = editor.recv()

@@ -44,39 +44,21 @@ def test_the_typescript_blocks_of_the_docs_compile_and_run(tmp_path):
         (work / "node_modules" / "@abstractruntime").mkdir(parents=True)
         (work / "node_modules" / "@abstractruntime" / "client").symlink_to(PKG)
         (work / "main.ts").write_text(b.code)
-        (work / "tsconfig.json").write_text(
-            json.dumps(
-                {
-                    "compilerOptions": {
-                        "target": "ES2022",
-                        "module": "node16",
-                        "moduleResolution": "node16",
-                        "strict": True,
-                        "esModuleInterop": True,
-                        "skipLibCheck": True,
-                        "types": ["node"],
-                        "typeRoots": [str(PKG / "node_modules" / "@types")],
-                    },
-                    "files": ["main.ts"],
-                }
-            )
-        )
-        tsc = subprocess.run(
-            [str(PKG / "node_modules" / ".bin" / "tsc"), "-p", str(work)], capture_output=True, text=True, timeout=300
-        )
+        (work / "tsconfig.json").write_text(json.dumps({
+            "compilerOptions": {"target": "ES2022", "module": "node16", "moduleResolution": "node16", "strict": True,
+                                "esModuleInterop": True, "skipLibCheck": True, "types": ["node"],
+                                "typeRoots": [str(PKG / "node_modules" / "@types")]},
+            "files": ["main.ts"],
+        }))
+        tsc = subprocess.run([str(PKG / "node_modules" / ".bin" / "tsc"), "-p", str(work)], capture_output=True, text=True,
+                             timeout=300)
         assert tsc.returncode == 0, f"{b.where} does not compile:\n{tsc.stdout}{tsc.stderr}"
         try:
-            run = subprocess.run(
-                ["node", str(work / "main.js")], cwd=folder, env=env, capture_output=True, text=True, timeout=120
-            )
+            run = subprocess.run(["node", str(work / "main.js")], cwd=folder, env=env, capture_output=True, text=True,
+                                 timeout=120)
         finally:
-            subprocess.run(
-                [str(folder / ".venv" / "bin" / "abstractruntime"), "stop"],
-                cwd=folder,
-                env=env,
-                capture_output=True,
-                timeout=60,
-            )
+            subprocess.run([str(folder / ".venv" / "bin" / "abstractruntime"), "stop"], cwd=folder, env=env,
+                           capture_output=True, timeout=60)
         assert run.returncode == 0, f"{b.where} failed:\n{run.stdout}\n{run.stderr}"
         if "approval" in b.code:
             assert "waiting Approve an expense of 120 EUR?" in run.stdout and "decision: 'approve'" in run.stdout

@@ -51,9 +51,7 @@ steps = WorkflowSpec(workflow_id="steps", entry_node="step", nodes={"step": _ste
 
 def _use_tool(run, ctx):
     calls = [{"name": "add", "arguments": {"a": run.vars.get("a", 2), "b": run.vars.get("b", 3)}, "call_id": "c1"}]
-    return StepPlan(
-        node_id="use_tool", effect=Effect(EffectType.TOOL_CALLS, {"tool_calls": calls}, "tools"), next_node="report"
-    )
+    return StepPlan(node_id="use_tool", effect=Effect(EffectType.TOOL_CALLS, {"tool_calls": calls}, "tools"), next_node="report")
 
 
 def _report(run, ctx):
