@@ -94,6 +94,7 @@ typecheck: $(TEST_STAMP)
 
 # Benchmarks against the published package (installed --no-deps in .bench-venvs/).
 bench: $(TEST_STAMP)
+	@$(PY) -m pip install -q -e '.[bench]'
 	@$(PY) bench/run_all.py
 
 clean:

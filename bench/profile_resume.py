@@ -3,7 +3,8 @@
 Each part of the daemon's path is timed on its own (median of `--n` calls after a warm-up),
 with the daemon's real code: reading the frame, decoding the message, the envelope checks,
 the params' validation, the hand-over to a tick worker (the time from `submit` on the event
-loop to the job starting on its thread), the kernel's resume (in-memory store, the daemon's
+loop to the job starting on its thread), in an older tree the hand-back of the result to the
+loop (which then encoded and wrote the reply), the kernel's resume (in-memory store, the daemon's
 event log listening), and encoding the reply. Then a cProfile of the kernel's resume, the
 functions taking the most time of their own.
 
@@ -38,6 +39,21 @@ def timed(n: int, fn) -> float:
         fn()
         xs.append(time.perf_counter() - t)
     return statistics.median(xs) * 1e6
+
+
+def back_us(pool, n: int) -> float:
+    """An older tree's second hop: from the job's end on a worker to the awaiting coroutine
+    running again on the loop (where the reply was then encoded and written)."""
+
+    async def main() -> float:
+        xs = []
+        for _ in range(n):
+            ended = []
+            await pool.run(lambda ended=ended: ended.append(time.perf_counter()))
+            xs.append(time.perf_counter() - ended[0])
+        return statistics.median(xs) * 1e6
+
+    return asyncio.run(main())
 
 
 def hop_us(pool, n: int) -> float:
@@ -103,19 +119,27 @@ def main() -> None:
             return statistics.median(xs) * 1e6
 
         parts["frame: read"] = asyncio.run(read_one())
-    parts["message: decode"] = timed(a.n, lambda: json.loads(body.decode("utf-8")))
     data = json.loads(body)
-    parts["envelope checks"] = timed(
-        a.n,
-        lambda: (
-            framing.too_deep(data, framing.MAX_DEPTH)
-            if body.count(b"{") + body.count(b"[") > framing.MAX_DEPTH
-            else None,
-            framing._check_envelope(data),
-        ),
-    )
+    if hasattr(framing, "orjson"):  # what the tree's dispatch does
+        parts["message: decode"] = timed(a.n, lambda: framing.orjson.loads(body))
+        parts["envelope checks"] = timed(
+            a.n,
+            lambda: (
+                framing.too_deep(data, framing.MAX_DEPTH)
+                if body.count(b"{") + body.count(b"[") > framing.MAX_DEPTH
+                else None,
+                framing._check_envelope(data),
+            ),
+        )
+    else:
+        parts["message: decode"] = timed(a.n, lambda: json.loads(body.decode("utf-8")))
+        parts["envelope checks"] = timed(
+            a.n, lambda: (framing.too_deep(data, framing.MAX_DEPTH), framing._check_envelope(data))
+        )
     parts["params: validate"] = timed(a.n, lambda: session._validate(m.ResumeParams, "runtime/resume", raw))
     parts["hand-over to a tick worker"] = hop_us(hub.pool, a.n)
+    # The worker writes the reply itself where the pool has `submit`; before, it went back.
+    parts["hand-back to the loop"] = 0.0 if hasattr(hub.pool, "submit") else back_us(hub.pool, a.n)
     parts["kernel: resume"] = timed(
         a.n, lambda: rt.resume(workflow=None, run_id=rid, wait_key=None, payload=raw["payload"])
     )

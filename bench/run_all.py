@@ -68,6 +68,8 @@ def main() -> None:
     s = scale(a.quick)
     print("\n== hot reload (bench/reload_bench.py)", flush=True)
     subprocess.run([sys.executable, str(HERE / "reload_bench.py"), "--edits", "20" if a.quick else "50"], check=True)
+    print("\n== the speed targets, their floors and peers, and the plot (bench/targets.py)", flush=True)
+    subprocess.run([sys.executable, str(HERE / "targets.py"), *(["--quick"] if a.quick else [])], check=True)
     save("timers", {"rows": t})
     save("scale", {"rows": s})
     print("\n| timers: runs resumed by the scheduler | p50 lag | p99 lag |")
