@@ -171,7 +171,16 @@ def _mount_tmpfs(where: Path, size: str) -> None:
 
 def _fill(folder: Path) -> Path:
     filler = folder / "filler"
-    with open(filler, "wb") as f:
+    try:
+        f = open(filler, "wb")
+    except OSError as e:  # the disk filled up before we did: say with what
+        st = os.statvfs(folder)
+        sizes = sorted((p.stat().st_size, str(p)) for p in folder.rglob("*") if p.is_file())[-8:]
+        raise AssertionError(
+            f"{folder} was full before the test filled it ({e}); free blocks {st.f_bfree}, free inodes "
+            f"{st.f_ffree}; largest files {sizes}"
+        ) from e
+    with f:
         chunk = b"\0" * (1 << 16)
         try:
             while True:
