@@ -75,10 +75,18 @@ def test_backlog_then_live_each_event_exactly_once_in_order(hub):
         # Runs keep committing while b subscribes from the middle of the history.
         producer = asyncio.ensure_future(asyncio.gather(*[a.start("ask") for _ in range(30)]))
         seen: List[int] = []
-        async for ev in b.subscribe(after=before - 3):
-            seen.append(ev.cursor)
-            if producer.done() and ev.cursor == hub.events.cursor:
-                break
+        # Until every start has its reply and the newest event has come. (A reply and the
+        # events of its commit travel on two connections: either may arrive first.)
+        events = b.subscribe(after=before - 3).__aiter__()
+        nxt = asyncio.ensure_future(events.__anext__())
+        while not (producer.done() and seen and seen[-1] >= hub.events.cursor):
+            waiting = {nxt} if producer.done() else {nxt, producer}
+            done, _ = await asyncio.wait(waiting, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            assert done, f"no event for 30 s; seen up to {seen[-1:]}, the log is at {hub.events.cursor}"
+            if nxt.done():
+                seen.append(nxt.result().cursor)
+                nxt = asyncio.ensure_future(events.__anext__())
+        nxt.cancel()
         await producer
         assert seen == list(range(before - 2, seen[-1] + 1))  # contiguous: nothing lost, nothing twice
         await a.close()

@@ -196,6 +196,7 @@ def _fill(folder: Path) -> Path:
 def test_a_full_disk(tmp_path, store):
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "16m")
+    d = None
     try:
         data = disk / "data"
         acked: dict = {}
@@ -238,4 +239,7 @@ def test_a_full_disk(tmp_path, store):
         assert d.proc.wait(30) == 0
         check_acked(store, data, acked)
     finally:
+        if d is not None and d.proc.poll() is None:  # a failed assertion must not leave it running
+            d.proc.kill()
+            d.proc.wait()
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
