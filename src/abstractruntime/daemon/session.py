@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hmac
 import importlib
 import json
@@ -247,37 +248,33 @@ class Session:
             return
 
         def job() -> None:
-            self._answer(msg_id, name, work, params)
+            self._respond(msg_id, name, lambda: work(params))
 
         try:
             self.hub.pool.submit(job)
         except ShuttingDownError as e:
             self.reply_error(msg_id, e)
 
-    def _answer(self, msg_id: Any, name: str, work: Callable[[Any], Any], params: Any) -> None:
-        # The reply is encoded inside the error handling: a result that cannot be encoded
-        # still gets an answer (an error), never silence.
+    async def _serve(self, msg_id: Any, method: str, params: Any) -> None:
         try:
-            result = work(params)
-            body = _reply(msg_id, result)
+            result = await self._handlers[method](params)
+        except (Exception, RecursionError) as e:
+            self._respond(msg_id, method, functools.partial(_reraise, e))
+        else:
+            self._respond(msg_id, method, lambda: result)
+
+    def _respond(self, msg_id: Any, name: str, produce: Callable[[], Any]) -> None:
+        """Answer with what `produce` returns, or with the error it raises. The reply is
+        encoded inside the error handling: a result that cannot be encoded still gets an
+        answer (an error), never silence."""
+        try:
+            body = _reply(msg_id, produce())
         except (AbstractRuntimeError, RpcError) as e:
             self.reply_error(msg_id, e)
         except (Exception, RecursionError) as e:  # isolation boundary: one request's bug is its own
             log.exception("%s failed", name)
             # The log keeps the traceback; the client gets what failed, not the daemon's code.
             self.reply_error(msg_id, e, name)
-        else:
-            self.write(body)
-
-    async def _serve(self, msg_id: Any, method: str, params: Any) -> None:
-        try:
-            result = await self._handlers[method](params)
-            body = _reply(msg_id, result)
-        except (AbstractRuntimeError, RpcError) as e:
-            self.reply_error(msg_id, e)
-        except (Exception, RecursionError) as e:  # isolation boundary: one request's bug is its own
-            log.exception("%s failed", method)
-            self.reply_error(msg_id, e, method)
         else:
             self.write(body)
 
@@ -437,6 +434,10 @@ class Session:
     async def shutdown_daemon(self, p: m.Empty) -> None:
         self.loop.call_soon(self.hub.request_stop)
         return None
+
+
+def _reraise(e: BaseException) -> Any:
+    raise e
 
 
 def _reply(msg_id: Any, result: Any) -> bytes:

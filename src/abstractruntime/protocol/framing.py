@@ -42,16 +42,7 @@ async def read_frame(reader: Any, max_frame: Optional[int] = None) -> Union[byte
             raise FrameError("header line too long")
         if line in (b"\r\n", b"\n"):
             break
-        name, sep, value = line.decode("latin-1").partition(":")
-        if not sep:
-            raise FrameError(f"malformed header line {line[:80]!r}")
-        if name.strip().lower() == "content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                raise FrameError(f"bad Content-Length {value.strip()[:40]!r}") from None
-            if length < 0:
-                raise FrameError("negative Content-Length")
+        length = _header_line(line.rstrip(b"\r\n"), length)
     if length is None:
         raise FrameError("a frame without Content-Length")
     if max_frame is not None and length > max_frame:
@@ -141,18 +132,24 @@ def _parse_header(head: bytes) -> int:
         if len(line) > MAX_HEADER_LINE:
             raise FrameError("header line too long")
         line = line.rstrip(b"\r")
-        if not line:
-            continue
-        name, sep, value = line.decode("latin-1").partition(":")
-        if not sep:
-            raise FrameError(f"malformed header line {line[:80]!r}")
-        if name.strip().lower() == "content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                raise FrameError(f"bad Content-Length {value.strip()[:40]!r}") from None
-            if length < 0:
-                raise FrameError("negative Content-Length")
+        if line:
+            length = _header_line(line, length)
     if length is None:
         raise FrameError("a frame without Content-Length")
     return length
+
+
+def _header_line(line: bytes, length: Optional[int]) -> Optional[int]:
+    """One header line (without its line end): the Content-Length it gives, else `length`."""
+    name, sep, value = line.decode("latin-1").partition(":")
+    if not sep:
+        raise FrameError(f"malformed header line {line[:80]!r}")
+    if name.strip().lower() != "content-length":
+        return length
+    try:
+        n = int(value.strip())
+    except ValueError:
+        raise FrameError(f"bad Content-Length {value.strip()[:40]!r}") from None
+    if n < 0:
+        raise FrameError("negative Content-Length")
+    return n
