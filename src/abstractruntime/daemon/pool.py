@@ -4,7 +4,9 @@ Why not `loop.run_in_executor(ThreadPoolExecutor)`: per call it builds a concurr
 (with its Condition) chained to an asyncio Future, takes the executor's locks, and wakes the
 loop through its self-pipe once per result. Under 32 busy clients that bookkeeping competed
 for the GIL with the requests themselves. Here a call is one queue put and one asyncio Future;
-finished results are handed back in batches, with one wake-up of the loop per batch.
+finished results are handed back in batches, with one wake-up of the loop per batch. A
+request's kernel work goes through `submit` instead: the worker also writes the reply, and
+nothing comes back to the loop at all.
 """
 
 from __future__ import annotations
