@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .effects import EffectHandler, EffectOutcome, call_handler
 from .errors import NotJsonSerializableError, UnexpectedStepError
 from .jsonutil import find_unserializable
-from .models import Effect, EffectType, RunState, StepRecord, WaitReason, WaitState
+from .models import Effect, EffectType, RunState, StepRecord, WaitReason, WaitState, type_key
 from .policy import EffectPolicy, NoRetryPolicy
 from .tick import Tick
 
@@ -31,10 +31,6 @@ PURE_EFFECTS = frozenset(
 
 # Effects on other runs, handled by `composition.Composition` inside the asking run's tick.
 COMPOSITION_EFFECTS = frozenset({EffectType.EMIT_EVENT.value, EffectType.START_SUBWORKFLOW.value})
-
-
-def type_key(t: Any) -> str:
-    return t.value if isinstance(t, EffectType) else str(t)
 
 
 def new_record(run: RunState, node_id: str, effect: Optional[Effect], **kw: Any) -> StepRecord:
@@ -84,8 +80,7 @@ class EffectExecutor:
         t: Tick,
         composition: Callable[[str, Tick], Optional[EffectHandler]],
     ) -> EffectOutcome:
-        et = effect.type
-        etype = et._value_ if isinstance(et, EffectType) else str(et)
+        etype = type_key(effect.type)
         if etype in self.external:
             return self._external_wait(run, node_id, effect, nxt, t)
         handler = (composition(etype, t) if etype in COMPOSITION_EFFECTS else None) or self.handlers.get(etype)

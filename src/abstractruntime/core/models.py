@@ -70,6 +70,12 @@ class EffectType(str, Enum):
     START_SUBWORKFLOW = "start_subworkflow"
 
 
+def type_key(t: Any) -> str:
+    """An effect type as the key handlers, policies and records use: the value of an
+    `EffectType`, or a custom type's own string."""
+    return t._value_ if isinstance(t, EffectType) else str(t)
+
+
 @dataclass(frozen=True)
 class Effect:
     """A request for a side effect; `result_key` names where its result lands in `run.vars`.

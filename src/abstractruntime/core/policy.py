@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional, Protocol, runtime_checkable
 
 from .jsonutil import canonical, sha256_hex
-from .models import Effect, EffectType, RunState
+from .models import Effect, EffectType, RunState, type_key
 
 
 def compute_idempotency_key(*, run_id: str, node_id: str, effect: Effect, effect_seq: int = 0) -> str:
@@ -38,7 +38,7 @@ class EffectPolicy(Protocol):
 
 
 def _type(effect: Effect) -> str:
-    return effect.type.value if isinstance(effect.type, EffectType) else str(effect.type)
+    return type_key(effect.type)
 
 
 class _Backoff:
@@ -109,9 +109,7 @@ class DefaultEffectPolicy(_Backoff):
             raise ValueError(f"DefaultEffectPolicy.default_max_attempts must be >= 1, got {default_max_attempts}")
         self.default_max_attempts = int(default_max_attempts)
         self._base, self._cap = float(default_backoff_base), float(default_backoff_max)
-        self.effect_max_attempts: Dict[str, int] = {
-            (k.value if isinstance(k, EffectType) else str(k)): int(v) for k, v in (effect_max_attempts or {}).items()
-        }
+        self.effect_max_attempts: Dict[str, int] = {type_key(k): int(v) for k, v in (effect_max_attempts or {}).items()}
 
     @property
     def default_backoff_base(self) -> float:

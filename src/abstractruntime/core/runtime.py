@@ -49,7 +49,7 @@ from .errors import (
     WorkflowMismatchError,
     WorkflowNotFoundError,
 )
-from .execution import EffectExecutor, describe_unserializable, type_key
+from .execution import EffectExecutor, describe_unserializable
 from .jsonutil import find_unserializable
 from .ledger_hash import verify_ledger_chain
 from .models import (
@@ -61,6 +61,7 @@ from .models import (
     StepStatus,
     WaitReason,
     WaitState,
+    type_key,
     utc_now_iso,
 )
 from .policy import DefaultEffectPolicy, EffectPolicy
