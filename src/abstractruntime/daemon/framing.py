@@ -38,19 +38,16 @@ class Connection(asyncio.Protocol):
     """One client's byte stream (a socket, or stdin and stdout), read as frames and handed to
     its session. Reading happens in `data_received`, with no coroutine per message.
 
-    `on_lost(exc)` is called once when the stream ends or breaks. While the session loads its
-    editor support (`session.loading`), reading pauses: the frames already received wait
+    While the session loads its editor support (`session.loading`), reading pauses: the frames already received wait
     here and are handled, in order, once it is done.
     """
 
-    def __init__(self, session: Session, *, max_frame: int = MAX_FRAME, on_lost: Any = None) -> None:
+    def __init__(self, session: Session, *, max_frame: int = MAX_FRAME) -> None:
         self.session = session
         self.parser = FrameParser(max_frame)
         self.max_frame = max_frame
         self.transport: Any = None
         self._held: List[Any] = []  # frames received while the session was loading
-        self._on_lost = on_lost
-        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -112,10 +109,6 @@ class Connection(asyncio.Protocol):
         if isinstance(writer, ConnWriter) and writer.transport is self.transport:
             writer.lost()
         self.session.close()
-        if self._on_lost is not None:
-            self._on_lost(exc)
-        if not self.done.done():
-            self.done.set_result(None)
 
 
 _RESUME = object()  # a placeholder in `Connection._held`: reading is paused, nothing held yet

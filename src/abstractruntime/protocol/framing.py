@@ -72,10 +72,6 @@ class FrameParser:
         self._skip = 0  # bytes of an oversized body still to drop
         self.max_frame = max_frame
 
-    @property
-    def buffered(self) -> int:
-        return len(self._head) + self._have
-
     def feed(self, data: bytes) -> list:
         out: list = []
         buf = data

@@ -240,13 +240,7 @@ class Journal:
         """Make a checkpoint and/or ledger lines durable (with `durable`); they reach the run's
         files in the flusher's next cycle. Returns once the entry is synced; raises
         `StorageUnavailableError` (nothing committed) when it cannot be written."""
-        item = _Entry(run_id, lsn, ckpt, lines)
-        self._batcher.submit(item)
-        if item.error is not None:
-            if isinstance(item.error, OSError):
-                raise unavailable(item.error, f"appending to the journal in {self._jdir}") from item.error
-            raise item.error
-        self._mark()
+        self.commit_many([(run_id, lsn, ckpt, lines)])
 
     def commit_many(self, entries: List[Tuple[str, int, Optional[bytes], List[Line]]]) -> None:
         """`commit` for several runs' entries at once: one write and one sync for all of them

@@ -174,7 +174,7 @@ class JsonFileRunStore(IndexedRunStore):
         return run_file(self.base_dir, run_id)
 
     def save(self, run: RunState) -> None:
-        self._publish(self._write(run, []))
+        self._publish(self._write(run))
 
     def _publish(self, s: RunSummary) -> None:
         self._index.put(s)
@@ -184,13 +184,12 @@ class JsonFileRunStore(IndexedRunStore):
             except OSError as e:  # the commit is done: compaction waits for the next chance
                 log.warning("index: compaction failed (%s); the log keeps growing until it works", e)
 
-    def _write(self, run: RunState, lines: List[Tuple[int, str]]) -> RunSummary:
-        """Commit the checkpoint (and the step's ledger lines) to the journal; the caller
-        publishes the summary (index, listeners) once everything the commit writes is written,
-        so listeners hear of records first."""
+    def _write(self, run: RunState) -> RunSummary:
+        """Commit a checkpoint alone (no ledger lines) to the journal; the caller publishes
+        the summary (index, listeners)."""
         s, lsn, data = self._encode(run)
         self._recent.pop(run.run_id)  # a failed commit below must not leave a stale copy
-        self._journal.commit(run.run_id, lsn, data, lines)
+        self._journal.commit(run.run_id, lsn, data, [])
         self._written(run.run_id, s, data)
         return s
 
@@ -217,15 +216,10 @@ class JsonFileRunStore(IndexedRunStore):
         if not records:
             self.save(run)
             return []
-        unit = self.unit
-        with unit.run_lock(run.run_id):
-            if self._index.get(run.run_id) is None:
-                unit.know_new(run.run_id)
-            chained = unit.chain(run.run_id, records)
-            summary = self._write(run, [(d["seq"], line) for d, line in chained])
-            stored = unit.written(run.run_id, chained)
-        self._publish(summary)
-        return stored
+        out = self.commit_many([(run, records)])[0]
+        if isinstance(out, Exception):  # it could not be encoded: nothing was written
+            raise out
+        return out
 
     def commit_many(self, items: List[Tuple[RunState, List[StepRecord]]]) -> List[Any]:
         """Several runs' steps (one each) as one journal write and one sync. Per item: the
