@@ -8,15 +8,17 @@ named, so a waiting effect resumes there without repeating it in its payload.
 from __future__ import annotations
 
 import inspect
+import logging
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .clock import SYSTEM_CLOCK, Clock
 from .models import Effect, RunState, WaitReason, WaitState
-from .timeutil import iso_to_epoch
+from .timeutil import epoch_to_iso, iso_to_epoch
 
 EffectHandler = Callable[..., "EffectOutcome"]
+log = logging.getLogger("abstractruntime.runtime")
 
 
 @dataclass(frozen=True)
@@ -100,29 +102,95 @@ def _choices(payload: Dict[str, Any]) -> Optional[list]:
     return list(c)
 
 
+# The key in `WaitState.details` of a wait with a deadline: {"on_timeout": node or None}.
+# The deadline itself is the wait's `until`, so the stores' timer index fires it like a timer.
+DEADLINE = "deadline"
+
+
+def _deadline(p: Dict[str, Any], now: float) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+    """The wait's deadline (ISO) and its details entry, from `timeout_s` or `until` and
+    `on_timeout`; (None, None) without one. A bad value raises ValueError naming the key."""
+    timeout_s, until, on_timeout = p.get("timeout_s"), p.get("until"), p.get("on_timeout")
+    if timeout_s is not None and until is not None:
+        raise ValueError("give timeout_s or until, not both")
+    if timeout_s is not None:
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+            raise ValueError(f"timeout_s must be a number of seconds > 0, got {timeout_s!r}")
+        at = epoch_to_iso(now + float(timeout_s))
+    elif until is not None:
+        try:
+            iso_to_epoch(str(until))
+        except ValueError:
+            raise ValueError(f"until {until!r} is not an ISO-8601 time") from None
+        at = str(until)
+    else:
+        if on_timeout is not None:
+            raise ValueError("on_timeout needs a deadline: timeout_s or until")
+        if "timeout" in p:
+            # Accepted and ignored, as the published package does; but say so, once per wait.
+            log.warning("payload key 'timeout' sets no deadline: use timeout_s (seconds) or until (ISO-8601)")
+        return None, None
+    if on_timeout is not None and (not isinstance(on_timeout, str) or not on_timeout):
+        raise ValueError(f"on_timeout must be a node id, got {on_timeout!r}")
+    return at, {"on_timeout": on_timeout}
+
+
+def _wait_details(deadline: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    return {DEADLINE: deadline} if deadline is not None else None
+
+
+def ask_user_handler(clock: Clock) -> EffectHandler:
+    """The ASK_USER handler, placing deadlines (`timeout_s`) by `clock`."""
+
+    def handle(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+        return _ask_user(run, effect, default_next_node, clock.time())
+
+    return handle
+
+
 def handle_ask_user(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+    return _ask_user(run, effect, default_next_node, SYSTEM_CLOCK.time())
+
+
+def _ask_user(run: RunState, effect: Effect, default_next_node: Optional[str], now: float) -> EffectOutcome:
     p = effect.payload
     prompt = p.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         return EffectOutcome.failed("ask_user needs payload.prompt (a non-empty string)")
     try:
         choices = _choices(p)
+        until, deadline = _deadline(p, now)
     except ValueError as e:
-        return EffectOutcome.failed(f"ask_user: {e}")
+        return EffectOutcome.failed(f"ask_user: {e}", retryable=False)
     return EffectOutcome.waiting(
         WaitState(
             reason=WaitReason.USER,
             wait_key=str(p.get("wait_key") or f"user:{run.run_id}:{run.steps}"),
+            until=until,
             resume_to_node=p.get("resume_to_node") or default_next_node,
             result_key=effect.result_key,
             prompt=prompt,
             choices=choices,
             allow_free_text=bool(p.get("allow_free_text", True)),
+            details=_wait_details(deadline),
         )
     )
 
 
+def wait_event_handler(clock: Clock) -> EffectHandler:
+    """The WAIT_EVENT handler, placing deadlines (`timeout_s`) by `clock`."""
+
+    def handle(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+        return _wait_event(run, effect, default_next_node, clock.time())
+
+    return handle
+
+
 def handle_wait_event(run: RunState, effect: Effect, default_next_node: Optional[str]) -> EffectOutcome:
+    return _wait_event(run, effect, default_next_node, SYSTEM_CLOCK.time())
+
+
+def _wait_event(run: RunState, effect: Effect, default_next_node: Optional[str], now: float) -> EffectOutcome:
     p = effect.payload
     key = p.get("wait_key")
     if not key:
@@ -135,17 +203,20 @@ def handle_wait_event(run: RunState, effect: Effect, default_next_node: Optional
             return EffectOutcome.failed(f"wait_event: {e}")
     try:
         choices = _choices(p)
+        until, deadline = _deadline(p, now)
     except ValueError as e:
-        return EffectOutcome.failed(f"wait_event: {e}")
+        return EffectOutcome.failed(f"wait_event: {e}", retryable=False)
     return EffectOutcome.waiting(
         WaitState(
             reason=WaitReason.EVENT,
             wait_key=str(key),
+            until=until,
             resume_to_node=p.get("resume_to_node") or default_next_node,
             result_key=effect.result_key,
             prompt=p.get("prompt"),
             choices=choices,
             allow_free_text=bool(p.get("allow_free_text", True)),
+            details=_wait_details(deadline),
         )
     )
 

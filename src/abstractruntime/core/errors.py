@@ -79,6 +79,13 @@ class RunPausedError(RunNotWaitingError):
     NAME = "run_paused"
 
 
+class RunNotFailedError(AbstractRuntimeError, ValueError):
+    """Only a failed run can be retried (fork a run to run it again from one of its steps)."""
+
+    CODE = 1016
+    NAME = "run_not_failed"
+
+
 class InvalidWorkflowError(AbstractRuntimeError, ValueError):
     """A workflow definition is invalid, or lacks the node a run needs."""
 
@@ -141,6 +148,16 @@ class UnexpectedStepError(AbstractRuntimeError):
     NAME = "unexpected_step"
 
 
+class InvalidParamsError(AbstractRuntimeError, ValueError):
+    """The params do not match the method's schema or the run's wait (an answer that is not one of
+    its choices, a run-scoped event without a run id); `data` says what was expected. Nothing changed.
+
+    Its code is JSON-RPC's own invalid-params code: to a client, a wrong answer is a wrong param."""
+
+    CODE = -32602
+    NAME = "invalid_params"
+
+
 class StorageUnavailableError(AbstractRuntimeError, OSError):
     """The store cannot write now (disk full, no file descriptors left, an I/O error). Nothing
     was changed; reads still work; the same request succeeds once the resource is back."""
@@ -165,4 +182,6 @@ ERROR_TYPES = (
     StorageUnavailableError,
     UnexpectedStepError,
     RunPausedError,
+    InvalidParamsError,
+    RunNotFailedError,
 )

@@ -27,20 +27,23 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 from .clock import SYSTEM_CLOCK, Clock
 from .composition import Composition
 from .effects import (
+    DEADLINE,
     EffectHandler,
+    ask_user_handler,
     event_wait_key,
     handle_answer_user,
-    handle_ask_user,
-    handle_wait_event,
+    wait_event_handler,
     wait_until_handler,
 )
 from .effects import EffectOutcome as EffectOutcome  # its published path is this module
 from .errors import (
     AbstractRuntimeError,
+    InvalidParamsError,
     InvalidWorkflowError,
     NotJsonSerializableError,
     RunBusyError,
     RunFinishedError,
+    RunNotFailedError,
     RunNotFoundError,
     RunNotWaitingError,
     RunPausedError,
@@ -52,6 +55,7 @@ from .errors import (
 from .execution import EffectExecutor, describe_unserializable
 from .jsonutil import find_unserializable
 from .ledger_hash import verify_ledger_chain
+from .lineage import copy_json, origin_of, replay, start_record
 from .models import (
     PAUSED,
     RunState,
@@ -137,10 +141,15 @@ class Runtime:
         lease_s: float = 300.0,
         clock: Optional[Clock] = None,
         stores: Optional[Any] = None,
+        record_origin: bool = False,
     ) -> None:
         """`stores` is a unit from `storage.open_stores` (runs, ledger, artifacts); or give
         `run_store` and `ledger_store` (two views of one backend commit atomically, others
-        through `SplitCommit`)."""
+        through `SplitCommit`).
+
+        `record_origin`: open each new run's ledger with a `started` record of its initial
+        state, which `fork_run` replays from (the daemon does). Off by default, so that a
+        ledger holds what the published package's does."""
         if stores is not None:
             run_store, ledger_store = stores.runs, stores.ledger
             if artifact_store is None:
@@ -164,11 +173,12 @@ class Runtime:
         self.effect_policy: EffectPolicy = effect_policy or DefaultEffectPolicy()
         self.owner_id = owner_id or f"runtime-{uuid.uuid4().hex[:12]}"
         self.lease_s = lease_s
+        self.record_origin = record_origin
         self._locks = _RunLocks()
         self._cancel_requests: Dict[str, Optional[str]] = {}
         self._handlers: Dict[str, EffectHandler] = {
-            "ask_user": handle_ask_user,
-            "wait_event": handle_wait_event,
+            "ask_user": ask_user_handler(self.clock),
+            "wait_event": wait_event_handler(self.clock),
             "wait_until": wait_until_handler(self.clock),
             "answer_user": handle_answer_user,
         }
@@ -225,7 +235,7 @@ class Runtime:
     ) -> str:
         """Create and durably store a new run at the workflow's entry node; returns its id."""
         run = self._new_run(workflow, vars, actor_id, session_id, parent_run_id, run_id)
-        self._commit_to.commit(run, [])
+        self._commit_to.commit(run, [start_record(run)] if self.record_origin else [])
         return run.run_id
 
     def start_and_tick(
@@ -240,7 +250,7 @@ class Runtime:
         """`start` then `tick`, with one commit instead of two: the run is stored when it first
         waits or ends. A crash before that leaves no run at all (the caller got no id)."""
         run = self._new_run(workflow, vars, actor_id, session_id, None, None)
-        t = Tick()
+        t = Tick(records=[start_record(run)] if self.record_origin else [])
         with self._guard(run.run_id):
             state = self._advance(workflow, run, max_steps, t)
         self._run_after(t)
@@ -281,8 +291,29 @@ class Runtime:
         return self._ledger_store.list(run_id)
 
     def verify_ledger(self, run_id: str) -> Dict[str, Any]:
-        """Check the run's hash chain: {ok, count, errors, first_bad_index, head_hash}."""
-        return verify_ledger_chain(self._ledger_store.list(run_id))
+        """Check the run's hash chain: {ok, count, errors, first_bad_index, head_hash}; for a
+        fork also `origin`: the source run, seq and record hash its first record names, and
+        whether the source's ledger holds that record (`verified`)."""
+        records = self._ledger_store.list(run_id)
+        report = verify_ledger_chain(records)
+        origin = origin_of(records)
+        if origin is not None and origin[0] == "forked":
+            src = origin[1]
+            found = [r for r in self._ledger_store.list(str(src.get("run_id"))) if r.get("seq") == src.get("seq")]
+            verified = bool(found) and found[0].get("record_hash") == src.get("record_hash")
+            report["origin"] = {
+                "run_id": src.get("run_id"),
+                "seq": src.get("seq"),
+                "record_hash": src.get("record_hash"),
+                "verified": verified,
+            }
+            if not verified:
+                report["ok"] = False
+                report.setdefault("errors", []).append(
+                    f"the fork's origin, record {src.get('seq')} of run {src.get('run_id')}, is not in that run's "
+                    "ledger with the hash the fork names"
+                )
+        return report
 
     def list_runs(
         self, *, status: Any = None, workflow_id: Optional[str] = None, wait_reason: Any = None, limit: int = 100
@@ -392,11 +423,23 @@ class Runtime:
                     expected=w.wait_key,
                     got=wait_key,
                 )
-            self._check_resume_target(workflow, run)
-            _bind_version(workflow, run)
-            self._apply_resume(run, payload, t)
+            late = _deadline_passed(w, self.clock.time())
+            if late:
+                # Past its deadline: the wait is over, whatever the scheduler has done yet.
+                self._apply_timeout(workflow, run, t)
+            else:
+                _check_answer(run_id, w, payload)
+                self._check_resume_target(workflow, run)
+                _bind_version(workflow, run)
+                self._apply_resume(run, payload, t)
             state = self._commit(run, t) if run.status.is_terminal else self._advance(workflow, run, max_steps, t)
         self._run_after(t)
+        if late:
+            raise RunNotWaitingError(
+                f"run {run_id} is not waiting: its deadline passed at {w.until}, so it went on without an answer",
+                run_id=run_id,
+                deadline=w.until,
+            )
         return state
 
     def _load_waiting(self, run_id: str, workflow: Optional[WorkflowSpec], verb: str) -> Tuple[RunState, WorkflowSpec]:
@@ -544,6 +587,91 @@ class Runtime:
         self._run_after(t)
         return state
 
+    def retry_run(self, run_id: str, *, workflow: Optional[WorkflowSpec] = None, max_steps: int = 100) -> RunState:
+        """Run a failed run again from the node that failed, under the code loaded now (fix the
+        node, reload, retry). Its vars are those it failed with; effects it recorded before are
+        not run again, and the failed step's effect is tried afresh. Ticks it like `tick`."""
+        t = Tick()
+        with self._guard(run_id):
+            run = self.get_state(run_id)
+            if workflow is None:
+                workflow = self.workflow(run.workflow_id)
+            _check_workflow(workflow, run)
+            if run.status != RunStatus.FAILED:
+                raise RunNotFailedError(
+                    f"run {run_id} is {run.status.value}, not failed: only a failed run can be retried "
+                    "(fork it to run it again from one of its steps)",
+                    run_id=run_id,
+                    status=run.status.value,
+                )
+            if run.current_node not in workflow.nodes:
+                raise InvalidWorkflowError(
+                    f"run {run_id} failed at node {run.current_node!r}, which workflow {workflow.workflow_id!r} "
+                    f"version {workflow.version or 'unversioned'} no longer has (nodes: {', '.join(workflow.nodes)})",
+                    run_id=run_id,
+                    node_id=run.current_node,
+                )
+            error, run.error = run.error, None
+            run.status, run.waiting, run.output = RunStatus.RUNNING, None, None
+            _bind_version(workflow, run)
+            rec = self._record(run, run.current_node, None)
+            t.records.append(rec.finish_success({"retried": {"node": run.current_node, "error": error}}, instant=True))
+            state = self._advance(workflow, run, max_steps, t)
+        self._run_after(t)
+        return state
+
+    def fork_run(
+        self,
+        run_id: str,
+        *,
+        seq: Optional[int] = None,
+        vars: Optional[Dict[str, Any]] = None,
+        workflow: Optional[WorkflowSpec] = None,
+        new_run_id: Optional[str] = None,
+    ) -> RunState:
+        """A new run whose state is run `run_id`'s after its ledger record `seq` (default: its
+        last), with `vars` merged over its vars, continuing under the code loaded now.
+
+        The state is rebuilt by replaying the run's steps with their recorded results (see
+        `lineage.py`): no effect recorded before the fork point runs again. The new run's ledger
+        opens with a `forked` record naming the source run, the seq and that record's hash
+        (`verify_ledger` checks it). Returns the new run, stored but not ticked: tick it."""
+        if vars is not None and not isinstance(vars, dict):
+            raise TypeError(f"vars must be a dict, got {type(vars).__name__}")
+        bad = find_unserializable(vars or {}, "vars")
+        if bad:
+            raise NotJsonSerializableError(f"cannot fork run {run_id}: {bad} is not JSON-serializable")
+        source = self.get_state(run_id)
+        if workflow is None:
+            workflow = self.workflow(source.workflow_id)
+        _check_workflow(workflow, source)
+        records = self._ledger_store.list(run_id)
+        last = records[-1]["seq"] if records else 0
+        if seq is None:
+            seq = last
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= last:
+            raise InvalidParamsError(
+                f"run {run_id} has ledger records 1 to {last}; cannot fork after record {seq!r}",
+                run_id=run_id,
+                seq=seq,
+            )
+        at = next(r for r in records if r["seq"] == seq)
+        run, replayed = replay(workflow, source, records[:seq], seq, self._ctx, new_run_id or str(uuid.uuid4()))
+        if vars:
+            run.vars.update(copy_json(vars))
+        state = {"node": run.current_node, "steps": run.steps, "vars": copy_json(run.vars)}
+        origin = {"run_id": run_id, "seq": seq, "record_hash": at.get("record_hash"), "replayed_steps": replayed}
+        if vars:
+            origin["changed_vars"] = copy_json(vars)
+        rec = self._record(run, run.current_node, None)
+        rec.status = StepStatus.STARTED
+        rec.result = {"forked": {**origin, **state}}
+        rec.ended_at = rec.started_at
+        run.updated_at = utc_now_iso()
+        with self._guard(run.run_id):
+            self._commit_to.commit(run, [rec])
+        return run
+
     def emit_event(
         self,
         *,
@@ -556,7 +684,10 @@ class Runtime:
         workflow: Optional[WorkflowSpec] = None,
     ) -> List[str]:
         """Resume every run waiting on this event; returns the ids of the runs resumed."""
-        key = wait_key or event_wait_key(str(name), scope, session_id=session_id, run_id=run_id)
+        try:
+            key = wait_key or event_wait_key(str(name), scope, session_id=session_id, run_id=run_id)
+        except ValueError as e:
+            raise InvalidParamsError(str(e), name=name, scope=scope) from None
         resumed = []
         body = payload if isinstance(payload, dict) else {"value": payload}
         for rid in self._runs.find_waiting_on(key):
@@ -568,6 +699,8 @@ class Runtime:
                 resumed.append(rid)
             except (RunNotWaitingError, WaitKeyMismatchError, RunNotFoundError):
                 continue  # answered by someone else meanwhile, or paused
+            except InvalidParamsError as e:  # the payload is not one of the wait's choices
+                log.warning("event %s: run %s refused it: %s", key, rid, e)
             except (WorkflowNotFoundError, RunStrandedError) as e:
                 log.warning("event %s: cannot resume run %s: %s", key, rid, e)
         return resumed
@@ -654,6 +787,15 @@ class Runtime:
                 run.waiting = outcome.wait
                 if run.waiting.resume_to_node is None:  # a host's handler may leave it to the node
                     run.waiting.resume_to_node = nxt
+                on_timeout = ((run.waiting.details or {}).get(DEADLINE) or {}).get("on_timeout")
+                if on_timeout is not None and on_timeout not in workflow.nodes:
+                    return self._fail(
+                        run,
+                        t,
+                        node_id,
+                        f"node {node_id!r}: on_timeout names {on_timeout!r}, which is not in workflow "
+                        f"{workflow.workflow_id!r} (nodes: {', '.join(workflow.nodes)})",
+                    )
                 return self._commit(run, t)
             if plan.effect.result_key and outcome.result is not None:
                 set_nested(run.vars, plan.effect.result_key, outcome.result)
@@ -678,6 +820,11 @@ class Runtime:
         w = run.waiting
         if w is None:
             run.status = RunStatus.RUNNING
+            return True
+        if w.reason != WaitReason.UNTIL and w.until and (w.details or {}).get(DEADLINE) is not None:
+            if not _deadline_passed(w, self.clock.time()):
+                return False
+            self._apply_timeout(workflow, run, t)
             return True
         if w.reason == WaitReason.UNTIL and w.until:
             try:
@@ -724,13 +871,31 @@ class Runtime:
                 run_version=waited_under,
             )
 
-    def _apply_resume(self, run: RunState, payload: Dict[str, Any], t: Tick) -> None:
+    def _apply_timeout(self, workflow: WorkflowSpec, run: RunState, t: Tick) -> None:
+        """The wait's deadline passed: go on at its `on_timeout` node (else where an answer would
+        have gone) with `{"timed_out": true}` at its result_key."""
+        w = run.waiting
+        assert w is not None
+        on_timeout = ((w.details or {}).get(DEADLINE) or {}).get("on_timeout")
+        if on_timeout:
+            w.resume_to_node = on_timeout
+        self._check_resume_target(workflow, run)
+        _bind_version(workflow, run)
+        payload = {"timed_out": True, "deadline": w.until}
+        record = {"wait_key": w.wait_key, "deadline": w.until, "to_node": w.resume_to_node, "payload": payload}
+        self._apply_resume(run, payload, t, ("timed_out", record))
+
+    def _apply_resume(
+        self, run: RunState, payload: Dict[str, Any], t: Tick, recorded: Optional[Tuple[str, Any]] = None
+    ) -> None:
         w = run.waiting
         assert w is not None
         if w.result_key:
             set_nested(run.vars, w.result_key, payload)
         rec = self._record(run, run.current_node, None)
-        rec.finish_success({"resumed": {"wait_key": w.wait_key, "reason": w.reason._value_, "payload": payload}})
+        if recorded is None:
+            recorded = ("resumed", {"wait_key": w.wait_key, "reason": w.reason._value_, "payload": payload})
+        rec.finish_success({recorded[0]: recorded[1]})
         t.records.append(rec)
         run.status = RunStatus.RUNNING
         run.waiting = None
@@ -813,6 +978,31 @@ class Runtime:
                 fn()
             except AbstractRuntimeError as e:
                 log.warning("follow-up after tick failed: %s", e)
+
+
+def _deadline_passed(w: WaitState, now: float) -> bool:
+    """Whether a wait for an answer or an event has a deadline, and it has passed."""
+    if w.reason == WaitReason.UNTIL or not w.until or (w.details or {}).get(DEADLINE) is None:
+        return False
+    try:
+        return iso_to_epoch(w.until) <= now
+    except ValueError:
+        return True  # an unreadable deadline is treated as passed (the timer index does the same)
+
+
+def _check_answer(run_id: str, w: WaitState, payload: Dict[str, Any]) -> None:
+    """With choices and no free text, the answer (`payload["text"]`) must be one of the choices."""
+    if not w.choices or w.allow_free_text:
+        return
+    got = payload.get("text")
+    if got not in w.choices:
+        raise InvalidParamsError(
+            f"run {run_id} takes one of {', '.join(repr(c) for c in w.choices)} as its answer "
+            f'({{"text": ...}}), not {got!r}; it is still waiting',
+            run_id=run_id,
+            choices=list(w.choices),
+            got=got,
+        )
 
 
 def _bind_version(workflow: WorkflowSpec, run: RunState) -> None:

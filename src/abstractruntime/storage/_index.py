@@ -25,8 +25,9 @@ TimerListener = Callable[[float], None]
 
 
 def due_epoch(s: RunSummary) -> Optional[float]:
-    """When a waiting run's timer is due (epoch seconds), or None for any other run."""
-    if s.status == "waiting" and s.wait_reason == "until" and s.until:
+    """When a waiting run's timer is due (epoch seconds), or None for any other run. A timer is
+    a `WAIT_UNTIL`, or the deadline of a wait for an answer or an event (its `until` too)."""
+    if s.status == "waiting" and s.until:
         try:
             return iso_to_epoch(s.until)
         except ValueError:
@@ -69,7 +70,7 @@ class RunIndex:
             self._by_status.setdefault(s.status, {})[s.run_id] = None
             if s.wait_key:
                 self._by_wait_key.setdefault(s.wait_key, set()).add(s.run_id)
-            due = due_epoch(s) if s.wait_reason == "until" else None
+            due = due_epoch(s)
             new_timer = False
             if due is not None:
                 if self._due_epoch.get(s.run_id) != due:

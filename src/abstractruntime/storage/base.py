@@ -255,10 +255,11 @@ class RunStore(ABC):
         return [s.to_dict() for s in found[: max(0, int(limit))]]
 
     def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> List[RunState]:
-        """Runs whose `WAIT_UNTIL` is due at `now_iso`, the earliest due first (paused ones not)."""
+        """Runs whose `WAIT_UNTIL`, or wait deadline, is due at `now_iso`, the earliest due first
+        (paused ones not)."""
         now = iso_to_epoch(now_iso)
         due: List[Tuple[float, str]] = []
-        for s in self.list_run_summaries(status=RunStatus.WAITING, wait_reason=WaitReason.UNTIL, limit=None):
+        for s in self.list_run_summaries(status=RunStatus.WAITING, limit=None):
             if s.until:
                 try:
                     at = iso_to_epoch(s.until)
