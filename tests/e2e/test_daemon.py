@@ -43,7 +43,9 @@ def test_seed_flow_through_the_daemon(d):
         assert st.status == "completed" and st.output == {"answer": {"text": "yes"}, "x": 7}
         assert c.state(started.run_id).status == "completed"
         led = c.ledger(started.run_id)
-        assert [r.seq for r in led.records] == [1, 2, 3] and led.next is None
+        # The origin record (its initial state, for forks), the prompt, the answer, the end.
+        assert [r.seq for r in led.records] == [1, 2, 3, 4] and led.next is None
+        assert led.records[0].result == {"started": {"node": "ask", "steps": 0, "vars": {"x": 7}}}
         assert [r.seq for r in c.ledger(started.run_id, after=1, limit=1).records] == [2]
         assert c.ledger(started.run_id, limit=2).next == 2
         assert {w.workflow_id for w in c.workflows()} == {"ask", "slow", "events", "steps", "tool"}
@@ -230,7 +232,7 @@ def test_subscription_reconnects_with_its_cursor_and_misses_nothing(tmp_path):
         recs = [e for e in got if e.kind == "record"]
         assert sorted({e.run_id for e in recs}) == sorted(rids)
         per_run = {rid: [r.record.seq for r in recs if r.run_id == rid] for rid in rids}
-        assert all(v == [1, 2, 3] for v in per_run.values()), per_run
+        assert all(v == [1, 2, 3, 4] for v in per_run.values()), per_run
         # Reconnect from the middle: exactly the later events.
         mid = cursors[len(cursors) // 2]
         w3 = d.client()
@@ -271,7 +273,7 @@ def test_live_subscriber_survives_a_daemon_restart(tmp_path):
         assert stop.wait(30), seen
         cursors = [s[0] for s in seen]
         assert cursors == sorted(set(cursors))
-        assert [s[2] for s in seen if s[1] == "record"] == [1, 2, 3]
+        assert [s[2] for s in seen if s[1] == "record"] == [1, 2, 3, 4]
         driver.close()
 
 
@@ -311,6 +313,7 @@ def test_tcp_refuses_a_remote_address_without_allow_remote(tmp_path):
 
 def test_golden_requests_against_a_daemon(tmp_path):
     """Replay protocol/golden.json (the same file the TypeScript tests read) on a real daemon."""
+    from abstractruntime.core.errors import RunNotFailedError
     from abstractruntime.protocol import BY_NAME
     from conftest import ROOT
 
@@ -324,6 +327,10 @@ def test_golden_requests_against_a_daemon(tmp_path):
             params = json.loads(json.dumps(msgs["request"]["params"]).replace(example_run, rid))
             if name == "runtime/subscribe":
                 params = {}
+            if name == "runtime/retry":  # the example run is waiting, not failed: the typed refusal
+                with pytest.raises(RunNotFailedError, match="not failed"):
+                    c.call(name, params)
+                continue
             try:
                 result = c.call(name, params)
             except Exception as e:  # noqa: BLE001 - reported with the method name

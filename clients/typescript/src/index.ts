@@ -338,8 +338,23 @@ export class RuntimeClient {
     }
   }
 
-  start(workflowId: string, vars: Record<string, unknown> = {}, options: { session_id?: string; actor_id?: string } = {}) {
+  /** Start a run; `{ wait: false }` answers as soon as it is stored (status running). */
+  start(
+    workflowId: string,
+    vars: Record<string, unknown> = {},
+    options: { session_id?: string; actor_id?: string; wait?: boolean } = {},
+  ) {
     return this.call("runtime/start", { workflow_id: workflowId, vars, ...options });
+  }
+
+  /** Run a failed run again from the node that failed, under the code loaded now. */
+  async retry(runId: string, options: { wait?: boolean } = {}): Promise<P.RunStateModel> {
+    return (await this.call("runtime/retry", { run_id: runId, ...options })).state;
+  }
+
+  /** A new run from a run's state after ledger record `seq` (default: its last), `vars` merged in. */
+  fork(runId: string, options: { seq?: number; vars?: Record<string, unknown>; wait?: boolean } = {}) {
+    return this.call("runtime/fork", { run_id: runId, ...options });
   }
 
   async resume(runId: string, payload: Record<string, unknown>, waitKey?: string): Promise<P.RunStateModel> {
@@ -364,7 +379,12 @@ export class RuntimeClient {
     return (await this.call("runtime/cancel", reason === undefined ? { run_id: runId } : { run_id: runId, reason })).state;
   }
 
-  async emitEvent(name: string, payload?: unknown, options: { scope?: "global" | "session" | "run"; session_id?: string } = {}) {
+  /** Resume the runs waiting on event `name`; `{ run_id }` for a run-scoped event. */
+  async emitEvent(
+    name: string,
+    payload?: unknown,
+    options: { scope?: "global" | "session" | "run"; session_id?: string; run_id?: string } = {},
+  ) {
     // Any JSON value; the schema of an untyped field reads as an object to the generator.
     const params = { name, payload, ...options } as P.EmitEventParams;
     return (await this.call("runtime/emitEvent", params)).resumed;

@@ -215,9 +215,27 @@ class AsyncClient:
         *,
         session_id: Optional[str] = None,
         actor_id: Optional[str] = None,
+        wait: bool = True,
     ) -> m.StartResult:
+        """Start a run; `wait=False` returns as soon as it is stored (status running)."""
         p = _drop_none({"workflow_id": workflow_id, "vars": vars or {}, "session_id": session_id, "actor_id": actor_id})
+        if not wait:
+            p["wait"] = False
         return m.StartResult.model_validate(await self.call("runtime/start", p))
+
+    async def retry(self, run_id: str, *, wait: bool = True) -> m.RunStateModel:
+        """Run a failed run again from the node that failed, under the code loaded now."""
+        p: Dict[str, Any] = {"run_id": run_id} if wait else {"run_id": run_id, "wait": False}
+        return m.StateResult.model_validate(await self.call("runtime/retry", p)).state
+
+    async def fork(
+        self, run_id: str, *, seq: Optional[int] = None, vars: Optional[Dict[str, Any]] = None, wait: bool = True
+    ) -> m.StartResult:
+        """A new run from run `run_id`'s state after ledger record `seq` (default: its last)."""
+        p = _drop_none({"run_id": run_id, "seq": seq, "vars": vars})
+        if not wait:
+            p["wait"] = False
+        return m.StartResult.model_validate(await self.call("runtime/fork", p))
 
     async def resume(self, run_id: str, payload: Dict[str, Any], *, wait_key: Optional[str] = None) -> m.RunStateModel:
         p = _drop_none({"run_id": run_id, "payload": payload, "wait_key": wait_key})
@@ -238,8 +256,20 @@ class AsyncClient:
         workflow_id: Optional[str] = None,
         limit: int = 100,
         cursor: Optional[str] = None,
+        order: Optional[str] = None,
+        since: Optional[str] = None,
     ) -> m.RunsResult:
-        p = _drop_none({"status": status, "workflow_id": workflow_id, "limit": limit, "cursor": cursor})
+        """A page of runs: `order` "oldest" (default) or "newest" first; `since` an ISO time."""
+        p = _drop_none(
+            {
+                "status": status,
+                "workflow_id": workflow_id,
+                "limit": limit,
+                "cursor": cursor,
+                "order": order,
+                "since": since,
+            }
+        )
         return m.RunsResult.model_validate(await self.call("runtime/runs", p))
 
     async def cancel(self, run_id: str, reason: Optional[str] = None) -> m.RunStateModel:
@@ -247,9 +277,16 @@ class AsyncClient:
         return m.StateResult.model_validate(await self.call("runtime/cancel", p)).state
 
     async def emit_event(
-        self, name: str, payload: Any = None, *, scope: Optional[str] = None, session_id: Optional[str] = None
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        scope: Optional[str] = None,
+        session_id: Optional[str] = None,
+        run_id: Optional[str] = None,
     ) -> List[str]:
-        p = _drop_none({"name": name, "payload": payload, "scope": scope, "session_id": session_id})
+        """Resume the runs waiting on event `name`; `run_id` for a run-scoped event."""
+        p = _drop_none({"name": name, "payload": payload, "scope": scope, "session_id": session_id, "run_id": run_id})
         return m.EmitEventResult.model_validate(await self.call("runtime/emitEvent", p)).resumed
 
     async def migrate(self, run_id: str, to_node: Optional[str] = None) -> m.RunStateModel:

@@ -88,6 +88,12 @@ class Client:
     def start(self, workflow_id: str, vars: Optional[dict] = None, **kw: Any):
         return self._run(self._inner.start(workflow_id, vars, **kw))
 
+    def retry(self, run_id: str, **kw: Any):
+        return self._run(self._inner.retry(run_id, **kw))
+
+    def fork(self, run_id: str, **kw: Any):
+        return self._run(self._inner.fork(run_id, **kw))
+
     def resume(self, run_id: str, payload: dict, **kw: Any):
         return self._run(self._inner.resume(run_id, payload, **kw))
 

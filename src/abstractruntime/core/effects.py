@@ -84,11 +84,11 @@ def event_wait_key(name: str, scope: Optional[str], *, session_id: Optional[str]
         return f"event:global:{name}"
     if scope == "session":
         if not session_id:
-            raise ValueError(f"event {name!r} has scope 'session' but no session_id is known")
+            raise ValueError(f"event {name!r} has scope 'session' but no session_id is known: give session_id")
         return f"event:session:{session_id}:{name}"
     if scope == "run":
         if not run_id:
-            raise ValueError(f"event {name!r} has scope 'run' but no run_id is known")
+            raise ValueError(f"event {name!r} has scope 'run' but no run_id is known: give run_id, the run that waits")
         return f"event:run:{run_id}:{name}"
     raise ValueError(f"unknown event scope {scope!r} (expected global, session or run)")
 

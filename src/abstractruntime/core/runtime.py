@@ -587,10 +587,13 @@ class Runtime:
         self._run_after(t)
         return state
 
-    def retry_run(self, run_id: str, *, workflow: Optional[WorkflowSpec] = None, max_steps: int = 100) -> RunState:
+    def retry_run(
+        self, run_id: str, *, workflow: Optional[WorkflowSpec] = None, max_steps: int = 100, tick: bool = True
+    ) -> RunState:
         """Run a failed run again from the node that failed, under the code loaded now (fix the
         node, reload, retry). Its vars are those it failed with; effects it recorded before are
-        not run again, and the failed step's effect is tried afresh. Ticks it like `tick`."""
+        not run again, and the failed step's effect is tried afresh. Ticks it like `tick`
+        (`tick=False`: only stores it as running again, for the caller to tick)."""
         t = Tick()
         with self._guard(run_id):
             run = self.get_state(run_id)
@@ -616,7 +619,7 @@ class Runtime:
             _bind_version(workflow, run)
             rec = self._record(run, run.current_node, None)
             t.records.append(rec.finish_success({"retried": {"node": run.current_node, "error": error}}, instant=True))
-            state = self._advance(workflow, run, max_steps, t)
+            state = self._advance(workflow, run, max_steps, t) if tick else self._commit(run, t)
         self._run_after(t)
         return state
 

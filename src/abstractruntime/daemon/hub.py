@@ -79,6 +79,7 @@ class Hub:
             effect_handlers=self._effect_handlers(set(external or ())),
             external_effects=external or (),
             effect_policy=DEFAULT_EFFECT_POLICY,
+            record_origin=True,  # every run can be forked (runtime/fork replays from its origin)
         )
         self.pool = TickPool(workers)
         self.scheduler = Scheduler(runtime=self.runtime, registry=self.registry, poll_interval_s=poll_interval_s)
@@ -91,8 +92,33 @@ class Hub:
         self.ledger_store.add_listener(
             lambda run_id, recs: self.events.emit_records(run_id, recs, getattr(recs, "lines", None))
         )
-        self.run_store.add_listener(lambda s: self.events.emit(s.run_id, "state", s.to_dict()))
+        self.run_store.add_listener(self._run_changed)
         self.reload_workflows()
+
+    def _run_changed(self, s: RunSummary) -> None:
+        self.events.emit(s.run_id, "state", s.to_dict())
+        if s.status == "failed":
+            # One line per failed run: what a person tailing the log needs to go and look.
+            first = (s.error or "no error given").strip().splitlines()[0] if s.error else "no error given"
+            log.error("run %s (%s) failed at node %s: %s", s.run_id, s.workflow_id, s.current_node, first)
+
+    def go_on(self, run_id: str, *, wait: bool, stored: Optional[RunState] = None) -> RunState:
+        """Tick a run that was just stored (started, retried, forked): here and now (`wait`),
+        or on a tick worker while the caller answers with the stored state."""
+        if wait:
+            return self.runtime.tick(workflow=None, run_id=run_id)
+
+        def tick() -> None:
+            try:
+                self.runtime.tick(workflow=None, run_id=run_id)
+            except Exception as e:  # isolation boundary: nobody waits for this tick; the run stays running
+                log.warning("run %s: its first tick failed (%s); it is retried at the next start", run_id, e)
+
+        try:
+            self.pool.submit(tick)
+        except Exception as e:  # shutting down: the next daemon recovers the running run
+            log.info("run %s stored; it runs when the daemon starts again (%s)", run_id, e)
+        return stored if stored is not None else self.runtime.get_state(run_id)
 
     @property
     def load_errors(self) -> List[Dict[str, Any]]:
@@ -129,6 +155,13 @@ class Hub:
     def request_stop(self) -> None:
         """Begin a graceful stop (SIGTERM, `daemon/shutdown`): new requests are refused."""
         if not self.stopping:
+            busy = self.pool.busy
+            log.info(
+                "stopping: finishing %d in-flight step%s (a second Ctrl-C or SIGTERM stops at once; nothing "
+                "committed is lost)",
+                busy,
+                "" if busy == 1 else "s",
+            )
             self.stopping = True
             for fn in self._stop_callbacks:
                 fn()

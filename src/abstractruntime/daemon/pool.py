@@ -36,8 +36,10 @@ class TickPool:
         self._lock = threading.Lock()
         self._wake_sent = False
         self._closed = False
+        # Which workers are inside a call: each writes only its own slot, so no lock is needed.
+        self._running: List[bool] = [False] * workers
         self._threads: List[threading.Thread] = [
-            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(workers)
+            threading.Thread(target=self._work, args=(i,), name=f"{name}_{i}", daemon=True) for i in range(workers)
         ]
         for t in self._threads:
             t.start()
@@ -50,6 +52,11 @@ class TickPool:
         self._queue.put((fn, fut, loop))
         return await fut
 
+    @property
+    def busy(self) -> int:
+        """Work queued or running now (what a stop waits for)."""
+        return self._queue.qsize() + sum(self._running)
+
     def submit(self, fn: Callable[[], None]) -> None:
         """Run `fn` on a worker and forget it: it answers for itself (a request's reply is
         written by the worker that computed it). `fn` must not raise."""
@@ -57,33 +64,39 @@ class TickPool:
             raise ShuttingDownError("the daemon is shutting down: no new work is taken")
         self._queue.put((fn, None, None))
 
-    def _work(self) -> None:
+    def _work(self, slot: int) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            fn, fut, loop = item
-            if fut is None:
-                try:
-                    fn()
-                except BaseException:  # isolation boundary: `fn` answers for itself; a bug there is logged
-                    log.exception("work submitted to the tick pool raised")
-                continue
+            self._running[slot] = True
             try:
-                ok, value = True, fn()
-            except Exception as e:
-                ok, value = False, e
-            except BaseException as e:  # never hand the loop a SystemExit: it would stop the daemon
-                ok, value = False, RuntimeError(f"kernel work raised {type(e).__name__}: {e}")
-            with self._lock:
-                self._done.append((fut, ok, value))
-                if self._wake_sent:
-                    continue  # the loop is already due to collect this batch
-                self._wake_sent = True
+                self._call(*item)
+            finally:
+                self._running[slot] = False
+
+    def _call(self, fn: Callable[[], Any], fut: Any, loop: Any) -> None:
+        if fut is None:
             try:
-                loop.call_soon_threadsafe(self._deliver)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+                fn()
+            except BaseException:  # isolation boundary: `fn` answers for itself; a bug there is logged
+                log.exception("work submitted to the tick pool raised")
+            return
+        try:
+            ok, value = True, fn()
+        except Exception as e:
+            ok, value = False, e
+        except BaseException as e:  # never hand the loop a SystemExit: it would stop the daemon
+            ok, value = False, RuntimeError(f"kernel work raised {type(e).__name__}: {e}")
+        with self._lock:
+            self._done.append((fut, ok, value))
+            if self._wake_sent:
+                return  # the loop is already due to collect this batch
+            self._wake_sent = True
+        try:
+            loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
     def _deliver(self) -> None:
         with self._lock:

@@ -93,9 +93,21 @@ class Daemon:
         if self.watch:
             self._watcher = Watcher(self.hub, self.reload_grace_s)
             self._watcher.start()
+
+        def on_signal() -> None:
+            if not self.hub.stopping:
+                self.hub.request_stop()
+                return
+            # A second signal: stop now. Every acknowledged step is already synced to the
+            # stores (their journals replay at the next start), so nothing committed is lost;
+            # a step still running is replayed from its last checkpoint then.
+            log.warning("stopping at once; %d step(s) in flight are replayed at the next start", self.hub.pool.busy)
+            logging.shutdown()
+            os._exit(1)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, self.hub.request_stop)
+                loop.add_signal_handler(sig, on_signal)
             except (NotImplementedError, RuntimeError):
                 pass
 

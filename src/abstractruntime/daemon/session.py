@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..core.errors import AbstractRuntimeError
 from ..core.jsonutil import wire
+from ..core.timeutil import iso_to_epoch
 from ..protocol import models as m
 from ..protocol.errors import (
     INVALID_REQUEST,
@@ -289,6 +290,8 @@ class Session:
             "runtime/cancel": self.cancel,
             "runtime/emitEvent": self.emit_event,
             "runtime/migrate": self.migrate,
+            "runtime/retry": self.retry,
+            "runtime/fork": self.fork,
             "workflows/list": self.workflows,
             "daemon/status": self.status,
         }
@@ -322,9 +325,24 @@ class Session:
     # Kernel work: these run on a tick worker (see _submit).
 
     def start(self, p: m.StartParams) -> Dict[str, Any]:
+        # Stored before its first node runs: listed at once, and a crash during that node
+        # leaves a run the next daemon recovers (its scheduler ticks running runs at start).
         rt = self.hub.runtime
         wf = rt.workflow(p.workflow_id)
-        state = rt.start_and_tick(workflow=wf, vars=p.vars, session_id=p.session_id, actor_id=p.actor_id)
+        run_id = rt.start(workflow=wf, vars=p.vars, session_id=p.session_id, actor_id=p.actor_id)
+        return {"run_id": run_id, "state": self.hub.go_on(run_id, wait=p.wait).to_dict()}
+
+    def retry(self, p: m.RetryParams) -> Dict[str, Any]:
+        rt = self.hub.runtime
+        state = rt.retry_run(p.run_id, tick=p.wait)
+        if not p.wait:
+            self.hub.go_on(p.run_id, wait=False)
+        return {"state": state.to_dict()}
+
+    def fork(self, p: m.ForkParams) -> Dict[str, Any]:
+        state = self.hub.runtime.fork_run(p.run_id, seq=p.seq, vars=p.vars)
+        if not state.status.is_terminal:
+            state = self.hub.go_on(state.run_id, wait=p.wait, stored=state)
         return {"run_id": state.run_id, "state": state.to_dict()}
 
     def resume(self, p: m.ResumeParams) -> Dict[str, Any]:
@@ -343,18 +361,39 @@ class Session:
         return {"records": recs, "next": recs[-1]["seq"] if more and recs else None}
 
     def runs(self, p: m.RunsParams) -> Dict[str, Any]:
-        got = self.hub.run_store.list_run_summaries(
-            status=p.status, workflow_id=p.workflow_id, limit=p.limit + 1, after=p.cursor
-        )
-        more = len(got) > p.limit
-        got = got[: p.limit]
-        return {"runs": [s.to_dict() for s in got], "next": got[-1].run_id if more and got else None}
+        if p.order == "oldest" and p.since is None:  # the store pages by itself
+            got = self.hub.run_store.list_run_summaries(
+                status=p.status, workflow_id=p.workflow_id, limit=p.limit + 1, after=p.cursor
+            )
+            more = len(got) > p.limit
+            got = got[: p.limit]
+            return {"runs": [s.to_dict() for s in got], "next": got[-1].run_id if more and got else None}
+        # Newest first, or since a time: every matching summary, in creation order, then the page.
+        found = self.hub.run_store.list_run_summaries(status=p.status, workflow_id=p.workflow_id, limit=None)
+        if p.since is not None:
+            since = _epoch(p.since, "since")
+            found = [s for s in found if _epoch(s.updated_at, "updated_at", 0.0) >= since]
+        if p.order == "newest":
+            found.reverse()
+        if p.cursor is not None:
+            at = next((i for i, s in enumerate(found) if s.run_id == p.cursor), None)
+            found = found[at + 1 :] if at is not None else found
+        page = found[: p.limit]
+        rest = len(found) - len(page)
+        return {
+            "runs": [s.to_dict() for s in page],
+            "next": page[-1].run_id if rest and page else None,
+            "remaining": rest,
+        }
 
     def cancel(self, p: m.CancelParams) -> Dict[str, Any]:
         return {"state": self.hub.cancel(p.run_id, reason=p.reason).to_dict()}
 
     def emit_event(self, p: m.EmitEventParams) -> Dict[str, Any]:
-        resumed = self.hub.runtime.emit_event(name=p.name, payload=p.payload, scope=p.scope, session_id=p.session_id)
+        scope = p.scope or ("run" if p.run_id else None)
+        resumed = self.hub.runtime.emit_event(
+            name=p.name, payload=p.payload, scope=scope, session_id=p.session_id, run_id=p.run_id
+        )
         return {"resumed": resumed}
 
     async def subscribe(self, p: m.SubscribeParams) -> Dict[str, Any]:
@@ -434,6 +473,15 @@ class Session:
     async def shutdown_daemon(self, p: m.Empty) -> None:
         self.loop.call_soon(self.hub.request_stop)
         return None
+
+
+def _epoch(text: str, what: str, default: Optional[float] = None) -> float:
+    try:
+        return iso_to_epoch(text)
+    except (TypeError, ValueError):
+        if default is not None:
+            return default
+        raise invalid_params(f"runtime/runs: invalid params: {what}: {text!r} is not an ISO-8601 time") from None
 
 
 def _reraise(e: BaseException) -> Any:

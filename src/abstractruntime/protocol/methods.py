@@ -59,9 +59,27 @@ METHODS: List[Method] = [
         "runtime/start",
         m.StartParams,
         m.StartResult,
-        "Start a run of a workflow and run it until it waits or ends.",
+        "Start a run of a workflow: it is stored at once, then runs until it waits or ends "
+        "(`wait: false` answers as soon as it is stored).",
         ["workflow_not_found", "not_json_serializable", "storage_unavailable"],
         {"workflow_id": "approval", "vars": {"amount": 120}},
+    ),
+    Method(
+        "runtime/retry",
+        m.RetryParams,
+        m.StateResult,
+        "Run a failed run again from the node that failed, under the code loaded now.",
+        ["run_not_found", "run_not_failed", "workflow_not_found", "invalid_workflow", "storage_unavailable"],
+        {"run_id": _STATE["run_id"]},
+    ),
+    Method(
+        "runtime/fork",
+        m.ForkParams,
+        m.StartResult,
+        "A new run whose state is a run's state after ledger record `seq` (default: its last), with `vars` "
+        "merged in, continuing under the code loaded now; recorded effects before that point are not run again.",
+        ["run_not_found", "invalid_params", "workflow_not_found", "not_json_serializable", "storage_unavailable"],
+        {"run_id": _STATE["run_id"], "seq": 2, "vars": {"amount": 90}},
     ),
     Method(
         "runtime/resume",
@@ -74,6 +92,7 @@ METHODS: List[Method] = [
             "run_already_finished",
             "run_paused",
             "wait_key_mismatch",
+            "invalid_params",
             "workflow_not_found",
             "run_stranded",
             "storage_unavailable",
@@ -100,7 +119,7 @@ METHODS: List[Method] = [
         "runtime/runs",
         m.RunsParams,
         m.RunsResult,
-        "A page of run summaries (waiting runs carry their prompt and choices).",
+        "A page of run summaries (waiting runs carry their prompt and choices), oldest or newest first.",
         [],
         {"status": "waiting", "limit": 50},
     ),
@@ -131,8 +150,8 @@ METHODS: List[Method] = [
         "runtime/emitEvent",
         m.EmitEventParams,
         m.EmitEventResult,
-        "Resume every run waiting on a named event.",
-        ["storage_unavailable"],
+        "Resume every run waiting on a named event (scope `run`: the one run `run_id`).",
+        ["invalid_params", "storage_unavailable"],
         {"name": "payment_received", "payload": {"amount": 120}},
     ),
     Method(
@@ -217,6 +236,8 @@ EDITOR_COMMANDS = [
     "abstractruntime.start",
     "abstractruntime.answer",
     "abstractruntime.cancel",
+    "abstractruntime.retry",
+    "abstractruntime.fork",
     "abstractruntime.showRun",
 ]
 REQUEST_NAMES = [x.name for x in METHODS if not x.notification]

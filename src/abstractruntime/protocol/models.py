@@ -50,14 +50,18 @@ class Empty(Params):
 class WaitStateModel(Result):
     reason: WaitReasonName
     wait_key: Optional[str] = None
-    until: Optional[str] = Field(None, description="ISO-8601 time, for `until` waits.")
+    until: Optional[str] = Field(
+        None, description="ISO-8601 time: when an `until` wait fires, or a wait's deadline (see `details.deadline`)."
+    )
     resume_to_node: Optional[str] = None
     result_key: Optional[str] = None
     prompt: Optional[str] = None
     choices: Optional[List[str]] = None
     allow_free_text: bool = True
     details: Optional[Dict[str, Any]] = Field(
-        None, description="For `job` waits: the effect to execute outside the daemon (`details.effect`)."
+        None,
+        description="For `job` waits: the effect to execute outside the daemon (`details.effect`). For a wait "
+        "with a deadline: `details.deadline.on_timeout`, the node it goes on at when `until` passes.",
     )
 
 
@@ -143,11 +147,32 @@ class StartParams(Params):
     vars: Dict[str, Any] = Field(default_factory=dict, description="The run's initial variables.")
     session_id: Optional[str] = None
     actor_id: Optional[str] = None
+    wait: bool = Field(
+        True,
+        description="true: answer once the run waits or ends. false: answer at once with the run as stored "
+        "(status running, before its first node runs); it runs on in the daemon.",
+    )
 
 
 class StartResult(Result):
     run_id: str
-    state: RunStateModel = Field(description="The run after it ran until it waits or ends.")
+    state: RunStateModel = Field(
+        description="The run after it ran until it waits or ends (with `wait: false`, as first stored)."
+    )
+
+
+class RetryParams(Params):
+    run_id: str = RunId
+    wait: bool = Field(True, description="false: answer at once; the run goes on in the daemon.")
+
+
+class ForkParams(Params):
+    run_id: str = RunId
+    seq: Optional[int] = Field(
+        None, ge=1, le=MAX_SAFE_INT, description="Fork after this ledger record (default: the run's last)."
+    )
+    vars: Optional[Dict[str, Any]] = Field(None, description="Merged over the vars the fork starts with.")
+    wait: bool = Field(True, description="false: answer at once; the new run goes on in the daemon.")
 
 
 class ResumeParams(Params):
@@ -180,11 +205,16 @@ class RunsParams(Params):
     workflow_id: Optional[str] = None
     limit: int = Field(100, ge=1, le=1000)
     cursor: Optional[str] = Field(None, description="The `next` of the previous page.")
+    order: Literal["oldest", "newest"] = Field(
+        "oldest", description="By creation: `oldest` first (the default), or `newest` first."
+    )
+    since: Optional[str] = Field(None, description="Only runs updated at or after this ISO-8601 time.")
 
 
 class RunsResult(Result):
     runs: List[RunSummaryModel]
     next: Optional[str] = Field(description="Pass as `cursor` for the next page; null at the end.")
+    remaining: Optional[int] = Field(None, description="How many more runs match after this page.")
 
 
 class CancelParams(Params):
@@ -205,8 +235,13 @@ class MigrateParams(Params):
 class EmitEventParams(Params):
     name: str = Field(min_length=1)
     payload: Any = None
-    scope: Optional[Literal["global", "session", "run"]] = None
-    session_id: Optional[str] = None
+    scope: Optional[Literal["global", "session", "run"]] = Field(
+        None, description="Default: `run` when `run_id` is given, else `global`."
+    )
+    session_id: Optional[str] = Field(None, description="For scope `session`: the session whose runs wait on it.")
+    run_id: Optional[str] = Field(
+        None, pattern=ID_PATTERN, description="For scope `run`: the run that waits on it (required there)."
+    )
 
 
 class EmitEventResult(Result):

@@ -60,6 +60,11 @@ def _example_result(mth: Method) -> Any:
     if name in ("runtime/resume", "runtime/cancel"):
         done = dict(EXAMPLE_STATE, status="completed" if name.endswith("resume") else "cancelled", waiting=None)
         return {"state": done}
+    if name == "runtime/retry":
+        return {"state": dict(EXAMPLE_STATE, steps=3)}
+    if name == "runtime/fork":
+        forked = dict(EXAMPLE_STATE, run_id="c2d8a0b4-5e61-4f0a-8d7e-3b9f1e6a4c10", vars={"amount": 90})
+        return {"run_id": forked["run_id"], "state": forked}
     if name == "runtime/migrate":
         moved = dict(EXAMPLE_STATE, last_version="9c41d07e55aa")
         return {"state": moved}
