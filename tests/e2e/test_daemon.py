@@ -351,7 +351,7 @@ def test_a_broken_workflow_file_is_reported_and_the_rest_served(tmp_path):
     (tmp_path / "d").mkdir()
     with daemon(tmp_path / "d", "unix", workflows=wf_dir) as d, d.client() as c:
         res = c.call("workflows/list")
-        assert {w["workflow_id"] for w in res["workflows"]} == {"agent", "approval", "greeting"}
+        assert {w["workflow_id"] for w in res["workflows"]} == {"agent", "approval", "expense", "greeting"}
         errors = {os.path.basename(e["file"]): e for e in res["load_errors"]}
         assert errors["broken.py"]["line"] == 4 and "RuntimeError: oops at import" in errors["broken.py"]["message"]
         assert errors["bad_spec.py"]["line"] == 3 and "entry_node 'nope'" in errors["bad_spec.py"]["message"]

@@ -258,8 +258,10 @@ class AsyncClient:
         cursor: Optional[str] = None,
         order: Optional[str] = None,
         since: Optional[str] = None,
+        parent_run_id: Optional[str] = None,
     ) -> m.RunsResult:
-        """A page of runs: `order` "oldest" (default) or "newest" first; `since` an ISO time."""
+        """A page of runs: `order` "oldest" (default) or "newest" first; `since` an ISO time;
+        `parent_run_id` for a run's children."""
         p = _drop_none(
             {
                 "status": status,
@@ -268,6 +270,7 @@ class AsyncClient:
                 "cursor": cursor,
                 "order": order,
                 "since": since,
+                "parent_run_id": parent_run_id,
             }
         )
         return m.RunsResult.model_validate(await self.call("runtime/runs", p))

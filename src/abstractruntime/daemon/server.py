@@ -302,6 +302,9 @@ def run(args: Any) -> int:
     except paths.UnsafePathError as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a data folder that is a file, or one we may not create
+        print(f"abstractruntime: cannot use {proj.data_dir} as the data folder: {e.strerror or e}", file=sys.stderr)
+        return 2
     if proj.config_file:
         log.info("project %s (config %s)", proj.root, proj.config_file)
     if llm:  # never the options: they may hold the API key

@@ -361,7 +361,7 @@ class Session:
         return {"records": recs, "next": recs[-1]["seq"] if more and recs else None}
 
     def runs(self, p: m.RunsParams) -> Dict[str, Any]:
-        if p.order == "oldest" and p.since is None:  # the store pages by itself
+        if p.order == "oldest" and p.since is None and p.parent_run_id is None:  # the store pages by itself
             got = self.hub.run_store.list_run_summaries(
                 status=p.status, workflow_id=p.workflow_id, limit=p.limit + 1, after=p.cursor
             )
@@ -370,6 +370,8 @@ class Session:
             return {"runs": [s.to_dict() for s in got], "next": got[-1].run_id if more and got else None}
         # Newest first, or since a time: every matching summary, in creation order, then the page.
         found = self.hub.run_store.list_run_summaries(status=p.status, workflow_id=p.workflow_id, limit=None)
+        if p.parent_run_id is not None:
+            found = [s for s in found if s.parent_run_id == p.parent_run_id]
         if p.since is not None:
             since = _epoch(p.since, "since")
             found = [s for s in found if _epoch(s.updated_at, "updated_at", 0.0) >= since]

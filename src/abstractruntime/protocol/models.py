@@ -209,6 +209,9 @@ class RunsParams(Params):
         "oldest", description="By creation: `oldest` first (the default), or `newest` first."
     )
     since: Optional[str] = Field(None, description="Only runs updated at or after this ISO-8601 time.")
+    parent_run_id: Optional[str] = Field(
+        None, pattern=ID_PATTERN, description="Only the child runs of this run (START_SUBWORKFLOW)."
+    )
 
 
 class RunsResult(Result):
