@@ -75,7 +75,8 @@ test("start -> wait -> resume, and the ledger", async () => {
     assert.equal(done.status, "completed");
     assert.deepEqual(done.output, { answer: { text: "yes" }, x: 7 });
     const ledger = await rt.ledger(run_id);
-    assert.deepEqual(ledger.records.map((r) => r.seq), [1, 2, 3]);
+    // The run's origin (its initial state), the prompt, the answer, the end.
+    assert.deepEqual(ledger.records.map((r) => r.seq), [1, 2, 3, 4]);
     assert.equal(ledger.next, null);
     assert.ok((await rt.workflows()).some((w) => w.workflow_id === "tool"));
   } finally {
@@ -194,6 +195,39 @@ test("errors: a bad run id and bad params", async () => {
   }
 });
 
+test("choices are enforced; start without waiting; fork; a run-scoped event", async () => {
+  const rt = await RuntimeClient.connect(socketPath);
+  try {
+    const { run_id } = await rt.start("approval", { amount: 7 });
+    await assert.rejects(rt.resume(run_id, { text: "maybe" }), (e: unknown) => {
+      assert.ok(e instanceof RuntimeError);
+      assert.equal(e.code, ERRORS.invalid_params);
+      assert.match(e.message, /'approve', 'reject'/);
+      return true;
+    });
+    assert.equal((await rt.state(run_id)).status, "waiting");
+
+    const quick = await rt.start("ask", { x: 1 }, { wait: false });
+    assert.equal(quick.state.status, "running");
+    assert.equal(quick.state.current_node, "ask");
+
+    const fork = await rt.fork(run_id, { vars: { amount: 9 } });
+    assert.notEqual(fork.run_id, run_id);
+    assert.equal(fork.state.status, "waiting");
+    assert.equal(fork.state.waiting?.prompt, "Approve an expense of 9 EUR?");
+    const first = (await rt.ledger(fork.run_id)).records[0];
+    assert.equal((first.result as { forked: { run_id: string } }).forked.run_id, run_id);
+
+    const paid = await rt.start("expense", { amount: 5 });
+    await rt.resume(paid.run_id, { text: "approve" });
+    await assert.rejects(rt.emitEvent("expense_paid", {}, { scope: "run" }), (e: unknown) => e instanceof RuntimeError && e.code === ERRORS.invalid_params);
+    assert.deepEqual(await rt.emitEvent("expense_paid", { amount: 5 }, { run_id: paid.run_id }), [paid.run_id]);
+    assert.equal((await rt.state(paid.run_id)).status, "completed");
+  } finally {
+    await rt.close();
+  }
+});
+
 test("the golden protocol messages, as the Python tests replay them", async () => {
   const golden = JSON.parse(readFileSync(path.join(ROOT, "protocol", "golden.json"), "utf8")).messages;
   const openrpc = JSON.parse(readFileSync(path.join(ROOT, "protocol", "openrpc.json"), "utf8"));
@@ -210,6 +244,11 @@ test("the golden protocol messages, as the Python tests replay them", async () =
       if (["daemon/shutdown", "runtime/unsubscribe", "runtime/start"].includes(m.name)) continue;
       let params = JSON.parse(JSON.stringify(msg.request.params).replaceAll(exampleRun, started.run_id));
       if (m.name === "runtime/subscribe") params = {};
+      if (m.name === "runtime/retry") {
+        // The example run waits; it has not failed: the typed refusal.
+        await assert.rejects(rt.call("runtime/retry", params), (e: unknown) => e instanceof RuntimeError && e.errorName === "run_not_failed");
+        continue;
+      }
       const result = await rt.call(m.name as keyof Methods, params);
       // The daemon answers with the fields the golden response shows.
       const expected = msg.response.result;
