@@ -6,7 +6,6 @@ completion of a partial run id, the daemon's log."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from daemon_fixture import ROOT, DaemonProcess
 
 from abstractruntime.client import ProtocolError
 from abstractruntime.client.connection import env_with_package
 from abstractruntime.storage.ledger_chain import verify_ledger_chain
-from daemon_fixture import ROOT, DaemonProcess
 
 LIFE = '''
 import os

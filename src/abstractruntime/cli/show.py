@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from ..core.timeutil import iso_to_epoch
 
