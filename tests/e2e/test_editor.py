@@ -311,3 +311,66 @@ def test_an_event_wait_with_a_prompt_is_a_prompt_too(project):
 
     with daemon(project, "unix", workflows=project / "workflows") as d:
         asyncio.run(scenario(d))
+
+
+FAILING = '''
+from abstractruntime import Effect, EffectType, StepPlan, WorkflowSpec
+
+
+def ask(run, ctx):
+    return StepPlan(node_id="ask", effect=Effect(EffectType.ASK_USER, {"prompt": "Amount?"}, "amount"), next_node="book")
+
+
+def book(run, ctx):
+    FIX
+    return StepPlan(node_id="book", complete_output={"booked": run.vars["amount"], "note": run.vars.get("note")})
+
+
+pay = WorkflowSpec(workflow_id="pay", entry_node="ask", nodes={"ask": ask, "book": book})
+'''
+
+
+def test_retry_and_fork_from_the_editor(project):
+    pay = project / "workflows" / "pay.py"
+    pay.write_text(FAILING.replace("FIX", 'raise RuntimeError("booking down")'))
+    book_line = line_of(pay, "def book(")
+
+    async def scenario(d):
+        ed = await Editor.open(d.data, project, prompts=False)
+        try:
+            run = (await ed.command("abstractruntime.start", "pay"))["run_id"]
+            failed = await ed.command("abstractruntime.answer", run, "90")
+            assert failed["status"] == "failed" and "booking down" in failed["state"]["error"]
+            assert (book_line, "1 failed - retry") in await ed.lenses(pay)
+
+            def version():
+                with d.client() as c:
+                    return next(w.version for w in c.workflows() if w.workflow_id == "pay")
+
+            old = await asyncio.to_thread(version)
+            pay.write_text(FAILING.replace("FIX", "pass"))  # the fix, saved: the daemon reloads it
+            for _ in range(500):
+                if await asyncio.to_thread(version) != old:
+                    break
+                await asyncio.sleep(0.02)
+            # The lens's arguments: the newest failed run at that node.
+            done = await ed.command("abstractruntime.retry", {"workflow_id": "pay", "node_id": "book"})
+            assert done["run_id"] == run and done["status"] == "completed"
+            assert done["state"]["output"] == {"booked": {"text": "90"}, "note": None}
+            assert (book_line, "1 failed - retry") not in await ed.lenses(pay)
+
+            def answered_seq():  # the record of the answer: the fork books again, with a note
+                with d.client() as c:
+                    return next(r.seq for r in c.ledger(run).records if "resumed" in (r.result or {}))
+
+            seq = await asyncio.to_thread(answered_seq)
+            fork = await ed.command("abstractruntime.fork", {"run_id": run, "seq": seq, "vars": {"note": "again"}})
+            assert fork["forked_from"] == run and fork["run_id"] != run
+            assert fork["state"]["output"] == {"booked": {"text": "90"}, "note": "again"}
+            with pytest.raises(RunNotFoundError):
+                await ed.command("abstractruntime.fork", {"run_id": "nope"})
+        finally:
+            await ed.close()
+
+    with daemon(project, "unix", workflows=project / "workflows") as d:
+        asyncio.run(scenario(d))

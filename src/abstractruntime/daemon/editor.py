@@ -196,17 +196,23 @@ class EditorFeatures:
         lenses: List[lsp.CodeLens] = []
         for wf in found:
             counts: Dict[str, int] = {}
+            failed: Dict[str, int] = {}
             if wf.workflow_id in self.hub.registry:
-                for s in self.hub.run_store.list_run_summaries(
-                    status=RunStatus.WAITING, workflow_id=wf.workflow_id, limit=None
-                ):
-                    counts[s.current_node] = counts.get(s.current_node, 0) + 1
+                for status, into in ((RunStatus.WAITING, counts), (RunStatus.FAILED, failed)):
+                    for s in self.hub.run_store.list_run_summaries(
+                        status=status, workflow_id=wf.workflow_id, limit=None
+                    ):
+                        into[s.current_node] = into.get(s.current_node, 0) + 1
             lenses.append(_lens(wf.line, f"start {wf.workflow_id}", "abstractruntime.start", [wf.workflow_id]))
             for node_id, line in wf.node_lines.items():
                 n = counts.get(node_id, 0)
                 title = f"{n} waiting - answer" if n else "0 waiting"
                 args = [{"workflow_id": wf.workflow_id, "node_id": node_id}]
                 lenses.append(_lens(line, title, "abstractruntime.answer", args))
+                if failed.get(node_id):
+                    # After a fix is saved (and hot-reloaded), one click runs the newest one again.
+                    title = f"{failed[node_id]} failed - retry"
+                    lenses.append(_lens(line, title, "abstractruntime.retry", args))
         return lenses
 
     # -- commands -----------------------------------------------------------------------------------
@@ -225,8 +231,37 @@ class EditorFeatures:
                 wf = self.hub.runtime.workflow(str(a.get("workflow_id")))
             except AbstractRuntimeError as e:  # workflow_not_found (1002), as runtime/start answers
                 raise _wire(e) from None
-            st = await self._call(self.hub.runtime.start_and_tick, workflow=wf, vars=a.get("vars") or {})
+            # Stored before its first node runs, as runtime/start does (visible, and recovered
+            # after a crash), then ticked.
+            run_id = await self._call(self.hub.runtime.start, workflow=wf, vars=a.get("vars") or {})
+            st = await self._call(self.hub.go_on, run_id, wait=True)
             return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}
+
+        @ls.command("abstractruntime.retry")
+        async def retry(*args) -> Any:  # no annotation: pygls calls issubclass() on it (fails on 3.10)
+            a = _first_dict(args, "run_id")
+            run_id = a.get("run_id") or self._newest(RunStatus.FAILED, a.get("workflow_id"), a.get("node_id"))
+            if run_id is None:
+                raise _wire(invalid_params(f"no run failed at {a.get('workflow_id')}.{a.get('node_id')}"))
+            st = await self._call(self.hub.runtime.retry_run, str(run_id))
+            return {"run_id": st.run_id, "status": st.status.value, "state": st.to_dict()}
+
+        @ls.command("abstractruntime.fork")
+        async def fork(*args) -> Any:  # no annotation: pygls calls issubclass() on it (fails on 3.10)
+            a = _first_dict(args, "run_id", "seq", "vars")
+            seq, vars_ = a.get("seq"), a.get("vars")
+            if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+                raise _wire(invalid_params(f"abstractruntime.fork: seq must be a record number, not {seq!r}"))
+            if vars_ is not None and not isinstance(vars_, dict):
+                raise _wire(invalid_params("abstractruntime.fork: vars must be an object"))
+            new = await self._call(self.hub.runtime.fork_run, str(a.get("run_id")), seq=seq, vars=vars_)
+            st = new if new.status.is_terminal else await self._call(self.hub.go_on, new.run_id, wait=True)
+            return {
+                "run_id": st.run_id,
+                "forked_from": a.get("run_id"),
+                "status": st.status.value,
+                "state": st.to_dict(),
+            }
 
         @ls.command("abstractruntime.answer")
         async def answer(*args) -> Any:  # no annotation: pygls calls issubclass() on it (fails on 3.10)
@@ -277,6 +312,15 @@ class EditorFeatures:
             return await self.hub.call(fn, *args, **kw)
         except AbstractRuntimeError as e:
             raise _wire(e) from None
+
+    def _newest(self, status: RunStatus, workflow_id: Any, node_id: Any) -> Optional[str]:
+        if not workflow_id:
+            return None
+        found = self.hub.run_store.list_run_summaries(status=status, workflow_id=workflow_id, limit=None)
+        for s in reversed(found):
+            if node_id is None or s.current_node == node_id:
+                return s.run_id
+        return None
 
     def _oldest_waiting(self, workflow_id: Any, node_id: Any) -> Optional[str]:
         if not workflow_id:
