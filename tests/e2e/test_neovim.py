@@ -67,6 +67,7 @@ def test_the_plugin_lists_answers_and_counts_waiting_runs(tmp_path):
         assert any(choice in r and "? Continue? [yes/no]" in r for r in runs)
         assert res["choice_output"]["answer"] == {"text": "yes"}
         assert res["text_output"] == {"greeting": "Hello, Ada"}
+        assert res["fork_origin"] == text and res["fork_status"] == "completed"  # :AbstractRuntimeFork
         assert res["prompt_output"]["answer"] == {"text": "no"}
         # What the script sees: the same runs, finished.
         assert c.state(choice).status == "completed" and c.state(text).output == {"greeting": "Hello, Ada"}

@@ -127,6 +127,24 @@ local ok, err = pcall(function()
   out.text_output = status_of(ar, run_text).output
   step("answered with free text")
 
+  -- Fork the free-text run after its answer was recorded: a new run, its ledger naming its origin.
+  local before = #call(ar, "runtime/runs", { limit = 1000 }).runs
+  local answered_seq
+  for _, r in ipairs(call(ar, "runtime/ledger", { run_id = run_text }).records) do
+    if type(r.result) == "table" and r.result.resumed then
+      answered_seq = r.seq
+    end
+  end
+  vim.cmd("AbstractRuntimeFork " .. run_text .. " " .. answered_seq)
+  wait("the fork", 10000, function()
+    return #call(ar, "runtime/runs", { limit = 1000 }).runs == before + 1
+  end)
+  local runs = call(ar, "runtime/runs", { limit = 1000 }).runs
+  local forked = runs[#runs]
+  out.fork_origin = call(ar, "runtime/ledger", { run_id = forked.run_id }).records[1].result.forked.run_id
+  out.fork_status = status_of(ar, forked.run_id).status
+  step("forked")
+
   -- A new prompt while the editor is open: the plugin's handler must not block.
   answers.select = { "no" }
   local started = call(ar, "runtime/start", { workflow_id = "ask" })

@@ -4,7 +4,8 @@
 --
 -- starts `abstractruntime lsp` (which joins the project's daemon, starting it if needed) for
 -- Python buffers in the workflow folders, shows the daemon's code lenses (runs waiting at each
--- node, start), and adds :AbstractRuntimeRuns and :AbstractRuntimeAnswer. Works on Neovim 0.7.2
+-- node, start, retry), and adds :AbstractRuntimeRuns, :AbstractRuntimeAnswer, :AbstractRuntimeRetry and
+-- :AbstractRuntimeFork. Works on Neovim 0.7.2
 -- (vim.lsp.start_client) and newer. See docs/editors.md.
 
 local M = {}
@@ -276,6 +277,40 @@ end
 
 -- Starting the client ---------------------------------------------------------------------------
 
+-- Retry and fork -----------------------------------------------------------------------------------
+-- :AbstractRuntimeRetry RUN_ID runs a failed run again from its failed node (after the fix is
+-- saved: the daemon reloads it). :AbstractRuntimeFork RUN_ID [SEQ] makes a new run from the
+-- run's state after ledger record SEQ (default: its last) and says the new run's id.
+function M.retry(run_id, done)
+  done = done or function() end
+  M.request("runtime/retry", { run_id = run_id }, function(err, res)
+    if err then
+      notify(run_id .. ": " .. err_text(err), vim.log.levels.WARN)
+      return done(nil)
+    end
+    notify(run_id .. " retried -> " .. res.state.status)
+    refresh_lenses()
+    done(res.state)
+  end)
+end
+
+function M.fork(run_id, seq, done)
+  done = done or function() end
+  local params = { run_id = run_id }
+  if seq then
+    params.seq = seq
+  end
+  M.request("runtime/fork", params, function(err, res)
+    if err then
+      notify(run_id .. ": " .. err_text(err), vim.log.levels.WARN)
+      return done(nil)
+    end
+    notify("forked " .. run_id .. " into " .. res.run_id .. " -> " .. res.state.status)
+    refresh_lenses()
+    done(res)
+  end)
+end
+
 function M.start()
   if client() then
     return M.client_id
@@ -361,6 +396,12 @@ function M.setup(opts)
   vim.api.nvim_create_user_command("AbstractRuntimeAnswer", function(o)
     M.answer(o.args)
   end, { nargs = "?", desc = "AbstractRuntime: answer the run under the cursor, or pick one" })
+  vim.api.nvim_create_user_command("AbstractRuntimeRetry", function(o)
+    M.retry(o.fargs[1])
+  end, { nargs = 1, desc = "AbstractRuntime: run a failed run again from its failed node" })
+  vim.api.nvim_create_user_command("AbstractRuntimeFork", function(o)
+    M.fork(o.fargs[1], tonumber(o.fargs[2]))
+  end, { nargs = "+", desc = "AbstractRuntime: a new run from RUN_ID's state after record SEQ (default: last)" })
 end
 
 return M
