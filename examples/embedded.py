@@ -15,7 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from abstractruntime import JsonFileRunStore, JsonlLedgerStore, RunStatus, WorkflowSpec, create_scheduled_runtime
+from abstractruntime import (
+    JsonFileRunStore,
+    JsonlLedgerStore,
+    RunStatus,
+    WaitReason,
+    WorkflowSpec,
+    create_scheduled_runtime,
+)
 
 HERE = Path(__file__).resolve().parent
 DATA = Path.cwd() / "embedded-data"
@@ -41,6 +48,10 @@ def answer_for(prompt: str, choices: list[str] | None) -> str:
     return reply
 
 
+def _waits_for_an_event(st) -> bool:
+    return st.status == RunStatus.WAITING and st.waiting.reason == WaitReason.EVENT and not st.waiting.prompt
+
+
 def main() -> None:
     workflows = load_workflows(HERE / "workflows")
     rs, ls = JsonFileRunStore(DATA), JsonlLedgerStore(DATA)
@@ -55,7 +66,9 @@ def main() -> None:
                 if st.status == RunStatus.WAITING and st.waiting.prompt:
                     text = answer_for(st.waiting.prompt, st.waiting.choices)
                     sr.respond(st.run_id, {"text": text})
-            if all(s.status.is_terminal for s in states):
+            # Done when every run ended or waits for an event nobody here sends (the expense
+            # example waits to be paid: `abstractruntime emit expense_paid --run RUN_ID`).
+            if all(s.status.is_terminal or _waits_for_an_event(s) for s in states):
                 break
             time.sleep(0.1)
     finally:
@@ -64,7 +77,7 @@ def main() -> None:
         ls.close()
     for rid in started:
         st = sr.get_state(rid)
-        print(f"{st.workflow_id:<10} {st.status.value:<10} {st.output or st.error}")
+        print(f"{st.workflow_id:<10} {st.status.value:<10} {st.output or st.error or st.waiting.wait_key}")
 
 
 if __name__ == "__main__":

@@ -118,8 +118,8 @@ def test_the_readme_walkthrough_answers_and_completes_the_run(tmp_path):
     finally:
         daemon.stop()
     assert "waiting (user): Approve an expense of 120 EUR?" in out
-    assert "? Approve an expense of 120 EUR?  [approve/reject]" in out
-    assert "cool_off" in out  # answered: on to the cool-off wait
+    assert "answer: Approve an expense of 120 EUR? [approve/reject]" in out
+    assert "completed  at done" in out  # answered, and followed through the cool-off to the end
 
 
 def test_examples_run(tmp_path):
