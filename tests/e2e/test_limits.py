@@ -172,7 +172,7 @@ def _mount_tmpfs(where: Path, size: str) -> None:
 def _fill(folder: Path) -> Path:
     filler = folder / "filler"
     try:
-        f = open(filler, "wb")
+        f = open(filler, "wb", buffering=0)  # unbuffered: nothing is left to flush (and fail) at close
     except OSError as e:  # the disk filled up before we did: say with what
         st = os.statvfs(folder)
         sizes = sorted((p.stat().st_size, str(p)) for p in folder.rglob("*") if p.is_file())[-8:]
@@ -185,7 +185,6 @@ def _fill(folder: Path) -> Path:
         try:
             while True:
                 f.write(chunk)
-                f.flush()
         except OSError:
             pass
     return filler

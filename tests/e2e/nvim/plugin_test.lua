@@ -141,6 +141,10 @@ local ok, err = pcall(function()
   end)
   local runs = call(ar, "runtime/runs", { limit = 1000 }).runs
   local forked = runs[#runs]
+  -- Listed once stored, before its first tick ends: wait for it to finish.
+  wait("the fork to finish", 10000, function()
+    return status_of(ar, forked.run_id).status == "completed"
+  end)
   out.fork_origin = call(ar, "runtime/ledger", { run_id = forked.run_id }).records[1].result.forked.run_id
   out.fork_status = status_of(ar, forked.run_id).status
   step("forked")
