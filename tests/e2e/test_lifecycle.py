@@ -65,6 +65,18 @@ def first(run, ctx):
 
 
 gated = WorkflowSpec(workflow_id="gated", entry_node="first", nodes={"first": first})
+
+
+def spawn(run, ctx):
+    child = {"workflow_id": "greeting", "async": True, "wait": True}
+    return StepPlan(node_id="spawn", effect=Effect(EffectType.START_SUBWORKFLOW, child, "child"), next_node="end")
+
+
+parent = WorkflowSpec(
+    workflow_id="parent",
+    entry_node="spawn",
+    nodes={"spawn": spawn, "end": lambda run, ctx: StepPlan(node_id="end", complete_output=run.vars["child"])},
+)
 '''
 
 
@@ -367,3 +379,49 @@ def test_help_has_an_example_for_every_command_and_a_text_for_every_flag():
         for action in p._actions:
             if action.dest != "help":
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+
+
+def test_a_stranded_run_is_marked_reported_before_asking_and_migrate_says_what_moved(life):
+    d = life
+    with d.client() as c:
+        rid = c.start("greeting").run_id
+        old = next(w.version for w in c.workflows() if w.workflow_id == "greeting")
+        src = d.workflows / "greeting.py"
+        src.write_text(src.read_text().replace('"greet"', '"hello"'))  # the node the run resumes at is renamed
+        wait_for(lambda: next(w.version for w in c.workflows() if w.workflow_id == "greeting") != old, what="reload")
+    listed = cli(d, "runs").stdout
+    assert "waiting (stranded)" in listed and f"abstractruntime migrate {rid}" in listed
+    asked = cli(d, "answer", rid, stdin="Ada\n")
+    assert asked.returncode == 1 and "stranded" in asked.stderr and "What is your name?" not in asked.stdout
+    moved = cli(d, "migrate", rid, "--to-node", "hello")
+    assert moved.returncode == 0 and f"moved run {rid} from node greet" in moved.stdout and "to node hello" in moved.stdout
+    assert cli(d, "answer", rid, stdin="Ada\n").returncode == 0
+
+
+def test_runs_since_and_a_child_run_marked(life):
+    d = life
+    with d.client() as c:
+        parent = c.start("parent").run_id
+        child = c.runs(parent_run_id=parent).runs[0].run_id
+    listed = cli(d, "runs", "--since", "1h").stdout
+    assert f"greeting (child of {parent[:8]})" in listed and "a child run" in listed
+    described = cli(d, "describe", parent).stdout
+    assert f"its child run {child} (greeting)" in described and "children" in described
+    assert cli(d, "runs", "--since", "2999-01-01T00:00:00+00:00").stdout.strip() == "no runs match"
+
+
+def test_a_second_sigterm_stops_at_once_and_the_run_is_recovered(life):
+    d = life
+    rid = cli(d, "start", "gated", "--no-wait").stdout.strip()
+    with d.client() as c:
+        wait_for(lambda: c.status().runs.get("running") == 1, what="the run to be running")
+    d.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "finishing 1 in-flight step" in d.log.read_text(), what="the stop message")
+    assert d.proc.poll() is None  # it waits for the step...
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(10) == 1  # ...until told again
+    assert "stopping at once" in d.log.read_text()
+    (d.workflows / "gate").write_text("open")
+    d.start()
+    with d.client() as c:
+        assert wait_for(lambda: c.state(rid).status == "completed", what="the recovered run")
