@@ -589,7 +589,7 @@ def _answer(c: Any, args: argparse.Namespace) -> int:
             st = _follow(c, target.run_id, _needs_someone)
     except KeyboardInterrupt:
         return _interrupted(target.run_id)
-    print(describe_state(st, Style()))
+    _out(args, st, describe_state(st, Style()))
     return _outcome(st, waiting=WAITING)
 
 
