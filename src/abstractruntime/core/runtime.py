@@ -246,12 +246,20 @@ class Runtime:
         actor_id: Optional[str] = None,
         session_id: Optional[str] = None,
         max_steps: int = 100,
+        store_first: bool = False,
     ) -> RunState:
         """`start` then `tick`, with one commit instead of two: the run is stored when it first
-        waits or ends. A crash before that leaves no run at all (the caller got no id)."""
+        waits or ends. A crash before that leaves no run at all (the caller got no id).
+
+        `store_first` (what the daemon does): store the run before its first node runs, as
+        `start` does, then tick it from memory (no second load): it is listed from its first
+        instant, and a crash during its first step leaves a running run to recover."""
         run = self._new_run(workflow, vars, actor_id, session_id, None, None)
         t = Tick(records=[start_record(run)] if self.record_origin else [])
         with self._guard(run.run_id):
+            if store_first:
+                self._commit_to.commit(run, t.records)
+                t.records = []
             state = self._advance(workflow, run, max_steps, t)
         self._run_after(t)
         return state

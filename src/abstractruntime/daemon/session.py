@@ -329,8 +329,13 @@ class Session:
         # leaves a run the next daemon recovers (its scheduler ticks running runs at start).
         rt = self.hub.runtime
         wf = rt.workflow(p.workflow_id)
+        if p.wait:  # stored, then ticked from memory on this worker
+            state = rt.start_and_tick(
+                workflow=wf, vars=p.vars, session_id=p.session_id, actor_id=p.actor_id, store_first=True
+            )
+            return {"run_id": state.run_id, "state": state.to_dict()}
         run_id = rt.start(workflow=wf, vars=p.vars, session_id=p.session_id, actor_id=p.actor_id)
-        return {"run_id": run_id, "state": self.hub.go_on(run_id, wait=p.wait).to_dict()}
+        return {"run_id": run_id, "state": self.hub.go_on(run_id, wait=False).to_dict()}
 
     def retry(self, p: m.RetryParams) -> Dict[str, Any]:
         rt = self.hub.runtime
