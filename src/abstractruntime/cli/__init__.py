@@ -59,6 +59,14 @@ def _workflow_arg(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
     a.completer = workflow_ids  # type: ignore[attr-defined]
 
 
+def _start_args(p: argparse.ArgumentParser, workflow: str, vars_example: str) -> None:
+    _workflow_arg(p, "workflow_id", metavar="WORKFLOW", help=f"the workflow to run, e.g. {workflow}")
+    p.add_argument(
+        "--vars", default="{}", metavar="JSON", help=f"initial variables, a JSON object: --vars '{vars_example}'"
+    )
+    p.add_argument("--session", metavar="ID", help="a session id (runs of one session share session-scoped events)")
+
+
 def _connection_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("finding the daemon")
     g.add_argument(
@@ -127,11 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Start a run and show it once it waits or ends (exit 1 if it failed). The run is stored before its "
         "first node runs; Ctrl-C leaves it running in the daemon and prints how to follow it.",
     )
-    _workflow_arg(p, "workflow_id", metavar="WORKFLOW", help="the workflow to run, e.g. approval")
-    p.add_argument(
-        "--vars", default="{}", metavar="JSON", help="initial variables, a JSON object: --vars '{\"amount\": 120}'"
-    )
-    p.add_argument("--session", metavar="ID", help="a session id (runs of one session share session-scoped events)")
+    _start_args(p, "approval", '{"amount": 120}')
     _wait_flags(p, "run")
     _connection_args(p)
 
@@ -143,11 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Start a run and follow it (through timers and child runs) until it ends or needs someone: exit 0 "
         "completed, 1 failed or cancelled, 4 waiting for an answer or an event.",
     )
-    _workflow_arg(p, "workflow_id", metavar="WORKFLOW", help="the workflow to run, e.g. greeting")
-    p.add_argument(
-        "--vars", default="{}", metavar="JSON", help='initial variables, a JSON object: --vars \'{"name": "Ada"}\''
-    )
-    p.add_argument("--session", metavar="ID", help="a session id (runs of one session share session-scoped events)")
+    _start_args(p, "greeting", '{"name": "Ada"}')
     _connection_args(p)
 
     p = command(

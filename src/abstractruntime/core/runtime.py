@@ -334,13 +334,18 @@ class Runtime:
         the run, not two: the scheduler ticks due runs this way)."""
         t = Tick()
         with self._guard(run_id):
-            run = self.get_state(run_id)
-            if workflow is None:
-                workflow = self.workflow(run.workflow_id)
-            _check_workflow(workflow, run)
+            run, workflow = self._load_with(run_id, workflow)
             state = self._advance(workflow, run, max_steps, t)
         self._run_after(t)
         return state
+
+    def _load_with(self, run_id: str, workflow: Optional[WorkflowSpec]) -> Tuple[RunState, WorkflowSpec]:
+        """The run and its workflow (the given one, which must be the run's, else the registered)."""
+        run = self.get_state(run_id)
+        if workflow is None:
+            workflow = self.workflow(run.workflow_id)
+        _check_workflow(workflow, run)
+        return run, workflow
 
     def tick_many(self, run_ids: List[str], *, max_steps: int = 100) -> List[Any]:
         """`tick` several runs (by their registered workflows) with one commit for all: their
@@ -452,10 +457,7 @@ class Runtime:
 
     def _load_waiting(self, run_id: str, workflow: Optional[WorkflowSpec], verb: str) -> Tuple[RunState, WorkflowSpec]:
         """The run (which must be waiting) and its workflow; under the run's guard."""
-        run = self.get_state(run_id)
-        if workflow is None:  # hosts with a registry may let the run name its workflow
-            workflow = self.workflow(run.workflow_id)
-        _check_workflow(workflow, run)
+        run, workflow = self._load_with(run_id, workflow)
         if run.status.is_terminal:
             raise RunFinishedError(
                 f"run {run_id} is not waiting: it already {run.status.value}, so it cannot be {verb}",
@@ -604,10 +606,7 @@ class Runtime:
         (`tick=False`: only stores it as running again, for the caller to tick)."""
         t = Tick()
         with self._guard(run_id):
-            run = self.get_state(run_id)
-            if workflow is None:
-                workflow = self.workflow(run.workflow_id)
-            _check_workflow(workflow, run)
+            run, workflow = self._load_with(run_id, workflow)
             if run.status != RunStatus.FAILED:
                 raise RunNotFailedError(
                     f"run {run_id} is {run.status.value}, not failed: only a failed run can be retried "
