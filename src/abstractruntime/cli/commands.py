@@ -49,6 +49,8 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail(str(e), FAILED)
     except TimeoutError:
         return _fail("the daemon did not answer in time", FAILED)
+    except BrokenPipeError:
+        raise  # our reader went away (`| head`): main exits quietly
     except OSError as e:  # a data folder we cannot read, a socket path that is a file, ...
         return _fail(f"{e.strerror or e}" + (f": {e.filename}" if getattr(e, "filename", None) else ""), FAILED)
 
