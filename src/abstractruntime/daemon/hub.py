@@ -99,7 +99,8 @@ class Hub:
         self.events.emit(s.run_id, "state", s.to_dict())
         if s.status == "failed":
             # One line per failed run: what a person tailing the log needs to go and look.
-            first = (s.error or "no error given").strip().splitlines()[0] if s.error else "no error given"
+            lines = (s.error or "").strip().splitlines()
+            first = lines[0] if lines else "no error given"
             log.error("run %s (%s) failed at node %s: %s", s.run_id, s.workflow_id, s.current_node, first)
 
     def go_on(self, run_id: str, *, wait: bool, stored: Optional[RunState] = None) -> RunState:
