@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 $(TEST_STAMP): $(STAMP)
-	@$(PY) -m pip install -q -e ".[dev,abstractcore]"
+	@$(PY) -m pip install -q -e ".[dev,abstractcore,postgres]"
 	@touch $@
 
 install: $(STAMP)
@@ -62,12 +62,12 @@ test-pythons:
 		fi; \
 		venv=.venv-$$v; \
 		test -x $$venv/bin/python || $$py -m venv $$venv || exit 1; \
-		test $$venv/.installed -nt pyproject.toml || { $$venv/bin/python -m pip install -q -e ".[dev]" && touch $$venv/.installed; } || exit 1; \
+		test $$venv/.installed -nt pyproject.toml || { $$venv/bin/python -m pip install -q -e ".[dev,postgres]" && touch $$venv/.installed; } || exit 1; \
 		echo "Python $$v: unit, compat, daemon and e2e tiers"; \
 		$$venv/bin/python -m pytest tests/unit tests/compat tests/daemon tests/e2e -q -n 2 --dist loadfile --timeout 300 $(MAIN_ONLY) || exit 1; \
 	done
 
-# Tools some tiers need beyond Python. In CI (CI=true) they are installed: Debian's neovim (as
+# Tools some tiers need beyond Python. In CI (CI=true) they are installed: Debian's neovim and postgresql (as
 # root, or with sudo) and the TypeScript client's npm packages. Elsewhere a tier whose tool is
 # missing is skipped with one line naming what to install.
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
@@ -75,6 +75,9 @@ test-deps:
 ifeq ($(CI),true)
 	@command -v nvim >/dev/null 2>&1 || { echo "installing Debian's neovim"; \
 		($(APT) install -y -q neovim || ($(APT) update -q && $(APT) install -y -q neovim)) >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql (the tests start a throwaway server of their own)"; \
+		($(APT) install -y -q postgresql || ($(APT) update -q && $(APT) install -y -q postgresql)) >/dev/null; }
 endif
 	@if command -v npm >/dev/null 2>&1; then \
 		test clients/typescript/node_modules/.package-lock.json -nt clients/typescript/package-lock.json || \

@@ -24,8 +24,8 @@ from abstractruntime import (  # noqa: E402
 )
 from abstractruntime.storage import open_stores  # noqa: E402
 
-STORE_KINDS = ["memory", "jsonfile", "sqlite"]
-KIND = {"memory": "memory", "jsonfile": "files", "sqlite": "sqlite"}
+STORE_KINDS = ["memory", "jsonfile", "sqlite", "postgres"]
+KIND = {"memory": "memory", "jsonfile": "files", "sqlite": "sqlite", "postgres": "postgres"}
 
 
 class StoreFactory:
@@ -48,6 +48,10 @@ class StoreFactory:
             if self._mem is None:  # memory has nothing to re-open: the same pair again
                 self._mem = open_stores("memory", clock=self.clock)
             return self._mem.runs, self._mem.ledger
+        if self.kind == "postgres":  # a schema of its own on the session's server
+            stores = open_stores("postgres", self.dsn, schema=self.schema, clock=self.clock)
+            self.opened.append(stores)
+            return stores.runs, stores.ledger
         stores = open_stores(KIND[self.kind], self.root, clock=self.clock)
         self.opened.append(stores)
         return stores.runs, stores.ledger
@@ -58,10 +62,35 @@ class StoreFactory:
         self.opened.clear()
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for this test session (see tests/pg_server.py)."""
+    from pg_server import PgServer, bindir
+
+    found = bindir()
+    if found is None:
+        message = "postgres tier skipped: initdb not found; install PostgreSQL (Debian: apt-get install postgresql)"
+        if IN_CI:
+            pytest.fail(f"{message} (in CI, make test installs it)", pytrace=False)
+        pytest.skip(message)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("postgres tier skipped: psycopg not installed; pip install 'abstractruntime[postgres]'")
+    server = PgServer(found).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=STORE_KINDS)
 def stores(request, tmp_path) -> Iterator[StoreFactory]:
     f = StoreFactory(request.param, tmp_path / "data")
     os.makedirs(f.root, exist_ok=True)
+    if request.param == "postgres":
+        import uuid
+
+        f.dsn = request.getfixturevalue("pg_server").dsn
+        f.schema = "t_" + uuid.uuid4().hex[:16]
     yield f
     f.close_all()
 

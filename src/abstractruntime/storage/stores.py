@@ -20,7 +20,7 @@ from ..core.clock import Clock
 from .artifacts import ArtifactStore, FileArtifactStore, InMemoryArtifactStore
 from .base import LedgerStore, RunStore
 
-KINDS = ("memory", "files", "sqlite")
+KINDS = ("memory", "files", "sqlite", "postgres")
 
 
 @dataclass
@@ -55,10 +55,13 @@ def open_stores(
     clock: Optional[Clock] = None,
     cache_bytes: Optional[int] = None,
     artifacts: bool = True,
+    schema: Optional[str] = None,
 ) -> Stores:
     """Open the stores of a backend: "memory" (nothing survives the process), "files" (a folder
     of JSON files with a write-ahead journal) or "sqlite" (`path` is a folder holding
-    runtime.sqlite3, or the database file itself). Artifacts go to `path/artifacts`."""
+    runtime.sqlite3, or the database file itself), or "postgres" (`path` is the DSN, `schema`
+    the PostgreSQL schema; `pip install 'abstractruntime[postgres]'`). Artifacts go to
+    `path/artifacts` (in memory for postgres)."""
     cache = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
     if kind == "memory":
         from .in_memory import InMemoryLedgerStore, InMemoryRunStore, MemoryBackend
@@ -72,6 +75,19 @@ def open_stores(
         )
     if path is None:
         raise ValueError(f"the {kind!r} stores need a path")
+    if kind == "postgres":
+        # `path` is the DSN (a libpq connection string or URL); `schema` the PostgreSQL schema
+        # the tables live in. Artifacts stay in memory here: a shared artifact store is the
+        # deployment's choice (docs/deploy.md).
+        from .postgres import DEFAULT_SCHEMA, PostgresDatabase, PostgresLedgerStore, PostgresRunStore
+
+        pg = PostgresDatabase(str(path), schema=schema or DEFAULT_SCHEMA, clock=clock)
+        return Stores(
+            PostgresRunStore(pg),
+            PostgresLedgerStore(pg),
+            InMemoryArtifactStore() if artifacts else None,
+            kind,
+        )
     path = os.path.abspath(str(path))
     if kind == "files":
         from .json_files import JsonFileRunStore, JsonlLedgerStore

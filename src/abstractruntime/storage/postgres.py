@@ -1,0 +1,447 @@
+"""PostgreSQL stores: runs, ledger and leases in one database that several daemons share.
+
+`pip install 'abstractruntime[postgres]'` (psycopg 3 and its connection pool). A step is one
+transaction: its ledger records (chained to the run's head, read inside the transaction) and
+its checkpoint, so they never disagree, whichever daemon wrote them. Leases are rows with an
+owner and an expiry (by the store's clock), so a run is ticked by one daemon at a time and a
+daemon that stops renewing loses them; due timers are claimed with `FOR UPDATE SKIP LOCKED`.
+
+The schema lives in its own PostgreSQL schema (default `abstractruntime`) and is created and
+migrated at open, under an advisory lock: daemons starting together apply each migration once.
+The DSN is handed to libpq as it is: its password comes from the DSN, `PGPASSWORD` or a pgpass
+or service file, and the stores never log it.
+
+Listeners hear this process's commits only (the feed across daemons is the event log's).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from ..core.clock import SYSTEM_CLOCK, Clock
+from ..core.jsonutil import dumps, loads
+from ..core.ledger_hash import chain_records
+from ..core.models import RunState, StepRecord
+from ._durable import unavailable
+from ._index import due_epoch
+from .base import (
+    LedgerListener,
+    LedgerStore,
+    RunListener,
+    RunStore,
+    RunSummary,
+    StoredRecords,
+    _reason_value,
+    _status_value,
+)
+
+DEFAULT_SCHEMA = "abstractruntime"
+
+# Migrations, in order, each applied once; `meta.schema_version` counts them.
+_MIGRATIONS = [
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        wait_reason TEXT,
+        wait_key TEXT,
+        due DOUBLE PRECISION,
+        ord BIGINT NOT NULL,
+        summary TEXT NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE SEQUENCE run_ord;
+    CREATE INDEX runs_by_status ON runs (status, ord);
+    CREATE INDEX runs_by_workflow ON runs (workflow_id, ord);
+    CREATE INDEX runs_by_ord ON runs (ord);
+    CREATE INDEX runs_by_wait_key ON runs (wait_key) WHERE wait_key IS NOT NULL;
+    CREATE INDEX runs_by_due ON runs (due) WHERE due IS NOT NULL;
+    CREATE TABLE ledger (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        step INTEGER,
+        idem_key TEXT,
+        status TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE INDEX ledger_by_step ON ledger (run_id, step) WHERE idem_key IS NOT NULL;
+    CREATE INDEX ledger_by_key ON ledger (run_id, idem_key) WHERE idem_key IS NOT NULL;
+    CREATE TABLE leases (
+        run_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        until DOUBLE PRECISION NOT NULL
+    )
+    """,
+]
+
+
+def _imports() -> Tuple[Any, Any]:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as e:  # the extra is not installed: say which
+        raise ImportError(
+            "the postgres store needs psycopg 3 and psycopg_pool: pip install 'abstractruntime[postgres]'"
+        ) from e
+    return psycopg, psycopg_pool
+
+
+class PostgresDatabase:
+    """The shared database of a `PostgresRunStore` and a `PostgresLedgerStore`."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        pool_size: int = 8,
+        clock: Optional[Clock] = None,
+    ) -> None:
+        psycopg, pool = _imports()
+        if not schema.replace("_", "").isalnum():
+            raise ValueError(f"schema must be letters, digits and _, not {schema!r}")
+        self.schema = schema
+        self.clock = clock or SYSTEM_CLOCK
+        self._errors = (psycopg.OperationalError, psycopg.InterfaceError, pool.PoolTimeout)
+        self._integrity = psycopg.errors.UniqueViolation
+        options = f"-c search_path={schema}"
+        try:
+            self.pool = pool.ConnectionPool(
+                dsn,
+                min_size=1,
+                max_size=max(1, pool_size),
+                kwargs={"options": options},
+                open=True,
+                timeout=30,
+            )
+            self.pool.wait(timeout=30)
+        except self._errors as e:
+            raise unavailable(e, "connecting to PostgreSQL") from e
+        self._closed = False
+        self.run_listeners: List[RunListener] = []
+        self.timer_listeners: List[Callable[[float], None]] = []
+        self.ledger_listeners: List[LedgerListener] = []
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            # One migrator at a time, across every process on this database.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"abstractruntime:{self.schema}",))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            for n, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in filter(None, (x.strip() for x in script.split(";"))):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    (str(n),),
+                )
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def rows(self, sql: str, args: Any = ()) -> List[Tuple[Any, ...]]:
+        try:
+            with self.pool.connection() as conn:
+                return conn.execute(sql, args).fetchall()
+        except self._errors as e:
+            raise unavailable(e, "reading from PostgreSQL") from e
+
+    def one(self, sql: str, args: Any = ()) -> Optional[Tuple[Any, ...]]:
+        got = self.rows(sql, args)
+        return got[0] if got else None
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def write(self, run: Optional[RunState], run_id: str, records: List[StepRecord]) -> List[Dict[str, Any]]:
+        """A run's records and checkpoint in one transaction; returns the records as stored."""
+        state_text = dumps(run.to_dict()) if run is not None else None  # fails before anything is written
+        summary = RunSummary.from_state(run) if run is not None else None
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                chained, changed, due = self._write_one(conn, run, run_id, list(records), state_text, summary)
+        except self._errors as e:
+            raise unavailable(e, "committing to PostgreSQL") from e
+        return self._announce(run_id, chained, summary if changed else None, due)
+
+    def write_many(self, items: List[Tuple[RunState, List[StepRecord]]]) -> List[Any]:
+        """`write` for several runs in one transaction. Per item: the records as stored, or the
+        error that kept it out (a checkpoint that cannot be encoded). A storage failure raises,
+        and none is committed."""
+        out: List[Any] = [None] * len(items)
+        done: List[Tuple[int, str, Any, Optional[RunSummary], Optional[float]]] = []
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                for i, (run, records) in enumerate(items):
+                    try:
+                        text = dumps(run.to_dict())
+                        summary = RunSummary.from_state(run)
+                        with conn.transaction():  # a savepoint: one bad item leaves the others
+                            chained, changed, due = self._write_one(conn, run, run.run_id, list(records), text, summary)
+                    except (TypeError, ValueError) as e:
+                        out[i] = e
+                        continue
+                    done.append((i, run.run_id, chained, summary if changed else None, due))
+        except self._errors as e:
+            raise unavailable(e, "committing to PostgreSQL") from e
+        for i, run_id, chained, changed_summary, due in done:
+            out[i] = self._announce(run_id, chained, changed_summary, due)
+        return out
+
+    def _write_one(
+        self,
+        conn: Any,
+        run: Optional[RunState],
+        run_id: str,
+        records: List[StepRecord],
+        state_text: Optional[str],
+        summary: Optional[RunSummary],
+    ) -> Tuple[List[Tuple[Dict[str, Any], str]], bool, Optional[float]]:
+        chained: List[Tuple[Dict[str, Any], str]] = []
+        if records:
+            # The head inside the transaction: another daemon may have appended since.
+            head = conn.execute(
+                "SELECT seq, hash FROM ledger WHERE run_id=%s ORDER BY seq DESC LIMIT 1", (run_id,)
+            ).fetchone()
+            chained = chain_records(records, int(head[0]) if head else 0, head[1] if head else None)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO ledger (run_id, seq, record, hash, step, idem_key, status) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (run_id, d["seq"], line, d["record_hash"], d.get("step"), d.get("idempotency_key"), d["status"])
+                        for d, line in chained
+                    ],
+                )
+        changed, due = False, None
+        if run is not None and summary is not None and state_text is not None:
+            changed, due = self._upsert(conn, run, summary, state_text)
+        return chained, changed, due
+
+    def _upsert(self, conn: Any, run: RunState, s: RunSummary, state_text: str) -> Tuple[bool, Optional[float]]:
+        due = due_epoch(s)
+        row = conn.execute(
+            "SELECT status, wait_key, due FROM runs WHERE run_id=%s FOR UPDATE", (run.run_id,)
+        ).fetchone()
+        changed = row is None or row[0] != s.status or row[1] != s.wait_key
+        new_timer = due is not None and (row is None or row[2] != due)
+        args = (run.workflow_id, s.status, s.wait_reason, s.wait_key, due, dumps(s.to_dict()), state_text)
+        if row is None:
+            conn.execute(
+                "INSERT INTO runs (workflow_id, status, wait_reason, wait_key, due, summary, state, ord, run_id) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, nextval('run_ord'), %s)",
+                args + (run.run_id,),
+            )
+        else:
+            # A run moves to the end of its status's order when its status changes (as listed).
+            ord_sql = "nextval('run_ord')" if row[0] != s.status else "ord"
+            conn.execute(
+                "UPDATE runs SET workflow_id=%s, status=%s, wait_reason=%s, wait_key=%s, due=%s, summary=%s, "
+                f"state=%s, ord={ord_sql} WHERE run_id=%s",
+                args + (run.run_id,),
+            )
+        return changed, (due if new_timer else None)
+
+    def _announce(
+        self,
+        run_id: str,
+        chained: List[Tuple[Dict[str, Any], str]],
+        summary: Optional[RunSummary],
+        due: Optional[float],
+    ) -> List[Dict[str, Any]]:
+        stored = StoredRecords.of(chained)
+        if stored:
+            for fn in self.ledger_listeners:
+                fn(run_id, stored)
+        if summary is not None:
+            for rl in self.run_listeners:
+                rl(summary)
+        if due is not None:
+            for tl in self.timer_listeners:
+                tl(due)
+        return stored
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.pool.close()
+
+
+class PostgresRunStore(RunStore):
+    def __init__(self, db: PostgresDatabase) -> None:
+        self.db = self.unit = db
+        self._lease_lock = threading.Lock()
+
+    def save(self, run: RunState) -> None:
+        self.db.write(run, run.run_id, [])
+
+    def commit(self, run: RunState, records: List[StepRecord]) -> List[Dict[str, Any]]:
+        return self.db.write(run, run.run_id, records)
+
+    def commit_many(self, items: List[Tuple[RunState, List[StepRecord]]]) -> List[Any]:
+        return self.db.write_many(items)
+
+    def load(self, run_id: str) -> Optional[RunState]:
+        row = self.db.one("SELECT state FROM runs WHERE run_id=%s", (run_id,))
+        return RunState.from_dict(loads(row[0])) if row else None
+
+    def _where(self, status: Any, wait_reason: Any, workflow_id: Optional[str]) -> Tuple[List[str], List[Any]]:
+        where: List[str] = []
+        args: List[Any] = []
+        for column, value in (
+            ("status", _status_value(status)),
+            ("wait_reason", _reason_value(wait_reason)),
+            ("workflow_id", workflow_id),
+        ):
+            if value is not None:
+                where.append(f"{column}=%s")
+                args.append(value)
+        return where, args
+
+    def list_run_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100, after=None):
+        where, args = self._where(status, wait_reason, workflow_id)
+        if after is not None:
+            where.append("ord > COALESCE((SELECT ord FROM runs WHERE run_id=%s), -1)")
+            args.append(after)
+        sql = "SELECT summary FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ord"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(int(limit))
+        return [RunSummary.from_dict(loads(r[0])) for r in self.db.rows(sql, args)]
+
+    def newest_summaries(self, *, status=None, wait_reason=None, workflow_id=None, limit=100):
+        where, args = self._where(status, wait_reason, workflow_id)
+        sql = (
+            "SELECT summary FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY (summary::json ->> 'updated_at') DESC, ord DESC"
+        )
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(int(limit))
+        return [RunSummary.from_dict(loads(r[0])) for r in self.db.rows(sql, args)]
+
+    def count_by_status(self) -> Dict[str, int]:
+        return {s: int(n) for s, n in self.db.rows("SELECT status, COUNT(*) FROM runs GROUP BY status")}
+
+    def find_waiting_on(self, wait_key: str) -> List[str]:
+        return [
+            r[0] for r in self.db.rows("SELECT run_id FROM runs WHERE wait_key=%s AND status='waiting'", (wait_key,))
+        ]
+
+    # -- timers and leases ---------------------------------------------------------------------
+
+    def next_due_at(self) -> Optional[float]:
+        row = self.db.one(
+            "SELECT MIN(r.due) FROM runs r WHERE r.status='waiting' AND r.due IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM leases l WHERE l.run_id=r.run_id AND l.until > %s)",
+            (self.db.clock.time(),),
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
+    def claim_due_runs(self, *, now: float, owner: str, lease_s: float, limit: int) -> List[str]:
+        """Due runs not leased elsewhere, leased to `owner` in one transaction. `SKIP LOCKED`:
+        daemons claiming at once take different runs instead of waiting on each other."""
+        at = self.db.clock.time()
+        try:
+            with self.db.pool.connection() as conn, conn.transaction():
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT r.run_id FROM runs r WHERE r.status='waiting' AND r.due IS NOT NULL AND r.due <= %s "
+                        "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.run_id=r.run_id AND l.until > %s) "
+                        "ORDER BY r.due LIMIT %s FOR UPDATE OF r SKIP LOCKED",
+                        (now, at, limit),
+                    ).fetchall()
+                ]
+                if ids:
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            "INSERT INTO leases (run_id, owner, until) VALUES (%s, %s, %s) "
+                            "ON CONFLICT (run_id) DO UPDATE SET owner=EXCLUDED.owner, until=EXCLUDED.until",
+                            [(rid, owner, at + lease_s) for rid in ids],
+                        )
+        except self.db._errors as e:
+            raise unavailable(e, "claiming due runs in PostgreSQL") from e
+        return ids
+
+    def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
+        at = self.db.clock.time()
+        row = self.db.one(
+            "INSERT INTO leases (run_id, owner, until) VALUES (%s, %s, %s) "
+            "ON CONFLICT (run_id) DO UPDATE SET owner=EXCLUDED.owner, until=EXCLUDED.until "
+            "WHERE leases.owner=EXCLUDED.owner OR leases.until <= %s RETURNING owner",
+            (run_id, owner, at + lease_s, at),
+        )
+        return row is not None
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        gone = self.db.one(
+            "DELETE FROM leases WHERE run_id=%s AND owner=%s RETURNING "
+            "(SELECT due FROM runs WHERE run_id=%s AND status='waiting' AND due IS NOT NULL)",
+            (run_id, owner, run_id),
+        )
+        # A timer hidden while its run was leased is due again: tell the timer listeners. The
+        # run itself did not change: no state is announced.
+        if gone is not None and gone[0] is not None:
+            for fn in self.db.timer_listeners:
+                fn(float(gone[0]))
+
+    def add_listener(self, listener: RunListener) -> None:
+        self.db.run_listeners = self.db.run_listeners + [listener]
+
+    def add_timer_listener(self, listener: Callable[[float], None]) -> None:
+        self.db.timer_listeners = self.db.timer_listeners + [listener]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PostgresLedgerStore(LedgerStore):
+    def __init__(self, db: PostgresDatabase) -> None:
+        self.db = self.unit = db
+
+    def append_many(self, run_id: str, records: Iterable[StepRecord]) -> List[Dict[str, Any]]:
+        return self.db.write(None, run_id, list(records))
+
+    def list(self, run_id: str) -> List[Dict[str, Any]]:
+        return self.list_after(run_id, 0)
+
+    def list_after(self, run_id: str, after: int = 0, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+        sql = "SELECT record FROM ledger WHERE run_id=%s AND seq>%s ORDER BY seq"
+        args: List[Any] = [run_id, after]
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(int(limit))
+        return [loads(r[0]) for r in self.db.rows(sql, args)]
+
+    def head(self, run_id: str) -> Tuple[int, Optional[str]]:
+        row = self.db.one("SELECT seq, hash FROM ledger WHERE run_id=%s ORDER BY seq DESC LIMIT 1", (run_id,))
+        return (int(row[0]), row[1]) if row else (0, None)
+
+    def find_step(self, run_id: str, step: int) -> Optional[Dict[str, Any]]:
+        row = self.db.one(
+            "SELECT record FROM ledger WHERE run_id=%s AND step=%s AND idem_key IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            (run_id, step),
+        )
+        return loads(row[0]) if row else None
+
+    def find_completed(self, run_id: str, idempotency_key: str) -> Optional[Dict[str, Any]]:
+        row = self.db.one(
+            "SELECT record FROM ledger WHERE run_id=%s AND idem_key=%s AND status='completed' "
+            "ORDER BY seq DESC LIMIT 1",
+            (run_id, idempotency_key),
+        )
+        return loads(row[0]) if row else None
+
+    def add_listener(self, listener: LedgerListener) -> None:
+        self.db.ledger_listeners = self.db.ledger_listeners + [listener]
+
+    def close(self) -> None:
+        self.db.close()
