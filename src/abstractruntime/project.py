@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -48,7 +49,22 @@ class Key:
 KEYS: List[Key] = [
     Key("workflows", "paths", ["workflows"], "ABSTRACTRUNTIME_WORKFLOWS", "workflow folders (env: separated by ':')"),
     Key("data", "path", DATA_NAME, "ABSTRACTRUNTIME_DATA", "the data folder: stores, token, discovery file, log"),
-    Key("store", "choice", "files", "ABSTRACTRUNTIME_STORE", "where runs live", ("files", "sqlite", "memory")),
+    Key(
+        "store",
+        "choice",
+        "files",
+        "ABSTRACTRUNTIME_STORE",
+        "where runs live",
+        ("files", "sqlite", "memory", "postgres"),
+    ),
+    Key(
+        "dsn",
+        "str",
+        None,
+        "ABSTRACTRUNTIME_DSN",
+        "for store postgres: the libpq connection string or URL (keep the password out of it: PGPASSWORD, "
+        "~/.pgpass or a service file)",
+    ),
     Key(
         "log_level",
         "choice",
@@ -175,7 +191,25 @@ class Project:
 
     def describe(self) -> List[Dict[str, Any]]:
         """Every setting with its value and where it came from (for `abstractruntime config`)."""
-        return [{"key": k.name, "value": self.get(k.name), "source": self.source(k.name)} for k in KEYS]
+        return [
+            {
+                "key": k.name,
+                "value": redact_dsn(self.get(k.name)) if k.name == "dsn" else self.get(k.name),
+                "source": self.source(k.name),
+            }
+            for k in KEYS
+        ]
+
+
+_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.I)
+_URL_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*@")
+
+
+def redact_dsn(dsn: Any) -> Any:
+    """A DSN fit to print: its password (key=value or URL form) replaced by ***."""
+    if not isinstance(dsn, str):
+        return dsn
+    return _URL_PASSWORD.sub(r"\1***@", _PASSWORD.sub(r"\1***", dsn))
 
 
 # -- finding the project --------------------------------------------------------------------------
@@ -361,6 +395,7 @@ FLAG_NAMES = {
     "workflows": "--workflows",
     "data": "--data",
     "store": "--store",
+    "dsn": "--dsn",
     "log_level": "--log-level",
     "reload_grace": "--reload-grace",
     "external": "--external",
@@ -392,6 +427,7 @@ def flags_from_args(args: Any) -> Dict[str, Any]:
         "workflows": g("workflows") or None,
         "data": g("data"),
         "store": g("store"),
+        "dsn": g("dsn"),
         "log_level": g("log_level"),
         "reload_grace": g("reload_grace"),
         "external": g("external") or None,

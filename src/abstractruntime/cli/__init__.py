@@ -385,8 +385,15 @@ def _serve_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     s.add_argument(
         "--store",
-        choices=["files", "sqlite", "memory"],
-        help="run store backend (default: the config's, else files; memory keeps nothing, for tests)",
+        choices=["files", "sqlite", "memory", "postgres"],
+        help="run store backend (default: the config's, else files; memory keeps nothing, for tests; postgres: "
+        "several daemons share one database, see docs/deploy.md)",
+    )
+    s.add_argument(
+        "--dsn",
+        metavar="DSN",
+        help="for --store postgres: the database, e.g. 'host=/run/postgresql dbname=runs' or "
+        "postgresql://app@db/runs (the password from PGPASSWORD or ~/.pgpass, never the command line)",
     )
     s.add_argument("--relaxed", action="store_true", help="skip fsync: safe against a process crash, not a power loss")
     s.add_argument(

@@ -40,6 +40,7 @@ class Hub:
         data_dir: str,
         workflow_dirs: List[str],
         store: str = "files",
+        dsn: Optional[str] = None,
         durable: bool = True,
         workers: int = 32,
         poll_interval_s: float = 1.0,
@@ -60,10 +61,17 @@ class Hub:
         self.started = time.time()
         # Where each backend keeps its data inside the data folder (the files store predates
         # the others and has its own subfolder).
-        where = {"files": os.path.join(self.data_dir, "runs"), "sqlite": self.data_dir, "memory": None}
+        where = {"files": os.path.join(self.data_dir, "runs"), "sqlite": self.data_dir, "memory": None, "postgres": dsn}
         if store not in where:
-            raise ValueError(f"unknown store {store!r} (expected files, sqlite or memory)")
-        self.stores = open_stores(store, where[store], durable=durable, cache_bytes=cache_bytes)
+            raise ValueError(f"unknown store {store!r} (expected files, sqlite, memory or postgres)")
+        if store == "postgres":
+            if not dsn:
+                raise ValueError("the postgres store needs a DSN: serve --dsn DSN, or dsn in the project config")
+            # Several daemons share the database: each keeps its own data folder (event log,
+            # discovery, token), and the runs, ledger and leases live in the database.
+            self.stores = open_stores("postgres", dsn, artifacts=True)
+        else:
+            self.stores = open_stores(store, where[store], durable=durable, cache_bytes=cache_bytes)
         self.run_store: Any = self.stores.runs
         self.ledger_store: Any = self.stores.ledger
         self.registry = WorkflowRegistry()

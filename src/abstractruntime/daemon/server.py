@@ -287,6 +287,7 @@ def run(args: Any) -> int:
             data_dir=proj.data_dir,
             workflow_dirs=proj.workflow_dirs,
             store=proj.store,
+            dsn=proj.get("dsn"),
             durable=not args.relaxed,
             workers=args.workers,
             llm=llm,
@@ -299,6 +300,9 @@ def run(args: Any) -> int:
     except DataFolderInUse as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:  # a store that can't be opened as configured (a postgres store without a DSN)
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 2
     except paths.UnsafePathError as e:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 2
