@@ -92,7 +92,7 @@ def test_the_api_key_comes_from_the_named_variable_only(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ('store = "postgresql"\n', "key 'store': expected one of files, sqlite, memory, got 'postgresql'"),
+        ('store = "postgresql"\n', "key 'store': expected one of files, sqlite, memory, postgres, got 'postgresql'"),
         ('workflows = "flows"\n', "key 'workflows': expected a list of strings, got 'flows'"),
         ('colour = "blue"\n', "unknown key 'colour' (known keys: workflows, data"),
         ("model = 3\n", "key 'model': expected a table ([model])"),
