@@ -110,6 +110,18 @@ class DaemonProcess:
                 self.proc.wait()
 
 
+def wait_for(predicate, timeout=30.0, what="a condition"):
+    """`predicate()`'s first truthy value, polled every 20 ms: a wait on a condition, never a
+    fixed sleep; an AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 @contextmanager
 def daemon(tmp: Path, transport: str, **kw) -> Iterator[DaemonProcess]:
     d = DaemonProcess(tmp, transport, **kw).start()
@@ -119,4 +131,4 @@ def daemon(tmp: Path, transport: str, **kw) -> Iterator[DaemonProcess]:
         d.stop()
 
 
-__all__ = ["ROOT", "DaemonProcess", "daemon", "free_port"]
+__all__ = ["ROOT", "DaemonProcess", "daemon", "free_port", "wait_for"]

@@ -6,12 +6,11 @@ database of its own on it."""
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from daemon_fixture import DaemonProcess
+from daemon_fixture import DaemonProcess, wait_for
 
 from abstractruntime.core.ledger_hash import verify_ledger_chain
 
@@ -49,15 +48,6 @@ def daemon_on(tmp: Path, name: str, dsn: str, workflows: Path) -> DaemonProcess:
     folder.mkdir()
     return DaemonProcess(folder, "unix", workflows=workflows, extra=["--store", "postgres", "--dsn", dsn]).start()
 
-
-def wait_for(predicate, timeout=30.0, what="a condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_run_started_on_one_daemon_is_answered_on_another(tmp_path, dsn):
