@@ -86,3 +86,57 @@ def test_a_timer_set_through_one_daemon_fires_through_another_after_a_sigkill(tm
     finally:
         a.stop()
         c.stop()
+
+
+def test_export_from_files_import_into_postgres_and_answer_a_waiting_run_there(tmp_path, dsn):
+    import json
+    import subprocess
+    import sys
+
+    from abstractruntime.client.connection import env_with_package
+    from daemon_fixture import WORKFLOWS
+
+    def ar(*args, stdin=None):
+        return subprocess.run(
+            [sys.executable, "-m", "abstractruntime", *args],
+            cwd=tmp_path,
+            env=env_with_package(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            input=stdin,
+        )
+
+    files = DaemonProcess(tmp_path, "unix", workflows=WORKFLOWS).start()  # the files store, in tmp/data
+    try:
+        with files.client() as c:
+            waiting = c.start("ask", {"x": 5}).run_id
+            done = c.start("ask", {"x": 6}).run_id
+            c.resume(done, {"text": "no"})
+            before = {r: [x.model_dump(mode="json") for x in c.ledger(r).records] for r in (waiting, done)}
+        busy = ar("export", "--data", str(files.data), "--out", str(tmp_path / "runs.jsonl"))
+        assert busy.returncode == 2 and "stop" in busy.stderr  # its daemon holds the folder
+    finally:
+        files.stop()
+    out = ar("export", "--data", str(files.data), "--out", str(tmp_path / "runs.jsonl"))
+    assert out.returncode == 0 and "exported 2 run(s) from the files store" in out.stderr, out.stderr
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"abstractruntime_export": 1, "runs": 2} and len(lines) == 3
+
+    into = ar("import", str(tmp_path / "runs.jsonl"), "--store", "postgres", "--dsn", dsn)
+    assert into.returncode == 0 and "imported 2 run(s) into the postgres store" in into.stderr, into.stderr
+    again = ar("import", str(tmp_path / "runs.jsonl"), "--store", "postgres", "--dsn", dsn)
+    assert "imported 0 run(s)" in again.stderr and "2 already there, skipped" in again.stderr
+    bad = ar("import", "-", "--store", "postgres", "--dsn", dsn, stdin="hello\n")
+    assert bad.returncode == 2 and "line 1: not an abstractruntime export" in bad.stderr
+
+    pg = daemon_on(tmp_path, "pg", dsn, WORKFLOWS)
+    try:
+        with pg.client() as c:
+            for rid, records in before.items():  # the same chains, record for record
+                assert [x.model_dump(mode="json") for x in c.ledger(rid).records] == records
+            assert c.resume(waiting, {"text": "yes"}).output == {"answer": {"text": "yes"}, "x": 5}
+            records = [x.model_dump(mode="json") for x in c.ledger(waiting).records]
+            assert verify_ledger_chain(records)["ok"] and len(records) == len(before[waiting]) + 2
+    finally:
+        pg.stop()

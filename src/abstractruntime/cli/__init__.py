@@ -342,6 +342,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _connection_args(p)
 
+    for name, what, examples in (
+        (
+            "export",
+            "write every run and its ledger as JSON lines (a backup, or a move to another store)",
+            "abstractruntime export --out runs.jsonl          # the project's store (stop its daemon first)\n"
+            "abstractruntime export --store postgres --dsn 'dbname=runs' > runs.jsonl",
+        ),
+        (
+            "import",
+            "read runs exported by `export` into a store (runs it already has are skipped)",
+            "abstractruntime import runs.jsonl --store postgres --dsn 'dbname=runs'\n"
+            "abstractruntime import - --store sqlite < runs.jsonl",
+        ),
+    ):
+        p = command(
+            name,
+            what,
+            examples,
+            what[:1].upper() + what[1:] + ". It opens the store itself: a data folder's daemon must be stopped "
+            "(a PostgreSQL store needs no stop). Every ledger's hash chain is the same in the target.",
+        )
+        if name == "export":
+            p.add_argument("--out", metavar="FILE", help="write here (default: standard output), e.g. --out runs.jsonl")
+        else:
+            p.add_argument("file", metavar="FILE", help="the export to read, or - for standard input")
+        p.add_argument("--data", metavar="DIR", help="the data folder (default: the project's .abstractruntime/)")
+        p.add_argument("--store", choices=["files", "sqlite", "postgres"], help="the store (default: the config's)")
+        p.add_argument("--dsn", metavar="DSN", help="for --store postgres: the database, e.g. 'dbname=runs'")
+        p.add_argument("--config", metavar="FILE", help="the project config (default: found from the working folder)")
+
     p = command(
         "completion",
         "print the shell code for tab completion",
@@ -498,6 +528,25 @@ def connect(args: argparse.Namespace, *, timeout: Optional[float] = 120.0) -> An
     return Client(AsyncClient(target), timeout=timeout)
 
 
+def _transfer(args: argparse.Namespace) -> int:
+    from ..core.errors import AbstractRuntimeError
+    from ..project import ConfigError
+    from ..protocol.discovery import UnsafePathError
+    from .transfer import export, import_
+
+    try:
+        return export(args) if args.command == "export" else import_(args)
+    except (UsageError, ConfigError, UnsafePathError) as e:
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 2
+    except AbstractRuntimeError as e:  # a store that cannot be opened or written
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"abstractruntime: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 1
+
+
 class UsageError(Exception):
     """A mistake in how the command was called (exit 2)."""
 
@@ -536,6 +585,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from .commands import config
 
         return config(args)
+    if args.command in ("export", "import"):
+        return _transfer(args)
     if args.command == "completion":
         from .complete import shellcode
 

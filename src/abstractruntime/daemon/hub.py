@@ -56,7 +56,7 @@ class Hub:
         self.max_subscriptions = max_subscriptions  # per connection
         self.address: Dict[str, str] = {}  # {"socket": path} or {"tcp": "host:port"}, once listening
         discovery.ensure_data_dir(self.data_dir)  # ours and private, or the daemon refuses it
-        self._lock_fd = _lock_data_dir(self.data_dir)
+        self._lock_fd = lock_data_dir(self.data_dir)
         self.store_kind = store
         self.started = time.time()
         # Where each backend keeps its data inside the data folder (the files store predates
@@ -314,7 +314,7 @@ class DataFolderInUse(RuntimeError):
     pass
 
 
-def _lock_data_dir(data_dir: str) -> int:
+def lock_data_dir(data_dir: str) -> int:
     """One daemon per data folder: two writers would corrupt the stores' indexes."""
     fd = os.open(os.path.join(data_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
