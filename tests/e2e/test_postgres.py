@@ -93,8 +93,9 @@ def test_export_from_files_import_into_postgres_and_answer_a_waiting_run_there(t
     import subprocess
     import sys
 
-    from abstractruntime.client.connection import env_with_package
     from daemon_fixture import WORKFLOWS
+
+    from abstractruntime.client.connection import env_with_package
 
     def ar(*args, stdin=None):
         return subprocess.run(
