@@ -57,7 +57,8 @@ def one_call(payload):
 
 def runtime(srv, provider, model, suffix, **kw):
     opts = {"api_key": SECRET} if provider != "ollama" else {}
-    rt = create_local_runtime(provider=provider, model=model, base_url=srv.url + suffix, timeout=1.0, **opts, **kw)
+    # 2 s per call: a loaded CI machine answered a fake model's reply after the 1 s this was once.
+    rt = create_local_runtime(provider=provider, model=model, base_url=srv.url + suffix, timeout=2.0, **opts, **kw)
     _RUNTIMES.append(rt)
     return rt
 
@@ -89,7 +90,7 @@ def test_text_tool_calls_retries_and_failures(llm_server, provider, model, suffi
     assert attempts == [("started", 1), ("failed", 1), ("started", 2), ("completed", 2)]
 
     # A timeout on every attempt: the run fails, naming provider, model and cause.
-    llm_server.add({"sleep": 1.6}, {"sleep": 1.6}, {"sleep": 1.6})
+    llm_server.add({"sleep": 2.6}, {"sleep": 2.6}, {"sleep": 2.6})
     st = rt.start_and_tick(workflow=one_call({"prompt": "hi"}))
     assert st.status.value == "failed"
     assert provider in st.error and model in st.error and "timed out" in st.error and "after 3 attempts" in st.error
