@@ -29,7 +29,10 @@ def bindir() -> Optional[str]:
 
 
 class PgServer:
-    def __init__(self, bin_dir: str) -> None:
+    def __init__(self, bin_dir: str, *, durable: bool = False, max_connections: int = 200) -> None:
+        # The tests run without fsync (they test behaviour, not the disk); the bench with it.
+        self.durable = durable
+        self.max_connections = max_connections
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="ar-pg-"))
         self.data = self.root / "data"
@@ -50,7 +53,8 @@ class PgServer:
         p = self._run([f"{self.bin}/initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
         if p.returncode != 0:
             raise RuntimeError(f"initdb failed: {p.stderr[-2000:]}")
-        opts = f"-k {self.sock} -c listen_addresses='' -c fsync=off -c max_connections=200"
+        fsync = "on" if self.durable else "off"
+        opts = f"-k {self.sock} -c listen_addresses='' -c fsync={fsync} -c max_connections={self.max_connections}"
         p = self._run([f"{self.bin}/pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"])
         if p.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed: {p.stderr[-2000:]} {(self.root / 'log').read_text()[-2000:]}")
@@ -59,6 +63,14 @@ class PgServer:
     @property
     def dsn(self) -> str:
         return f"host={self.sock} user=postgres dbname=postgres"
+
+    def create_database(self, name: str) -> str:
+        """A new database on this server; returns its DSN."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.dsn.replace("dbname=postgres", f"dbname={name}")
 
     def stop(self) -> None:
         self._run([f"{self.bin}/pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])

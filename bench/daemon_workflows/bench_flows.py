@@ -20,3 +20,15 @@ def _again(run, ctx):
 
 
 again = WorkflowSpec(workflow_id="again", entry_node="again", nodes={"again": _again})
+
+
+def _at(run, ctx):
+    # Every run of a burst waits for the same instant (vars["until"], ISO-8601).
+    return StepPlan(node_id="at", effect=Effect(EffectType.WAIT_UNTIL, {"until": run.vars["until"]}), next_node="fired")
+
+
+def _fired(run, ctx):
+    return StepPlan(node_id="fired", complete_output={"fired": True})
+
+
+at_instant = WorkflowSpec(workflow_id="at_instant", entry_node="at", nodes={"at": _at, "fired": _fired})

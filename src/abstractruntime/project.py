@@ -95,6 +95,21 @@ KEYS: List[Key] = [
         "ABSTRACTRUNTIME_EVENT_LOG_MB",
         "memory for the event log that subscribers replay from (MB; the oldest events go first)",
     ),
+    Key(
+        "lease_s",
+        "float",
+        30.0,
+        "ABSTRACTRUNTIME_LEASE_S",
+        "for store postgres: how long a daemon's hold on a run outlasts its last heartbeat (a daemon that "
+        "dies loses its runs to the others after this)",
+    ),
+    Key(
+        "event_retention_days",
+        "float",
+        7.0,
+        "ABSTRACTRUNTIME_EVENT_RETENTION_DAYS",
+        "for store postgres: days the database keeps events for subscribers to replay",
+    ),
     Key("cache_mb", "float", 32.0, "ABSTRACTRUNTIME_CACHE_MB", "memory for the stores' recent-checkpoint cache (MB)"),
     Key(
         "max_subscriptions",
@@ -396,6 +411,7 @@ FLAG_NAMES = {
     "data": "--data",
     "store": "--store",
     "dsn": "--dsn",
+    "lease_s": "--lease-s",
     "log_level": "--log-level",
     "reload_grace": "--reload-grace",
     "external": "--external",
@@ -428,6 +444,7 @@ def flags_from_args(args: Any) -> Dict[str, Any]:
         "data": g("data"),
         "store": g("store"),
         "dsn": g("dsn"),
+        "lease_s": g("lease_s"),
         "log_level": g("log_level"),
         "reload_grace": g("reload_grace"),
         "external": g("external") or None,

@@ -141,3 +141,197 @@ def test_export_from_files_import_into_postgres_and_answer_a_waiting_run_there(t
             assert verify_ledger_chain(records)["ok"] and len(records) == len(before[waiting]) + 2
     finally:
         pg.stop()
+
+
+def _subscribe_in_thread(client, after):
+    """Events of every run from `after`, collected by a thread into the returned list."""
+    import threading
+
+    got: list = []
+
+    def pump():
+        for ev in client.subscribe(after=after):
+            got.append(ev)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return got
+
+
+def test_a_subscriber_on_c_sees_every_event_of_runs_on_a_and_b_once_in_order(tmp_path, dsn):
+    import threading
+
+    from daemon_fixture import WORKFLOWS
+
+    a, b, c = (daemon_on(tmp_path, n, dsn, WORKFLOWS) for n in "abc")
+    try:
+        with a.client() as ca, b.client() as cb, c.client() as cc:
+            start = cc.status().cursor
+            seen = _subscribe_in_thread(cc, start)
+            runs: list = []
+
+            def work(client, n):
+                for i in range(5):
+                    rid = client.start("ask", {"x": n * 10 + i}).run_id
+                    client.resume(rid, {"text": f"{n}-{i}"})
+                    runs.append(rid)
+
+            # Four threads on A's connection and four on B's (requests over one connection run concurrently).
+            threads = [threading.Thread(target=work, args=(cl, n)) for n, cl in enumerate([ca, cb] * 4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert len(runs) == 40
+
+            def done():
+                finished = {e.run_id for e in seen if e.kind == "state" and e.state.status == "completed"}
+                return finished >= set(runs)
+
+            wait_for(done, what="C's subscriber to see all 40 runs complete")
+            mine = [e for e in seen if e.run_id in set(runs)]
+            cursors = [e.cursor for e in seen]
+            assert cursors == sorted(set(cursors)), "every event once, in cursor order"
+            for rid in runs:  # each run's records, each once and in order, as its ledger has them
+                records = [e.record.seq for e in mine if e.run_id == rid and e.kind == "record"]
+                assert records == [r.seq for r in ca.ledger(rid).records]
+                states = [e.state.status for e in mine if e.run_id == rid and e.kind == "state"]
+                assert states[-1] == "completed" and "waiting" in states
+            peers = cc.status().peers
+            assert len(peers) == 3 and sum(p.this for p in peers) == 1
+            version = {w.workflow_id: w.version for w in ca.workflows()}["ask"]
+            assert all(p.workflows["ask"] == version and p.heartbeat_age_s < 30 for p in peers)
+        # A replay after a restart of C comes from the database: the same events, once, in order.
+        c.stop()
+        c.start()
+        with c.client() as cc:
+            replay: list = []
+            for ev in cc.subscribe(after=start):
+                if ev.run_id in set(runs):
+                    replay.append(ev)
+                if len(replay) == len(mine):
+                    break
+            assert [(e.cursor, e.kind) for e in replay] == [(e.cursor, e.kind) for e in mine]
+    finally:
+        for d in (a, b, c):
+            d.stop()
+
+
+def test_three_daemons_eight_clients_each_race_resumes_each_applied_once(tmp_path, dsn):
+    import random
+    import threading
+
+    from daemon_fixture import WORKFLOWS
+
+    daemons = [daemon_on(tmp_path, n, dsn, WORKFLOWS) for n in "abc"]
+    try:
+        with daemons[0].client() as c0:
+            runs = [c0.start("ask", {"x": i}).run_id for i in range(12)]
+        wins: dict = {}
+        refusals: list = []
+        lock = threading.Lock()
+
+        def client(d, n):
+            order = runs[:]
+            random.Random(n).shuffle(order)
+            with d.client() as cl:
+                for rid in order:
+                    try:
+                        out = cl.resume(rid, {"text": f"client-{n}"})
+                    except Exception as e:
+                        with lock:
+                            refusals.append((type(e).__name__, str(e)[:100]))
+                        continue
+                    with lock:
+                        wins.setdefault(rid, []).append((n, out.output["answer"]["text"]))
+
+        threads = [threading.Thread(target=client, args=(daemons[n % 3], n)) for n in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        from collections import Counter
+
+        assert sorted(wins) == sorted(runs) and all(len(w) == 1 for w in wins.values()), (wins, Counter(refusals))
+        # The others were told the run already completed (never busy: a resume waits for the lease).
+        assert Counter(r[0] for r in refusals) == Counter({"RunFinishedError": 12 * 23}), Counter(refusals)
+        with daemons[2].client() as c2:
+            for rid, [(n, text)] in wins.items():
+                assert text == f"client-{n}"
+                records = [r.model_dump(mode="json") for r in c2.ledger(rid).records]
+                assert verify_ledger_chain(records)["ok"]
+                answered = [r for r in records if r["status"] == "completed" and r["node_id"] == "ask"]
+                assert len(answered) == 1 and c2.state(rid).output["answer"] == {"text": text}
+    finally:
+        for d in daemons:
+            d.stop()
+
+
+def test_sigkill_loop_over_three_daemons_loses_no_acknowledged_step(tmp_path, dsn):
+    import random
+    import threading
+    import time
+
+    from daemon_fixture import WORKFLOWS
+
+    daemons = [daemon_on(tmp_path, n, dsn, WORKFLOWS) for n in "abc"]
+    for d in daemons:  # a dead daemon's runs go to the others 2 s after its last heartbeat
+        d.stop()
+        d.extra += ["--lease-s", "2"]
+        d.start()
+    started: dict = {}
+    answered: dict = {}
+    napping: list = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def worker(n):
+        rng = random.Random(n)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            d = rng.choice(daemons)
+            try:
+                with d.client() as cl:
+                    rid = cl.start("ask", {"x": n * 1000 + i}).run_id
+                    with lock:
+                        started[rid] = n
+                    text = f"w{n}-{i}"
+                    cl.resume(rid, {"text": text})
+                    with lock:
+                        answered[rid] = text
+            except Exception:  # the daemon was killed under us: what was acknowledged must hold
+                time.sleep(0.05)
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in workers:
+        t.start()
+    rng = random.Random(7)
+    try:
+        for _ in range(6):
+            wait_for(lambda: len(answered) >= 5, what="some acknowledged answers")  # noqa: B023
+            victim = rng.choice(daemons)
+            with victim.client() as cl:  # a run in the middle of a 1 s step when its daemon dies
+                napping.append(cl.start("slow", {"seconds": 1.0}, wait=False).run_id)
+            victim.kill(signal.SIGKILL)
+            victim.start()
+        stop.set()
+        for t in workers:
+            t.join(60)
+        assert len(answered) > 20
+        print("SIGKILL loop:", len(started), "started,", len(answered), "answered")
+        with daemons[0].client() as cl:
+            for rid, text in answered.items():  # every acknowledged answer is there
+                st = cl.state(rid)
+                assert st.status == "completed" and st.output["answer"] == {"text": text}, (rid, st)
+            for rid in started:  # every acknowledged start is there, and no run is left mid-step
+                st = wait_for(lambda: (s := cl.state(rid)).status != "running" and s, what=f"run {rid} taken over")  # noqa: B023
+                assert st.status in ("waiting", "completed")
+                records = [r.model_dump(mode="json") for r in cl.ledger(rid).records]
+                assert verify_ledger_chain(records)["ok"], rid
+            for rid in napping:  # taken over by another daemon once the dead one's lease expired
+                st = wait_for(lambda: (s := cl.state(rid)).status == "completed" and s, what=f"napping run {rid}")  # noqa: B023
+                assert st.output == {"slept": 1.0}
+    finally:
+        stop.set()
+        for d in daemons:
+            d.stop()

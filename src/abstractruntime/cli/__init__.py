@@ -425,6 +425,13 @@ def _serve_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="for --store postgres: the database, e.g. 'host=/run/postgresql dbname=runs' or "
         "postgresql://app@db/runs (the password from PGPASSWORD or ~/.pgpass, never the command line)",
     )
+    s.add_argument(
+        "--lease-s",
+        type=float,
+        metavar="SECONDS",
+        help="for --store postgres: how long this daemon's hold on a run outlasts its last heartbeat; when it "
+        "dies, the other daemons take its runs after this (default 30)",
+    )
     s.add_argument("--relaxed", action="store_true", help="skip fsync: safe against a process crash, not a power loss")
     s.add_argument(
         "--external",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import traceback as tb
 import uuid
 from contextlib import ExitStack, contextmanager
@@ -724,7 +725,7 @@ class Runtime:
         # The lock and the lease in one context (not two nested ones): this is on every tick.
         ent = self._locks.acquire(run_id, timeout)
         try:
-            if not self._runs.try_lease(run_id, self.owner_id, self.lease_s):
+            if not self._runs.try_lease(run_id, self.owner_id, self.lease_s) and not self._await_lease(run_id):
                 raise RunBusyError(f"run {run_id} is leased by another runtime", run_id=run_id)
             try:
                 yield
@@ -732,6 +733,18 @@ class Runtime:
                 self._runs.release_lease(run_id, self.owner_id)
         finally:
             self._locks.release(run_id, ent)
+
+    def _await_lease(self, run_id: str) -> bool:
+        """Another process ticks the run (a store several daemons share says how long to wait
+        for it: its steps take milliseconds). Real time: the wait is on another process."""
+        wait_s = getattr(self._runs, "lease_wait_s", 0.0)
+        deadline, pause = time.monotonic() + wait_s, 0.002
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            if self._runs.try_lease(run_id, self.owner_id, self.lease_s):
+                return True
+            pause = min(0.05, pause * 2)
+        return False
 
     def _advance(self, workflow: WorkflowSpec, run: RunState, max_steps: int, t: Tick) -> RunState:
         if run.status.is_terminal:

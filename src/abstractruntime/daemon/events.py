@@ -12,6 +12,12 @@ Cursors never repeat across restarts: they start at the larger of a durable rese
 grows faster than events are handed out, so even a daemon that could not write its reservation
 (a full disk) starts past every cursor used before. A clean stop records the last cursor
 (`cursor.last`), so a client that saw it continues seamlessly after the restart.
+
+On a database several daemons share, the cursors are the database's instead (`shared=True`):
+the stores write each step's events in its transaction, and the feed (`storage/
+postgres_feed.py`) hands every committed event to `deliver_row` in cursor order, whichever
+daemon committed it. The log then keeps the recent ones for fast replays; older ones are read
+back from the database, up to its retention.
 """
 
 from __future__ import annotations
@@ -45,10 +51,13 @@ class Subscription:
     subscription_id: str
     run_id: Optional[str]
     deliver: Callable[[Event], None]  # called under the log's lock; must only schedule
+    after: int = 0  # events at or below it are not delivered (a cursor seen on another daemon)
 
 
 class EventLog:
-    def __init__(self, data_dir: str, *, max_bytes: int = MAX_BYTES, max_events: int = MAX_EVENTS) -> None:
+    def __init__(
+        self, data_dir: str, *, max_bytes: int = MAX_BYTES, max_events: int = MAX_EVENTS, shared: bool = False
+    ) -> None:
         self.max_bytes, self.max_events = max_bytes, max_events
         self._lock = threading.Lock()
         self._dir_fd = open_dir_fd(data_dir)
@@ -58,11 +67,25 @@ class EventLog:
         self._subs: Dict[str, Subscription] = {}
         self._sub_ids = itertools.count(1)
         self._cursor_file = os.path.join(data_dir, "cursor")
-        self._cursor = self._reserve_first_block()
+        self._feed: Any = None  # the database's feed, when shared
+        self.shared = shared
+        if shared:
+            self._cursor, self._fresh, self._previous_last = 0, False, None
+        else:
+            self._cursor = self._reserve_first_block()
+            # The last cursor the previous daemon handed out, if it stopped cleanly: a client
+            # that saw up to it missed nothing across the restart. After a crash it is unknown.
+            self._previous_last = self._take_previous_last()
         self._first_cursor = self._cursor + 1
-        # The last cursor the previous daemon handed out, if it stopped cleanly: a client that
-        # saw up to it missed nothing across the restart. After a crash it is unknown.
-        self._previous_last = self._take_previous_last()
+        # Every event after this cursor is in the log (a shared log reads older ones back).
+        self._log_floor = self._cursor
+
+    def attach_feed(self, feed: Any) -> None:
+        """The database's feed (shared logs): it delivers rows, and replays what the log lost."""
+        with self._lock:
+            self._feed = feed
+            if feed.cursor > self._cursor:
+                self._cursor = self._log_floor = feed.cursor
 
     # -- cursors --------------------------------------------------------------------------------
 
@@ -103,6 +126,9 @@ class EventLog:
 
     def close(self) -> None:
         """Record the last cursor for the next daemon (best-effort) and let go of the folder."""
+        if self.shared:  # the database keeps the cursors
+            os.close(self._dir_fd)
+            return
         try:
             atomic_write(self._cursor_file + ".last", str(self._cursor).encode(), durable=True, dir_fd=self._dir_fd)
         except OSError as e:  # clients that reconnect after the restart re-read instead (cursor_expired)
@@ -136,14 +162,33 @@ class EventLog:
             f'{{"cursor":{self._cursor},"run_id":{_quoted(run_id)},"kind":"{kind}",'
             f'"{kind}":{body_json},"committed_at":{now!r}}}'
         )
+        self._keep(self._cursor, run_id, first, text)
+        for sub in self._subs.values():
+            if (sub.run_id is None or sub.run_id == run_id) and self._cursor > sub.after:
+                sub.deliver(event)
+
+    def _keep(self, cursor: int, run_id: str, first: bool, text: str) -> None:
+        # Called with self._lock held.
         events = self._events
-        events.append((self._cursor, run_id, first, text))
+        events.append((cursor, run_id, first, text))
         self._bytes += len(text) + ENTRY_OVERHEAD
         while len(events) > self.max_events or (self._bytes > self.max_bytes and len(events) > 1):
-            self._bytes -= len(events.popleft()[3]) + ENTRY_OVERHEAD
-        for sub in self._subs.values():
-            if sub.run_id is None or sub.run_id == run_id:
-                sub.deliver(event)
+            gone = events.popleft()
+            self._log_floor = gone[0]
+            self._bytes -= len(gone[3]) + ENTRY_OVERHEAD
+
+    def deliver_row(self, row: Tuple[int, str, str, str, bool, float]) -> None:
+        """An event the shared feed read (cursor order): kept, and handed to the subscribers."""
+        cursor, run_id, kind, body_json, first, at = row
+        text = f'{{"cursor":{cursor},"run_id":{_quoted(run_id)},"kind":"{kind}","{kind}":{body_json},"committed_at":{at!r}}}'
+        with self._lock:
+            self._cursor = cursor
+            self._keep(cursor, run_id, first, text)
+            event: Optional[Event] = None
+            for sub in self._subs.values():
+                if (sub.run_id is None or sub.run_id == run_id) and cursor > sub.after:
+                    event = event or json.loads(text)
+                    sub.deliver(event)
 
     # -- subscriptions --------------------------------------------------------------------------
 
@@ -156,6 +201,12 @@ class EventLog:
         between them and none is delivered twice. An `after` older than the log raises
         CursorExpiredError unless nothing can have been missed: no daemon served the folder
         before, or the subscription is for one run whose first ledger record the log holds."""
+        if self._feed is not None:
+            # The cursors at or below the feed's start are final once the commits in flight
+            # when it started have ended (milliseconds): a replay must not miss one of them.
+            self._feed.wait_ready(10.0)
+            with self._lock:
+                return self._subscribe_shared(run_id, after, deliver)
         with self._lock:
             backlog: List[Event] = []
             if after is not None and after < self._cursor:
@@ -181,8 +232,44 @@ class EventLog:
                     if c > after and (run_id is None or rid == run_id)
                 ]
             sub_id = f"s-{next(self._sub_ids)}"
-            self._subs[sub_id] = Subscription(sub_id, run_id, deliver)
+            self._subs[sub_id] = Subscription(sub_id, run_id, deliver, after or 0)
             return sub_id, self._cursor, backlog
+
+    def _subscribe_shared(
+        self, run_id: Optional[str], after: Optional[int], deliver: Callable[[Event], None]
+    ) -> Tuple[str, int, List[Event]]:
+        # Called with self._lock held: no event is delivered between the backlog and the
+        # registration. Events the log no longer holds are read back from the database.
+        backlog: List[Event] = []
+        if after is not None and after < self._cursor:
+            if after < self._log_floor:
+                floor = self._feed.floor()
+                if after < floor and not (run_id is not None and self._feed.holds_start_of(run_id)):
+                    raise CursorExpiredError(
+                        f"events after cursor {after} are no longer kept (the database keeps events after {floor}); "
+                        "re-read the runs you follow, then subscribe without `after`",
+                        oldest=floor + 1,
+                        requested=after,
+                    )
+                try:
+                    rows = self._feed.history(after, self._log_floor, run_id, self.max_events)
+                except ValueError:
+                    raise CursorExpiredError(
+                        f"more than {self.max_events} events happened after cursor {after}; "
+                        "re-read the runs you follow, then subscribe without `after`",
+                        oldest=self._log_floor + 1,
+                        requested=after,
+                    ) from None
+                for cursor, rid, kind, body_json, _, at in rows:
+                    backlog.append(
+                        {"cursor": cursor, "run_id": rid, "kind": kind, kind: json.loads(body_json), "committed_at": at}
+                    )
+            backlog.extend(
+                json.loads(text) for c, rid, _, text in self._events if c > after and (run_id is None or rid == run_id)
+            )
+        sub_id = f"s-{next(self._sub_ids)}"
+        self._subs[sub_id] = Subscription(sub_id, run_id, deliver, after or 0)
+        return sub_id, self._cursor, backlog
 
     def _whole_history(self, run_id: str) -> bool:
         # Called with self._lock held; scans the log (subscriptions are rare).

@@ -11,8 +11,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from typing import Any, Callable, Dict, List, Optional
 
 from .. import __version__
@@ -50,6 +52,8 @@ class Hub:
         event_log_bytes: int = MAX_BYTES,
         cache_bytes: int = 32 << 20,
         max_subscriptions: int = 64,
+        lease_s: float = 30.0,
+        event_retention_s: float = 7 * 86400.0,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.project = project  # the project.Project it was configured from, if any
@@ -81,6 +85,10 @@ class Hub:
         self._reload_listeners: List[Callable[[Dict[str, Any]], Any]] = []
         self._reload_lock = threading.Lock()
         self.llm = dict(llm) if llm else None
+        self.shared = store == "postgres"  # several daemons may serve these runs
+        # This daemon's id: the owner of its leases, and its row among the peers.
+        self.daemon_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease_s = lease_s if self.shared else 300.0
         self.runtime = Runtime(
             stores=self.stores,
             workflow_registry=self.registry,
@@ -88,23 +96,47 @@ class Hub:
             external_effects=external or (),
             effect_policy=DEFAULT_EFFECT_POLICY,
             record_origin=True,  # every run can be forked (runtime/fork replays from its origin)
+            owner_id=self.daemon_id,
+            lease_s=self.lease_s,
         )
         self.pool = TickPool(workers)
-        self.scheduler = Scheduler(runtime=self.runtime, registry=self.registry, poll_interval_s=poll_interval_s)
+        self.scheduler = Scheduler(
+            runtime=self.runtime,
+            registry=self.registry,
+            poll_interval_s=poll_interval_s,
+            lease_s=self.lease_s,
+            # Shared timers are claimed a few hundred at a time, so that a burst due at once is
+            # spread over every daemon instead of taken whole by the first to look.
+            batch_size=256 if self.shared else 10000,
+        )
         self.clients = 0
         self.stopping = False
         self._stop_callbacks: List[Callable[[], None]] = []
-        self.events = EventLog(self.data_dir, max_bytes=event_log_bytes)
-        # The stores tell the event log what committed: every ledger append (with its canonical
-        # lines) and every change of a run's status or wait.
-        self.ledger_store.add_listener(
-            lambda run_id, recs: self.events.emit_records(run_id, recs, getattr(recs, "lines", None))
-        )
+        self.events = EventLog(self.data_dir, max_bytes=event_log_bytes, shared=self.shared)
+        self.feed: Any = None
+        self._heartbeat: Optional[threading.Thread] = None
+        self._heartbeat_stop = threading.Event()
+        if self.shared:
+            from ..storage.postgres_feed import PostgresFeed
+
+            # The database's feed hands the log every event, this daemon's and the others'.
+            pg: Any = self.stores.runs
+            self.feed = PostgresFeed(pg.db, self.events.deliver_row, retention_s=event_retention_s)
+            self.events.attach_feed(self.feed)
+            # Timers and orphaned runs this daemon can run: its workflows, not the runs it parked.
+            pg.eligible = lambda: (self.registry.list_ids(), list(self.scheduler.parked))
+        else:
+            # The stores tell the event log what committed: every ledger append (with its
+            # canonical lines) and every change of a run's status or wait.
+            self.ledger_store.add_listener(
+                lambda run_id, recs: self.events.emit_records(run_id, recs, getattr(recs, "lines", None))
+            )
         self.run_store.add_listener(self._run_changed)
         self.reload_workflows()
 
     def _run_changed(self, s: RunSummary) -> None:
-        self.events.emit(s.run_id, "state", s.to_dict())
+        if not self.shared:
+            self.events.emit(s.run_id, "state", s.to_dict())
         if s.status == "failed":
             # One line per failed run: what a person tailing the log needs to go and look.
             lines = (s.error or "").strip().splitlines()
@@ -157,6 +189,48 @@ class Hub:
 
     def start(self) -> None:
         self.scheduler.start()  # also ticks runs a crash left mid-step
+        if self.shared:
+            self._beat()  # in the peers list before the first client asks
+            self._heartbeat = threading.Thread(
+                target=self._heartbeat_loop, name="abstractruntime-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    # -- several daemons --------------------------------------------------------------------------
+
+    @property
+    def heartbeat_s(self) -> float:
+        return max(0.2, min(5.0, self.lease_s / 4))
+
+    def _beat(self) -> None:
+        info = {
+            "address": self.address.get("tcp") or self.address.get("socket"),
+            "workflows": {wid: wf.version for wid in self.registry.list_ids() if (wf := self.registry.get(wid))},
+        }
+        self.run_store.db.heartbeat(
+            self.daemon_id, info, started_at=self.started, lease_s=self.lease_s, keep=list(self.scheduler.parked)
+        )
+
+    def _heartbeat_loop(self) -> None:
+        """Say this daemon is alive (renewing its leases), and take over the runs of daemons
+        that are not: running runs nobody holds, whose daemon died mid-step."""
+        while not self._heartbeat_stop.wait(self.heartbeat_s):
+            try:
+                self._beat()
+                for run_id in self.run_store.orphans():
+                    log.info("run %s: its daemon stopped mid-step; ticking it here", run_id)
+                    self.go_on(run_id, wait=False)
+            except Exception as e:  # isolation boundary: the next beat tries again
+                log.warning("heartbeat: %s", e)
+
+    def peers(self) -> List[Dict[str, Any]]:
+        """The daemons serving this database (this one included), oldest first."""
+        if not self.shared:
+            return []
+        out = self.run_store.db.peers()
+        for p in out:
+            p["this"] = p["daemon_id"] == self.daemon_id
+        return out
 
     def on_stop(self, fn: Callable[[], None]) -> None:
         self._stop_callbacks.append(fn)
@@ -185,6 +259,12 @@ class Hub:
         """Drain, then flush and close the stores. Never fails: on a full disk what cannot be
         written stays in the stores' journals for the next start."""
         self.drain()
+        if self.shared:
+            self._heartbeat_stop.set()
+            if self._heartbeat is not None:
+                self._heartbeat.join(10)
+            self.feed.close()
+            self.run_store.db.forget(self.daemon_id)  # the others take its runs now, not at lease expiry
         llm: Any = self.runtime._handlers.get(EffectType.LLM_CALL.value)
         if hasattr(llm, "close"):
             llm.close()
@@ -287,7 +367,11 @@ class Hub:
     def publish_progress(self, run_id: str, node_id: str, text: str) -> None:
         """A streamed piece of a model's answer: an event for subscribers, not a ledger record
         (the whole answer is one record when the call completes)."""
-        self.events.emit(run_id, "progress", {"node_id": node_id, "text": text})
+        body = {"node_id": node_id, "text": text}
+        if self.shared:  # through the database, so subscribers on every daemon see it
+            self.run_store.db.append_event(run_id, "progress", body)
+        else:
+            self.events.emit(run_id, "progress", body)
 
     def status(self) -> Dict[str, Any]:
         return {
@@ -307,6 +391,8 @@ class Hub:
             "subscriptions": self.events.subscriptions,
             "scheduler": self.scheduler.stats.to_dict(),
             "cursor": self.events.cursor,
+            "daemon_id": self.daemon_id,
+            "peers": self.peers(),
         }
 
 

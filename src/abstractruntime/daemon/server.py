@@ -288,6 +288,8 @@ def run(args: Any) -> int:
             workflow_dirs=proj.workflow_dirs,
             store=proj.store,
             dsn=proj.get("dsn"),
+            lease_s=proj.get("lease_s"),
+            event_retention_s=proj.get("event_retention_days") * 86400,
             durable=not args.relaxed,
             workers=args.workers,
             llm=llm,

@@ -355,6 +355,21 @@ class WorkflowsListResult(Result):
     )
 
 
+class Peer(Result):
+    """A daemon serving the same database (`--store postgres`)."""
+
+    daemon_id: str
+    host: str
+    pid: int
+    started_at: float = Field(description="When it started (epoch seconds).")
+    heartbeat_age_s: float = Field(
+        description="Seconds since its last heartbeat; past the lease time, its runs go to the others."
+    )
+    address: Optional[str] = Field(None, description="Its unix socket or HOST:PORT.")
+    workflows: Dict[str, str] = Field(default_factory=dict, description="The workflows it serves: id -> version.")
+    this: bool = Field(False, description="This is the daemon that answered.")
+
+
 class DaemonStatusResult(Result):
     version: str
     protocol_version: str
@@ -373,3 +388,7 @@ class DaemonStatusResult(Result):
     subscriptions: int
     scheduler: Dict[str, Any]
     cursor: int = Field(description="The newest event cursor.")
+    daemon_id: Optional[str] = Field(None, description="This daemon's id (the owner of its leases).")
+    peers: List[Peer] = Field(
+        default_factory=list, description="With --store postgres: every daemon serving the database, this one included."
+    )

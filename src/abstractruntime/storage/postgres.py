@@ -11,11 +11,15 @@ migrated at open, under an advisory lock: daemons starting together apply each m
 The DSN is handed to libpq as it is: its password comes from the DSN, `PGPASSWORD` or a pgpass
 or service file, and the stores never log it.
 
-Listeners hear this process's commits only (the feed across daemons is the event log's).
+Each step's transaction also writes its events (one row per ledger record, one per change of
+the run's status or wait) under a cursor from one database sequence: `postgres_feed.py` reads
+them back in cursor order for every daemon's subscribers, whichever daemon committed them.
+The stores' listeners hear this process's commits only.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -35,6 +39,8 @@ from .base import (
     _reason_value,
     _status_value,
 )
+
+log = logging.getLogger("abstractruntime.storage")
 
 DEFAULT_SCHEMA = "abstractruntime"
 
@@ -76,7 +82,34 @@ _MIGRATIONS = [
         until DOUBLE PRECISION NOT NULL
     )
     """,
+    # 2: the event feed every daemon reads (postgres_feed.py), and the daemons' heartbeats.
+    """
+    CREATE SEQUENCE event_cursor;
+    CREATE TABLE events (
+        cursor BIGINT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        first BOOLEAN NOT NULL,
+        committed_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX events_by_run ON events (run_id, cursor);
+    CREATE INDEX events_by_time ON events (committed_at);
+    CREATE TABLE daemons (
+        daemon_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL,
+        info TEXT NOT NULL
+    );
+    CREATE INDEX leases_by_owner ON leases (owner)
+    """,
 ]
+
+# Every committed event row is announced on this channel (after the commit, coalesced), so the
+# other daemons read the feed at once instead of at their next poll.
+CHANNEL = "abstractruntime_events"
 
 
 def _imports() -> Tuple[Any, Any]:
@@ -98,7 +131,7 @@ class PostgresDatabase:
         dsn: str,
         *,
         schema: str = DEFAULT_SCHEMA,
-        pool_size: int = 8,
+        pool_size: int = 16,
         clock: Optional[Clock] = None,
     ) -> None:
         psycopg, pool = _imports()
@@ -110,21 +143,37 @@ class PostgresDatabase:
         self._integrity = psycopg.errors.UniqueViolation
         options = f"-c search_path={schema}"
         try:
+            # Autocommit: a read is one round trip (a write opens its own transaction).
             self.pool = pool.ConnectionPool(
                 dsn,
                 min_size=1,
                 max_size=max(1, pool_size),
-                kwargs={"options": options},
+                kwargs={"options": options, "autocommit": True},
                 open=True,
                 timeout=30,
             )
             self.pool.wait(timeout=30)
+            # Leases, claims and heartbeats are not waited on to reach the disk: they only
+            # matter while their daemon lives, and a server that crashes ends every session
+            # (and so every tick) with them. Steps are always committed durably (`pool`).
+            self.fast = pool.ConnectionPool(
+                dsn,
+                min_size=1,
+                max_size=max(1, pool_size // 2),
+                kwargs={"options": options + " -c synchronous_commit=off", "autocommit": True},
+                open=True,
+                timeout=30,
+            )
         except self._errors as e:
             raise unavailable(e, "connecting to PostgreSQL") from e
         self._closed = False
         self.run_listeners: List[RunListener] = []
         self.timer_listeners: List[Callable[[float], None]] = []
         self.ledger_listeners: List[LedgerListener] = []
+        # Told after each commit that wrote events (the feed reads them and tells the others).
+        self.commit_listeners: List[Callable[[], None]] = []
+        self.channel = f"{CHANNEL}_{schema}"
+        self.dsn, self.options = dsn, options
         self._migrate()
 
     def _migrate(self) -> None:
@@ -153,6 +202,15 @@ class PostgresDatabase:
         except self._errors as e:
             raise unavailable(e, "reading from PostgreSQL") from e
 
+    def fast_one(self, sql: str, args: Any = ()) -> Optional[Tuple[Any, ...]]:
+        """One statement on a lease connection (its commit not waited on to reach the disk)."""
+        try:
+            with self.fast.connection() as conn:
+                cur = conn.execute(sql, args)
+                return cur.fetchone() if cur.description else None
+        except self._errors as e:
+            raise unavailable(e, "writing a lease to PostgreSQL") from e
+
     def one(self, sql: str, args: Any = ()) -> Optional[Tuple[Any, ...]]:
         got = self.rows(sql, args)
         return got[0] if got else None
@@ -164,7 +222,9 @@ class PostgresDatabase:
         state_text = dumps(run.to_dict()) if run is not None else None  # fails before anything is written
         summary = RunSummary.from_state(run) if run is not None else None
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            # Pipelined: the reads the writes depend on go in one round trip, then every write
+            # and the commit in one more.
+            with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
                 chained, changed, due = self._write_one(conn, run, run_id, list(records), state_text, summary)
         except self._errors as e:
             raise unavailable(e, "committing to PostgreSQL") from e
@@ -204,31 +264,78 @@ class PostgresDatabase:
         summary: Optional[RunSummary],
     ) -> Tuple[List[Tuple[Dict[str, Any], str]], bool, Optional[float]]:
         chained: List[Tuple[Dict[str, Any], str]] = []
-        if records:
-            # The head inside the transaction: another daemon may have appended since.
-            head = conn.execute(
-                "SELECT seq, hash FROM ledger WHERE run_id=%s ORDER BY seq DESC LIMIT 1", (run_id,)
-            ).fetchone()
+        # The ledger's head and the run's row inside the transaction (another daemon may have
+        # written since), both asked before either answer is read.
+        head_q = (
+            conn.execute("SELECT seq, hash FROM ledger WHERE run_id=%s ORDER BY seq DESC LIMIT 1", (run_id,))
+            if records
+            else None
+        )
+        row_q = (
+            conn.execute("SELECT status, wait_key, due FROM runs WHERE run_id=%s FOR UPDATE", (run_id,))
+            if run is not None
+            else None
+        )
+        row = row_q.fetchone() if row_q is not None else None
+        if head_q is not None:
+            head = head_q.fetchone()
             chained = chain_records(records, int(head[0]) if head else 0, head[1] if head else None)
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO ledger (run_id, seq, record, hash, step, idem_key, status) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (run_id, d["seq"], line, d["record_hash"], d.get("step"), d.get("idempotency_key"), d["status"])
-                        for d, line in chained
-                    ],
-                )
+            # One statement for the records (executemany would be a statement each).
+            conn.execute(
+                "INSERT INTO ledger (run_id, seq, record, hash, step, idem_key, status) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chained)),
+                [
+                    x
+                    for d, line in chained
+                    for x in (
+                        run_id,
+                        d["seq"],
+                        line,
+                        d["record_hash"],
+                        d.get("step"),
+                        d.get("idempotency_key"),
+                        d["status"],
+                    )
+                ],
+            )
         changed, due = False, None
         if run is not None and summary is not None and state_text is not None:
-            changed, due = self._upsert(conn, run, summary, state_text)
+            changed, due = self._upsert(conn, run, summary, state_text, row)
+        # The step's events, in its transaction, last: by now the transaction has its id, which
+        # the feed's readers rely on to tell a cursor still being committed from a lost one.
+        events = [(run_id, "record", line, d["seq"] == 1) for d, line in chained]
+        if changed and summary is not None:
+            events.append((run_id, "state", dumps(summary.to_dict()), False))
+        if events:
+            now = self.clock.time()
+            # Cursors in the order of the rows (a multi-row VALUES is evaluated in order).
+            conn.execute(
+                "INSERT INTO events (cursor, run_id, kind, body, first, committed_at) VALUES "
+                + ", ".join(["(nextval('event_cursor'), %s, %s, %s, %s, %s)"] * len(events)),
+                [x for e in events for x in (*e, now)],
+            )
         return chained, changed, due
 
-    def _upsert(self, conn: Any, run: RunState, s: RunSummary, state_text: str) -> Tuple[bool, Optional[float]]:
+    def append_event(self, run_id: str, kind: str, body: Dict[str, Any]) -> None:
+        """An event that is no step's (a model's streamed output): its own transaction, not
+        waited on to reach the disk (it is shown live, never replayed as a run's history)."""
+        try:
+            with self.fast.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_current_xact_id()")  # the id first, as in a step (see _write_one)
+                conn.execute(
+                    "INSERT INTO events (cursor, run_id, kind, body, first, committed_at) "
+                    "VALUES (nextval('event_cursor'), %s, %s, %s, false, %s)",
+                    (run_id, kind, dumps(body), self.clock.time()),
+                )
+        except self._errors as e:
+            raise unavailable(e, "committing to PostgreSQL") from e
+        for fn in self.commit_listeners:
+            fn()
+
+    def _upsert(
+        self, conn: Any, run: RunState, s: RunSummary, state_text: str, row: Optional[Tuple[Any, ...]]
+    ) -> Tuple[bool, Optional[float]]:
         due = due_epoch(s)
-        row = conn.execute(
-            "SELECT status, wait_key, due FROM runs WHERE run_id=%s FOR UPDATE", (run.run_id,)
-        ).fetchone()
         changed = row is None or row[0] != s.status or row[1] != s.wait_key
         new_timer = due is not None and (row is None or row[2] != due)
         args = (run.workflow_id, s.status, s.wait_reason, s.wait_key, due, dumps(s.to_dict()), state_text)
@@ -256,6 +363,9 @@ class PostgresDatabase:
         due: Optional[float],
     ) -> List[Dict[str, Any]]:
         stored = StoredRecords.of(chained)
+        if chained or summary is not None:
+            for hook in self.commit_listeners:
+                hook()
         if stored:
             for fn in self.ledger_listeners:
                 fn(run_id, stored)
@@ -267,16 +377,84 @@ class PostgresDatabase:
                 tl(due)
         return stored
 
+    # -- daemons --------------------------------------------------------------------------------
+
+    def heartbeat(
+        self, daemon_id: str, info: Dict[str, Any], *, started_at: float, lease_s: float, keep: Iterable[str] = ()
+    ) -> None:
+        """The daemon is alive: its row says so, and its leases are renewed (a long tick keeps
+        its run). `keep` are run ids whose leases are not renewed (runs it parked: they expire
+        and go to a daemon that can run them)."""
+        import os
+        import socket
+
+        now = self.clock.time()
+        try:
+            with self.fast.connection() as conn, conn.transaction():
+                conn.execute(
+                    "INSERT INTO daemons (daemon_id, host, pid, started_at, heartbeat_at, info) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (daemon_id) DO UPDATE SET "
+                    "heartbeat_at = EXCLUDED.heartbeat_at, info = EXCLUDED.info",
+                    (daemon_id, socket.gethostname(), os.getpid(), started_at, now, dumps(info)),
+                )
+                conn.execute(
+                    "UPDATE leases SET until = %s WHERE owner = %s AND until > %s AND NOT (run_id = ANY(%s))",
+                    (now + lease_s, daemon_id, now, list(keep)),
+                )
+                # Daemons not heard of for a day are gone for good.
+                conn.execute("DELETE FROM daemons WHERE heartbeat_at < %s", (now - 86400,))
+        except self._errors as e:
+            raise unavailable(e, "writing a heartbeat to PostgreSQL") from e
+
+    def peers(self) -> List[Dict[str, Any]]:
+        now = self.clock.time()
+        return [
+            {
+                "daemon_id": d,
+                "host": h,
+                "pid": int(p),
+                "started_at": float(st),
+                "heartbeat_age_s": round(max(0.0, now - float(hb)), 3),
+                **loads(info),
+            }
+            for d, h, p, st, hb, info in self.rows(
+                "SELECT daemon_id, host, pid, started_at, heartbeat_at, info FROM daemons ORDER BY started_at"
+            )
+        ]
+
+    def forget(self, daemon_id: str) -> None:
+        """A daemon stops: its row and its leases go (the others take its runs at once)."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                conn.execute("DELETE FROM daemons WHERE daemon_id = %s", (daemon_id,))
+                conn.execute("DELETE FROM leases WHERE owner = %s", (daemon_id,))
+        except self._errors as e:
+            log.warning("could not remove daemon %s from PostgreSQL (%s)", daemon_id, e)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.fast.close()
             self.pool.close()
 
 
 class PostgresRunStore(RunStore):
+    # A run ticked elsewhere is waited for this long before RunBusyError (Runtime._guard):
+    # another daemon's step on it takes milliseconds.
+    lease_wait_s = 5.0
+
     def __init__(self, db: PostgresDatabase) -> None:
         self.db = self.unit = db
         self._lease_lock = threading.Lock()
+        # What this process may claim, if it says: (the workflow ids it serves, run ids it
+        # leaves alone). A daemon sets it, so it never takes a timer whose code it lacks.
+        self.eligible: Optional[Callable[[], Tuple[Iterable[str], Iterable[str]]]] = None
+
+    def _eligibility(self) -> Tuple[str, List[Any]]:
+        if self.eligible is None:
+            return "", []
+        served, excluded = self.eligible()
+        return " AND r.workflow_id = ANY(%s) AND NOT (r.run_id = ANY(%s))", [list(served), list(excluded)]
 
     def save(self, run: RunState) -> None:
         self.db.write(run, run.run_id, [])
@@ -338,10 +516,11 @@ class PostgresRunStore(RunStore):
     # -- timers and leases ---------------------------------------------------------------------
 
     def next_due_at(self) -> Optional[float]:
+        only, only_args = self._eligibility()
         row = self.db.one(
             "SELECT MIN(r.due) FROM runs r WHERE r.status='waiting' AND r.due IS NOT NULL AND NOT EXISTS "
-            "(SELECT 1 FROM leases l WHERE l.run_id=r.run_id AND l.until > %s)",
-            (self.db.clock.time(),),
+            "(SELECT 1 FROM leases l WHERE l.run_id=r.run_id AND l.until > %s)" + only,
+            [self.db.clock.time(), *only_args],
         )
         return float(row[0]) if row and row[0] is not None else None
 
@@ -349,15 +528,17 @@ class PostgresRunStore(RunStore):
         """Due runs not leased elsewhere, leased to `owner` in one transaction. `SKIP LOCKED`:
         daemons claiming at once take different runs instead of waiting on each other."""
         at = self.db.clock.time()
+        only, only_args = self._eligibility()
         try:
-            with self.db.pool.connection() as conn, conn.transaction():
+            with self.db.fast.connection() as conn, conn.transaction():
                 ids = [
                     r[0]
                     for r in conn.execute(
                         "SELECT r.run_id FROM runs r WHERE r.status='waiting' AND r.due IS NOT NULL AND r.due <= %s "
-                        "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.run_id=r.run_id AND l.until > %s) "
-                        "ORDER BY r.due LIMIT %s FOR UPDATE OF r SKIP LOCKED",
-                        (now, at, limit),
+                        "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.run_id=r.run_id AND l.until > %s)"
+                        + only
+                        + " ORDER BY r.due LIMIT %s FOR UPDATE OF r SKIP LOCKED",
+                        [now, at, *only_args, limit],
                     ).fetchall()
                 ]
                 if ids:
@@ -371,9 +552,24 @@ class PostgresRunStore(RunStore):
             raise unavailable(e, "claiming due runs in PostgreSQL") from e
         return ids
 
+    def orphans(self, limit: int = 1000) -> List[str]:
+        """Running runs nobody holds a lease on: the daemon ticking them died (its lease expired),
+        or the run was stored and its first tick has not begun. Whoever ticks them first wins."""
+        only, only_args = self._eligibility()
+        return [
+            r[0]
+            for r in self.db.rows(
+                "SELECT r.run_id FROM runs r WHERE r.status='running' "
+                "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.run_id=r.run_id AND l.until > %s)"
+                + only
+                + " ORDER BY r.ord LIMIT %s",
+                [self.db.clock.time(), *only_args, limit],
+            )
+        ]
+
     def try_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
         at = self.db.clock.time()
-        row = self.db.one(
+        row = self.db.fast_one(
             "INSERT INTO leases (run_id, owner, until) VALUES (%s, %s, %s) "
             "ON CONFLICT (run_id) DO UPDATE SET owner=EXCLUDED.owner, until=EXCLUDED.until "
             "WHERE leases.owner=EXCLUDED.owner OR leases.until <= %s RETURNING owner",
@@ -382,7 +578,7 @@ class PostgresRunStore(RunStore):
         return row is not None
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        gone = self.db.one(
+        gone = self.db.fast_one(
             "DELETE FROM leases WHERE run_id=%s AND owner=%s RETURNING "
             "(SELECT due FROM runs WHERE run_id=%s AND status='waiting' AND due IS NOT NULL)",
             (run_id, owner, run_id),
