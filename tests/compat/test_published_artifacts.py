@@ -25,9 +25,18 @@ from abstractruntime import (
 )
 
 
-@pytest.fixture(params=["memory", "files"])
+@pytest.fixture(params=["memory", "files", "postgres"])
 def store(request, tmp_path):
-    return InMemoryArtifactStore() if request.param == "memory" else FileArtifactStore(tmp_path / "artifacts")
+    if request.param == "postgres":  # our PostgreSQL artifact store against the published behaviour
+        import uuid
+
+        from abstractruntime.storage import open_stores
+
+        stores = open_stores("postgres", request.getfixturevalue("pg_server").dsn, schema="t_" + uuid.uuid4().hex[:16])
+        yield stores.artifacts
+        stores.close()
+        return
+    yield InMemoryArtifactStore() if request.param == "memory" else FileArtifactStore(tmp_path / "artifacts")
 
 
 def test_store_gives_metadata_and_load_gives_the_artifact(store):

@@ -68,3 +68,9 @@ def test_help_is_helpful():
         assert word in out
     serve = cli(ROOT, "serve", "--help").stdout
     assert "--stdio" in serve and "--tcp" in serve and "--workflows" in serve
+
+
+def test_a_token_from_the_environment_must_be_long_enough(tmp_path, monkeypatch):
+    monkeypatch.setenv("ABSTRACTRUNTIME_TOKEN", "short")
+    p = cli(tmp_path, "serve", "--tcp", "127.0.0.1:0", "--data", str(tmp_path / "data"), "--store", "memory")
+    assert p.returncode == 2 and "$ABSTRACTRUNTIME_TOKEN is too short" in p.stderr and "Traceback" not in p.stderr

@@ -43,18 +43,21 @@ def dsn(pg_server):
     return pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
 
 
-def daemon_on(tmp: Path, name: str, dsn: str, workflows: Path) -> DaemonProcess:
+def daemon_on(tmp: Path, name: str, dsn: str, workflows: Path, transport: str = "unix") -> DaemonProcess:
     folder = tmp / name
     folder.mkdir()
-    return DaemonProcess(folder, "unix", workflows=workflows, extra=["--store", "postgres", "--dsn", dsn]).start()
+    return DaemonProcess(folder, transport, workflows=workflows, extra=["--store", "postgres", "--dsn", dsn]).start()
 
 
 
-def test_a_run_started_on_one_daemon_is_answered_on_another(tmp_path, dsn):
+def test_a_run_started_on_one_daemon_is_answered_on_another(tmp_path, dsn, monkeypatch):
     from daemon_fixture import WORKFLOWS
 
-    a = daemon_on(tmp_path, "a", dsn, WORKFLOWS)
-    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS)
+    # Over TCP, with one token for both (a client of several daemons needs one).
+    monkeypatch.setenv("ABSTRACTRUNTIME_TOKEN", "one-token-for-every-daemon")
+    a = daemon_on(tmp_path, "a", dsn, WORKFLOWS, "tcp")
+    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS, "tcp")
+    assert a.token == b.token == "one-token-for-every-daemon"
     try:
         with a.client() as ca, b.client() as cb:
             run = ca.start("ask", {"x": 1}).run_id
@@ -141,6 +144,18 @@ def test_export_from_files_import_into_postgres_and_answer_a_waiting_run_there(t
             assert verify_ledger_chain(records)["ok"] and len(records) == len(before[waiting]) + 2
     finally:
         pg.stop()
+
+
+def _ar(cwd, *args):
+    import subprocess
+    import sys
+
+    from abstractruntime.client.connection import env_with_package
+
+    return subprocess.run(
+        [sys.executable, "-m", "abstractruntime", *args], cwd=cwd, env=env_with_package(), capture_output=True,
+        text=True, timeout=120,
+    )
 
 
 def _subscribe_in_thread(client, after):
@@ -254,6 +269,9 @@ def test_three_daemons_eight_clients_each_race_resumes_each_applied_once(tmp_pat
         assert sorted(wins) == sorted(runs) and all(len(w) == 1 for w in wins.values()), (wins, Counter(refusals))
         # The others were told the run already completed (never busy: a resume waits for the lease).
         assert Counter(r[0] for r in refusals) == Counter({"RunFinishedError": 12 * 23}), Counter(refusals)
+        status = _ar(tmp_path, "status", "--data", str(daemons[1].data))
+        assert status.returncode == 0 and "peers (3 daemons on this database):" in status.stdout, status.stderr
+        assert status.stdout.count("(this one)") == 1 and status.stdout.count("ask@") == 3
         with daemons[2].client() as c2:
             for rid, [(n, text)] in wins.items():
                 assert text == f"client-{n}"
@@ -334,4 +352,39 @@ def test_sigkill_loop_over_three_daemons_loses_no_acknowledged_step(tmp_path, ds
     finally:
         stop.set()
         for d in daemons:
+            d.stop()
+
+
+def test_a_timer_is_left_for_a_daemon_that_has_its_workflow_and_node(tmp_path, dsn):
+    from daemon_fixture import WORKFLOWS
+
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "timer.py").write_text(TIMER)
+    old = tmp_path / "old"  # "timer" without the node its runs go on at
+    old.mkdir()
+    (old / "timer.py").write_text(TIMER.replace('"done": lambda run, ctx: StepPlan(node_id="done", complete_output={"fired": True})', ""))
+    a = daemon_on(tmp_path, "a", dsn, wf)
+    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS)  # does not serve "timer" at all
+    c = daemon_on(tmp_path, "c", dsn, old)
+    for d in (a, b, c):
+        d.stop()
+        d.extra += ["--lease-s", "1"]
+    b.start()
+    c.start()
+    a.start()
+    try:
+        with a.client() as ca:
+            run = ca.start("timer", {"seconds": 0.5}).run_id
+        a.stop()  # a clean stop: its leases go at once
+        with b.client() as cb:
+            wait_for(lambda: f"run {run} is stranded" in c.log.read_text(), what="c to find the run stranded")
+            assert cb.state(run).status == "waiting"
+            assert run not in b.log.read_text()  # b never touched it
+        a.start()
+        with a.client() as ca:
+            done = wait_for(lambda: (s := ca.state(run)).status == "completed" and s, what="a to fire it")
+            assert done.output == {"fired": True}
+    finally:
+        for d in (a, b, c):
             d.stop()

@@ -21,9 +21,18 @@ from abstractruntime.storage.artifacts import resolve_artifact
 from abstractruntime.storage.offloading import OffloadingRunStore
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "postgres"])
 def artifacts(request, tmp_path):
-    return InMemoryArtifactStore() if request.param == "memory" else FileArtifactStore(tmp_path)
+    if request.param == "postgres":  # a schema of its own on the session's server
+        import uuid
+
+        from abstractruntime.storage import open_stores
+
+        stores = open_stores("postgres", request.getfixturevalue("pg_server").dsn, schema="t_" + uuid.uuid4().hex[:16])
+        yield stores.artifacts
+        stores.close()
+        return
+    yield InMemoryArtifactStore() if request.param == "memory" else FileArtifactStore(tmp_path)
 
 
 def test_content_addressed_store_and_load(artifacts):

@@ -82,7 +82,9 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="connect over TCP, e.g. --tcp 127.0.0.1:7400 (the token is read from the data folder)",
     )
-    g.add_argument("--token", metavar="TOKEN", help="the TCP token, if it is not in the data folder")
+    g.add_argument(
+        "--token", metavar="TOKEN", help="the TCP token, if it is not in the data folder (or $ABSTRACTRUNTIME_TOKEN)"
+    )
     p.add_argument("--json", action="store_true", help="print the protocol's JSON instead of text (for scripts)")
 
 
@@ -528,7 +530,11 @@ def connect(args: argparse.Namespace, *, timeout: Optional[float] = 120.0) -> An
         if not port.isdigit():
             raise UsageError(f"--tcp wants HOST:PORT, e.g. 127.0.0.1:7400, not {tcp!r}")
         found = discover_target(data, config=config)
-        token = getattr(args, "token", None) or (found.token if found.kind == "tcp" else None)
+        token = (
+            getattr(args, "token", None)
+            or os.environ.get("ABSTRACTRUNTIME_TOKEN")
+            or (found.token if found.kind == "tcp" else None)
+        )
         target = Target("tcp", host=host or "127.0.0.1", port=int(port), token=token)
     else:
         target = discover_target(data, config=config)

@@ -442,9 +442,25 @@ def status(c: Any, args: argparse.Namespace) -> int:
         f"data: {s.data_dir}  (store: {s.store})\n"
         f"workflows: {', '.join(s.workflow_dirs) or 'none'}\n"
         f"model: {s.model or 'none'}\n"
-        f"runs: {json.dumps(s.runs)}\nclients: {s.clients}",
+        f"runs: {json.dumps(s.runs)}\nclients: {s.clients}" + _peers(s.peers, s.daemon_id),
     )
     return OK
+
+
+def _peers(peers: list, me: Optional[str]) -> str:
+    """The daemons sharing the database, one line each (a table when there are any)."""
+    if not peers:
+        return ""
+    rows = [["DAEMON", "HOST", "PID", "HEARTBEAT", "ADDRESS", "WORKFLOWS"]]
+    for p in peers:
+        versions = ", ".join(f"{w}@{v}" for w, v in sorted(p.workflows.items())) or "-"
+        mark = " (this one)" if p.this else ""
+        rows.append(
+            [p.daemon_id + mark, p.host, str(p.pid), f"{p.heartbeat_age_s:.1f}s ago", p.address or "-", versions]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    return f"\npeers ({len(peers)} daemons on this database):\n" + "\n".join("  " + x.rstrip() for x in lines)
 
 
 def workflows(c: Any, args: argparse.Namespace) -> int:

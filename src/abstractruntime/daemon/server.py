@@ -243,8 +243,15 @@ def _remove_stale_socket(path: str) -> None:
     raise RuntimeError(f"a daemon already listens on {path}")
 
 
+TOKEN_ENV = "ABSTRACTRUNTIME_TOKEN"
+
+
 def make_token(data_dir: str) -> str:
-    token = secrets.token_urlsafe(32)
+    """A new token for each start, or the one in $ABSTRACTRUNTIME_TOKEN: several daemons
+    behind one address (sharing a database) take the same token, so a client needs one."""
+    token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(32)
+    if len(token) < 16:
+        raise ValueError(f"${TOKEN_ENV} is too short to be a secret: use 16 characters or more")
     path = paths.token_file(data_dir)
     tmp = path + ".tmp"
     try:
@@ -330,7 +337,12 @@ def run(args: Any) -> int:
             host, _, port = args.tcp.rpartition(":")
             host = host.strip("[]") or "127.0.0.1"
             check_tcp_host(host, args.allow_remote)
-            daemon.token = make_token(proj.data_dir)
+            try:
+                daemon.token = make_token(proj.data_dir)
+            except ValueError as e:
+                print(f"abstractruntime: {e}", file=sys.stderr)
+                hub.close()
+                return 2
             asyncio.run(daemon.serve_tcp(host, int(port)))
         elif args.socket:
             asyncio.run(daemon.serve_unix(os.path.abspath(args.socket), default_folder=False))

@@ -29,6 +29,7 @@ from ..core.ledger_hash import chain_records
 from ..core.models import RunState, StepRecord
 from ._durable import unavailable
 from ._index import due_epoch
+from .artifacts import ArtifactMetadata, ArtifactStore, _matches, check_artifact_id
 from .base import (
     LedgerListener,
     LedgerStore,
@@ -104,6 +105,23 @@ _MIGRATIONS = [
         info TEXT NOT NULL
     );
     CREATE INDEX leases_by_owner ON leases (owner)
+    """,
+    # 3: artifacts (content-addressed blobs, and each artifact's metadata).
+    """
+    CREATE TABLE blobs (
+        blob_id TEXT PRIMARY KEY,
+        content BYTEA NOT NULL
+    );
+    CREATE TABLE artifacts (
+        artifact_id TEXT PRIMARY KEY,
+        blob_id TEXT NOT NULL REFERENCES blobs (blob_id),
+        run_id TEXT,
+        content_type TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        meta TEXT NOT NULL
+    );
+    CREATE INDEX artifacts_by_run ON artifacts (run_id, created_at);
+    CREATE INDEX artifacts_by_blob ON artifacts (blob_id)
     """,
 ]
 
@@ -641,3 +659,76 @@ class PostgresLedgerStore(LedgerStore):
 
     def close(self) -> None:
         self.db.close()
+
+
+class PostgresArtifactStore(ArtifactStore):
+    """Artifacts in the shared database: each distinct content once (`blobs`, by its SHA-256),
+    each artifact's metadata a row (`artifacts`), so every daemon reads what any stored."""
+
+    def __init__(self, db: PostgresDatabase) -> None:
+        self.db = db
+
+    def _put(self, meta: ArtifactMetadata, content: bytes) -> None:
+        try:
+            with self.db.pool.connection() as conn, conn.transaction():
+                conn.execute(
+                    "INSERT INTO blobs (blob_id, content) VALUES (%s, %s) ON CONFLICT (blob_id) DO NOTHING",
+                    (meta.blob_id, content),
+                )
+                conn.execute(
+                    "INSERT INTO artifacts (artifact_id, blob_id, run_id, content_type, created_at, meta) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (artifact_id) DO UPDATE SET blob_id = "
+                    "EXCLUDED.blob_id, run_id = EXCLUDED.run_id, content_type = EXCLUDED.content_type, "
+                    "created_at = EXCLUDED.created_at, meta = EXCLUDED.meta",
+                    (
+                        meta.artifact_id,
+                        meta.blob_id,
+                        meta.run_id,
+                        meta.content_type,
+                        meta.created_at,
+                        dumps(meta.to_dict()),
+                    ),
+                )
+        except self.db._errors as e:
+            raise unavailable(e, "storing an artifact in PostgreSQL") from e
+
+    def _content(self, meta: ArtifactMetadata) -> Optional[bytes]:
+        row = self.db.one("SELECT content FROM blobs WHERE blob_id = %s", (meta.blob_id,))
+        return bytes(row[0]) if row else None
+
+    def get_metadata(self, artifact_id: str) -> Optional[ArtifactMetadata]:
+        row = self.db.one("SELECT meta FROM artifacts WHERE artifact_id = %s", (check_artifact_id(artifact_id),))
+        return ArtifactMetadata.from_dict(loads(row[0])) if row else None
+
+    def _all(self) -> Iterable[ArtifactMetadata]:
+        return [ArtifactMetadata.from_dict(loads(r[0])) for r in self.db.rows("SELECT meta FROM artifacts")]
+
+    def search(
+        self,
+        *,
+        run_id: Optional[str] = None,
+        content_type: Optional[str] = None,
+        tags: Optional[Dict[str, str]] = None,
+        limit: Optional[int] = 1000,
+    ) -> List[ArtifactMetadata]:
+        where, args = [], []
+        for column, value in (("run_id", run_id), ("content_type", content_type)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        sql = "SELECT meta FROM artifacts" + (" WHERE " + " AND ".join(where) if where else "")
+        found = [ArtifactMetadata.from_dict(loads(r[0])) for r in self.db.rows(sql + " ORDER BY created_at DESC", args)]
+        found = [m for m in found if _matches(m, run_id, content_type, tags)]
+        return found if limit is None else found[: max(0, int(limit))]
+
+    def _drop(self, meta: ArtifactMetadata) -> None:
+        try:
+            with self.db.pool.connection() as conn, conn.transaction():
+                conn.execute("DELETE FROM artifacts WHERE artifact_id = %s", (meta.artifact_id,))
+                conn.execute(
+                    "DELETE FROM blobs b WHERE b.blob_id = %s AND NOT EXISTS "
+                    "(SELECT 1 FROM artifacts a WHERE a.blob_id = b.blob_id)",
+                    (meta.blob_id,),
+                )
+        except self.db._errors as e:
+            raise unavailable(e, "deleting an artifact in PostgreSQL") from e

@@ -61,7 +61,7 @@ def open_stores(
     of JSON files with a write-ahead journal) or "sqlite" (`path` is a folder holding
     runtime.sqlite3, or the database file itself), or "postgres" (`path` is the DSN, `schema`
     the PostgreSQL schema; `pip install 'abstractruntime[postgres]'`). Artifacts go to
-    `path/artifacts` (in memory for postgres)."""
+    `path/artifacts` (the database's tables for postgres)."""
     cache = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
     if kind == "memory":
         from .in_memory import InMemoryLedgerStore, InMemoryRunStore, MemoryBackend
@@ -77,15 +77,20 @@ def open_stores(
         raise ValueError(f"the {kind!r} stores need a path")
     if kind == "postgres":
         # `path` is the DSN (a libpq connection string or URL); `schema` the PostgreSQL schema
-        # the tables live in. Artifacts stay in memory here: a shared artifact store is the
-        # deployment's choice (docs/deploy.md).
-        from .postgres import DEFAULT_SCHEMA, PostgresDatabase, PostgresLedgerStore, PostgresRunStore
+        # the tables live in (artifacts too: every daemon on the database reads them).
+        from .postgres import (
+            DEFAULT_SCHEMA,
+            PostgresArtifactStore,
+            PostgresDatabase,
+            PostgresLedgerStore,
+            PostgresRunStore,
+        )
 
         pg = PostgresDatabase(str(path), schema=schema or DEFAULT_SCHEMA, clock=clock)
         return Stores(
             PostgresRunStore(pg),
             PostgresLedgerStore(pg),
-            InMemoryArtifactStore() if artifacts else None,
+            PostgresArtifactStore(pg) if artifacts else None,
             kind,
         )
     path = os.path.abspath(str(path))
