@@ -388,3 +388,42 @@ def test_a_timer_is_left_for_a_daemon_that_has_its_workflow_and_node(tmp_path, d
     finally:
         for d in (a, b, c):
             d.stop()
+
+
+def test_a_daemon_frozen_past_its_lease_cannot_apply_a_step_twice(tmp_path, dsn):
+    import psycopg
+    from daemon_fixture import WORKFLOWS
+
+    a = daemon_on(tmp_path, "a", dsn, WORKFLOWS)
+    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS)
+    for d in (a, b):
+        d.stop()
+        d.extra += ["--lease-s", "1"]
+        d.start()
+    try:
+        with a.client() as ca:
+            a_id = ca.status().daemon_id
+            run = ca.start("slow", {"seconds": 3.0}, wait=False).run_id
+        with psycopg.connect(dsn, autocommit=True) as db:
+            lease = "SELECT owner FROM abstractruntime.leases WHERE run_id = %s"
+            owner = wait_for(lambda: (r := db.execute(lease, (run,)).fetchone()) and r[0], what="a to lease the run")
+        assert owner == a_id
+        a.proc.send_signal(signal.SIGSTOP)  # frozen in the middle of the 3 s step: its heartbeat stops too
+        try:
+            with b.client() as cb:
+                done = wait_for(lambda: (s := cb.state(run)).status == "completed" and s, what="b to take it over")
+                assert done.output == {"slept": 3.0}
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # a wakes, finishes its copy of the step, and is refused at the commit.
+        wait_for(lambda: "was changed by another daemon" in a.log.read_text(), what="a's step refused")
+        with b.client() as cb:
+            records = [r.model_dump(mode="json") for r in cb.ledger(run).records]
+            assert verify_ledger_chain(records)["ok"]
+            assert [r["node_id"] for r in records if r["status"] == "completed"].count("nap") == 1
+            assert cb.state(run).status == "completed"
+    finally:
+        for d in (a, b):
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.send_signal(signal.SIGCONT)
+            d.stop()

@@ -1,5 +1,6 @@
-"""The event feed read from PostgreSQL (storage/postgres_feed.py): every committed event, in
-cursor order, once, even when commits finish out of order or a cursor is rolled back."""
+"""The shared database's guarantees: the event feed (storage/postgres_feed.py) hands on every
+committed event in cursor order, once, even when commits finish out of order or a cursor is
+rolled back; and a write over a run another process changed meanwhile is refused."""
 
 from __future__ import annotations
 
@@ -131,3 +132,25 @@ def test_replay_reads_the_table_and_respects_retention(pg):
         assert feed.floor() >= rows[-1][0] and not feed.holds_start_of("r3")
     finally:
         feed.close()
+
+
+def test_a_write_over_a_run_another_process_changed_meanwhile_is_refused(pg, pg_server):
+    from abstractruntime.core.errors import RunBusyError
+
+    other = open_stores("postgres", pg_server.dsn, schema=pg.runs.db.schema)  # a second daemon
+    try:
+        pg.runs.save(_run(5))
+        mine = pg.runs.load("r5")
+        theirs = other.runs.load("r5")
+        theirs.vars["by"] = "other"
+        other.runs.commit(theirs, [_record("r5", "a")])
+        mine.vars["by"] = "me"
+        with pytest.raises(RunBusyError, match="changed by another daemon"):
+            pg.runs.commit(mine, [_record("r5", "a")])
+        assert pg.runs.load("r5").vars == {"by": "other"} and len(pg.ledger.list("r5")) == 1
+        again = pg.runs.load("r5")  # read anew: its write goes through
+        again.vars["by"] = "me"
+        pg.runs.commit(again, [_record("r5", "b")])
+        assert other.runs.load("r5").vars == {"by": "me"} and len(other.ledger.list("r5")) == 2
+    finally:
+        other.close()

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..core.clock import SYSTEM_CLOCK, Clock
+from ..core.errors import RunBusyError
 from ..core.jsonutil import dumps, loads
 from ..core.ledger_hash import chain_records
 from ..core.models import RunState, StepRecord
@@ -123,6 +125,10 @@ _MIGRATIONS = [
     CREATE INDEX artifacts_by_run ON artifacts (run_id, created_at);
     CREATE INDEX artifacts_by_blob ON artifacts (blob_id)
     """,
+    # 4: each run's write count, which fences a daemon whose lease ran out mid-step.
+    """
+    ALTER TABLE runs ADD COLUMN ver BIGINT NOT NULL DEFAULT 0
+    """,
 ]
 
 # Every committed event row is announced on this channel (after the commit, coalesced), so the
@@ -191,6 +197,11 @@ class PostgresDatabase:
         # Told after each commit that wrote events (the feed reads them and tells the others).
         self.commit_listeners: List[Callable[[], None]] = []
         self.channel = f"{CHANNEL}_{schema}"
+        # The write count of each run as this process last read or wrote it: a write over a
+        # count that moved meanwhile is another daemon's step (this one's lease ran out: a
+        # long pause, a frozen machine) and is refused, so no step is applied twice.
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._seen_lock = threading.Lock()
         self.dsn, self.options = dsn, options
         self._migrate()
 
@@ -243,9 +254,11 @@ class PostgresDatabase:
             # Pipelined: the reads the writes depend on go in one round trip, then every write
             # and the commit in one more.
             with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-                chained, changed, due = self._write_one(conn, run, run_id, list(records), state_text, summary)
+                chained, changed, due, ver = self._write_one(conn, run, run_id, list(records), state_text, summary)
         except self._errors as e:
             raise unavailable(e, "committing to PostgreSQL") from e
+        if ver is not None:
+            self.saw(run_id, ver)
         return self._announce(run_id, chained, summary if changed else None, due)
 
     def write_many(self, items: List[Tuple[RunState, List[StepRecord]]]) -> List[Any]:
@@ -253,7 +266,7 @@ class PostgresDatabase:
         error that kept it out (a checkpoint that cannot be encoded). A storage failure raises,
         and none is committed."""
         out: List[Any] = [None] * len(items)
-        done: List[Tuple[int, str, Any, Optional[RunSummary], Optional[float]]] = []
+        done: List[Tuple[int, str, Any, Optional[RunSummary], Optional[float], Optional[int]]] = []
         try:
             with self.pool.connection() as conn, conn.transaction():
                 for i, (run, records) in enumerate(items):
@@ -261,14 +274,18 @@ class PostgresDatabase:
                         text = dumps(run.to_dict())
                         summary = RunSummary.from_state(run)
                         with conn.transaction():  # a savepoint: one bad item leaves the others
-                            chained, changed, due = self._write_one(conn, run, run.run_id, list(records), text, summary)
-                    except (TypeError, ValueError) as e:
+                            chained, changed, due, ver = self._write_one(
+                                conn, run, run.run_id, list(records), text, summary
+                            )
+                    except (TypeError, ValueError, RunBusyError) as e:
                         out[i] = e
                         continue
-                    done.append((i, run.run_id, chained, summary if changed else None, due))
+                    done.append((i, run.run_id, chained, summary if changed else None, due, ver))
         except self._errors as e:
             raise unavailable(e, "committing to PostgreSQL") from e
-        for i, run_id, chained, changed_summary, due in done:
+        for i, run_id, chained, changed_summary, due, ver in done:
+            if ver is not None:
+                self.saw(run_id, ver)
             out[i] = self._announce(run_id, chained, changed_summary, due)
         return out
 
@@ -280,7 +297,9 @@ class PostgresDatabase:
         records: List[StepRecord],
         state_text: Optional[str],
         summary: Optional[RunSummary],
-    ) -> Tuple[List[Tuple[Dict[str, Any], str]], bool, Optional[float]]:
+    ) -> Tuple[List[Tuple[Dict[str, Any], str]], bool, Optional[float], Optional[int]]:
+        """Returns the records as chained, whether the run's status or wait changed, its new
+        due time if it has one, and its new write count."""
         chained: List[Tuple[Dict[str, Any], str]] = []
         # The ledger's head and the run's row inside the transaction (another daemon may have
         # written since), both asked before either answer is read.
@@ -290,11 +309,20 @@ class PostgresDatabase:
             else None
         )
         row_q = (
-            conn.execute("SELECT status, wait_key, due FROM runs WHERE run_id=%s FOR UPDATE", (run_id,))
+            conn.execute("SELECT status, wait_key, due, ver FROM runs WHERE run_id=%s FOR UPDATE", (run_id,))
             if run is not None
             else None
         )
         row = row_q.fetchone() if row_q is not None else None
+        if row is not None:
+            seen = self.seen(run_id)
+            if seen is not None and seen != row[3]:
+                # Left as it was: this process writes the run again only after reading it anew.
+                raise RunBusyError(
+                    f"run {run_id} was changed by another daemon while this one ran its step (its lease ran "
+                    "out); the step is dropped: read the run again",
+                    run_id=run_id,
+                )
         if head_q is not None:
             head = head_q.fetchone()
             chained = chain_records(records, int(head[0]) if head else 0, head[1] if head else None)
@@ -316,9 +344,10 @@ class PostgresDatabase:
                     )
                 ],
             )
-        changed, due = False, None
+        changed, due, ver = False, None, None
         if run is not None and summary is not None and state_text is not None:
             changed, due = self._upsert(conn, run, summary, state_text, row)
+            ver = (int(row[3]) if row is not None else 0) + 1
         # The step's events, in its transaction, last: by now the transaction has its id, which
         # the feed's readers rely on to tell a cursor still being committed from a lost one.
         events = [(run_id, "record", line, d["seq"] == 1) for d, line in chained]
@@ -332,7 +361,18 @@ class PostgresDatabase:
                 + ", ".join(["(nextval('event_cursor'), %s, %s, %s, %s, %s)"] * len(events)),
                 [x for e in events for x in (*e, now)],
             )
-        return chained, changed, due
+        return chained, changed, due, ver
+
+    def seen(self, run_id: str) -> Optional[int]:
+        with self._seen_lock:
+            return self._seen.get(run_id)
+
+    def saw(self, run_id: str, ver: int) -> None:
+        with self._seen_lock:
+            self._seen[run_id] = ver
+            self._seen.move_to_end(run_id)
+            if len(self._seen) > 100_000:  # the oldest are forgotten: their next write is not checked
+                self._seen.popitem(last=False)
 
     def append_event(self, run_id: str, kind: str, body: Dict[str, Any]) -> None:
         """An event that is no step's (a model's streamed output): its own transaction, not
@@ -359,8 +399,8 @@ class PostgresDatabase:
         args = (run.workflow_id, s.status, s.wait_reason, s.wait_key, due, dumps(s.to_dict()), state_text)
         if row is None:
             conn.execute(
-                "INSERT INTO runs (workflow_id, status, wait_reason, wait_key, due, summary, state, ord, run_id) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, nextval('run_ord'), %s)",
+                "INSERT INTO runs (workflow_id, status, wait_reason, wait_key, due, summary, state, ord, ver, run_id) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, nextval('run_ord'), 1, %s)",
                 args + (run.run_id,),
             )
         else:
@@ -368,7 +408,7 @@ class PostgresDatabase:
             ord_sql = "nextval('run_ord')" if row[0] != s.status else "ord"
             conn.execute(
                 "UPDATE runs SET workflow_id=%s, status=%s, wait_reason=%s, wait_key=%s, due=%s, summary=%s, "
-                f"state=%s, ord={ord_sql} WHERE run_id=%s",
+                f"state=%s, ord={ord_sql}, ver=ver+1 WHERE run_id=%s",
                 args + (run.run_id,),
             )
         return changed, (due if new_timer else None)
@@ -484,8 +524,11 @@ class PostgresRunStore(RunStore):
         return self.db.write_many(items)
 
     def load(self, run_id: str) -> Optional[RunState]:
-        row = self.db.one("SELECT state FROM runs WHERE run_id=%s", (run_id,))
-        return RunState.from_dict(loads(row[0])) if row else None
+        row = self.db.one("SELECT state, ver FROM runs WHERE run_id=%s", (run_id,))
+        if row is None:
+            return None
+        self.db.saw(run_id, int(row[1]))
+        return RunState.from_dict(loads(row[0]))
 
     def _where(self, status: Any, wait_reason: Any, workflow_id: Optional[str]) -> Tuple[List[str], List[Any]]:
         where: List[str] = []
