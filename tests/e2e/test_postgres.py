@@ -67,6 +67,9 @@ def test_a_run_started_on_one_daemon_is_answered_on_another(tmp_path, dsn, monke
             records = [r.model_dump(mode="json") for r in ca.ledger(run).records]
             assert verify_ledger_chain(records)["ok"] and [r["seq"] for r in records] == [1, 2, 3, 4]
             assert cb.status().store == "postgres"
+            waits = ca.start("events").run_id  # waits for the event "go", on A
+            assert cb.emit_event("go", {"n": 1}) == [waits]  # emitted on B
+            assert ca.state(waits).output == {"n": 1}
     finally:
         a.stop()
         b.stop()
@@ -78,13 +81,20 @@ def test_a_timer_set_through_one_daemon_fires_through_another_after_a_sigkill(tm
     (wf / "timer.py").write_text(TIMER)
     a = daemon_on(tmp_path, "a", dsn, wf)
     c = daemon_on(tmp_path, "c", dsn, wf)
+    for d in (a, c):
+        d.stop()
+        d.extra += ["--lease-s", "2"]
+        d.start()
     try:
         with a.client() as ca:
             run = ca.start("timer", {"seconds": 1.5}).run_id
-            assert ca.state(run).status == "waiting"
+            st = ca.state(run)
+            assert st.status == "waiting"
         a.kill(signal.SIGKILL)
         with c.client() as cc:
-            done = wait_for(lambda: (s := cc.state(run)).status == "completed" and s, what="the timer through c")
+            # Within the lease (2 s) and one poll (1 s) of the timer, with room for a slow machine.
+            done = wait_for(lambda: (s := cc.state(run)).status == "completed" and s, timeout=3 + 1.5 + 10,
+                            what="the timer through c")
             assert done.output == {"fired": True}
     finally:
         a.stop()

@@ -154,3 +154,30 @@ def test_a_write_over_a_run_another_process_changed_meanwhile_is_refused(pg, pg_
         assert other.runs.load("r5").vars == {"by": "me"} and len(other.ledger.list("r5")) == 2
     finally:
         other.close()
+
+
+def test_daemons_opening_a_new_schema_at_once_migrate_it_once(pg_server):
+    from abstractruntime.storage.postgres import _MIGRATIONS, PostgresDatabase
+
+    schema = "t_" + uuid.uuid4().hex[:16]
+    opened, errors = [], []
+
+    def open_one():
+        try:
+            opened.append(PostgresDatabase(pg_server.dsn, schema=schema, pool_size=2))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors and len(opened) == 6
+        assert opened[0].one("SELECT value FROM meta WHERE key='schema_version'") == (str(len(_MIGRATIONS)),)
+        assert opened[0].one("SELECT count(*) FROM information_schema.columns WHERE table_schema=%s AND "
+                             "table_name='runs' AND column_name='ver'", (schema,)) == (1,)
+    finally:
+        for db in opened:
+            db.close()
