@@ -4,6 +4,7 @@ rolled back; and a write over a run another process changed meanwhile is refused
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import uuid
@@ -181,3 +182,15 @@ def test_daemons_opening_a_new_schema_at_once_migrate_it_once(pg_server):
     finally:
         for db in opened:
             db.close()
+
+
+def test_a_models_streamed_output_goes_through_the_feed(pg):
+    got: queue.Queue = queue.Queue()
+    feed = _feed(pg, got)
+    try:
+        pg.runs.db.append_event("r6", "progress", {"node_id": "llm", "text": "Hel"})
+        pg.runs.db.append_event("r6", "progress", {"node_id": "llm", "text": "lo"})
+        rows = _take(got, 2)
+        assert [(r[1], r[2], json.loads(r[3])["text"]) for r in rows] == [("r6", "progress", "Hel"), ("r6", "progress", "lo")]
+    finally:
+        feed.close()

@@ -20,7 +20,7 @@ import threading
 import time
 import traceback as tb
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
@@ -357,7 +357,12 @@ class Runtime:
         out: List[Any] = [None] * len(run_ids)
         ticks: List[Tuple[int, Tick]] = []
         seen: Set[str] = set()
-        with ExitStack() as held:
+        # A store that reads many runs at once (one round trip to a database) does so here:
+        # the scheduler's claim has leased them already.
+        load_many = getattr(self._runs, "load_many", None)
+        loaded: Dict[str, RunState] = load_many(list(dict.fromkeys(run_ids))) if load_many is not None else {}
+        together = getattr(self._runs, "releasing_together", None)  # and lets their leases go at once
+        with together(self.owner_id) if together is not None else nullcontext(), ExitStack() as held:
             for i, run_id in enumerate(run_ids):
                 t = Tick(defer=[])
                 try:
@@ -365,7 +370,7 @@ class Runtime:
                         raise RunBusyError(f"run {run_id} is already in this batch", run_id=run_id)
                     seen.add(run_id)
                     held.enter_context(self._guard(run_id, timeout=0))
-                    run = self.get_state(run_id)
+                    run = loaded.pop(run_id, None) or self.get_state(run_id)
                     workflow = self.workflow(run.workflow_id)
                     _check_workflow(workflow, run)
                     out[i] = self._advance(workflow, run, max_steps, t)

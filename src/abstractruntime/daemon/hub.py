@@ -214,12 +214,17 @@ class Hub:
     def _heartbeat_loop(self) -> None:
         """Say this daemon is alive (renewing its leases), and take over the runs of daemons
         that are not: running runs nobody holds, whose daemon died mid-step."""
+        suspects: set = set()
         while not self._heartbeat_stop.wait(self.heartbeat_s):
             try:
                 self._beat()
-                for run_id in self.run_store.orphans():
+                # A run unleased at two beats in a row, unchanged between them, is orphaned: a
+                # run just stored is leased by its first tick within milliseconds.
+                found = set(self.run_store.orphans())
+                for run_id, _ in found & suspects:
                     log.info("run %s: its daemon stopped mid-step; ticking it here", run_id)
                     self.go_on(run_id, wait=False)
+                suspects = found
             except Exception as e:  # isolation boundary: the next beat tries again
                 log.warning("heartbeat: %s", e)
 
