@@ -201,7 +201,7 @@ def main() -> None:
     args = ap.parse_args()
     per_client = 5 if args.quick else 25
     n_timers = 1000 if args.quick else args.timers
-    lead = args.lead or (20.0 if args.quick else max(60.0, n_timers / 40))
+    lead = args.lead or (20.0 if args.quick else max(60.0, n_timers / 80))
     found = bindir()
     if found is None:
         sys.exit("needs PostgreSQL's initdb and pg_ctl (Debian: apt-get install postgresql)")

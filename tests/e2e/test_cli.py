@@ -74,3 +74,13 @@ def test_a_token_from_the_environment_must_be_long_enough(tmp_path, monkeypatch)
     monkeypatch.setenv("ABSTRACTRUNTIME_TOKEN", "short")
     p = cli(tmp_path, "serve", "--tcp", "127.0.0.1:0", "--data", str(tmp_path / "data"), "--store", "memory")
     assert p.returncode == 2 and "$ABSTRACTRUNTIME_TOKEN is too short" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_database_that_cannot_be_reached_is_named_at_once(tmp_path):
+    import pytest
+
+    pytest.importorskip("psycopg", reason="pip install 'abstractruntime[postgres]'")
+    p = cli(tmp_path, "serve", "--store", "postgres", "--dsn", f"host={tmp_path / 'nowhere'} dbname=runs",
+            "--data", str(tmp_path / "data"))
+    assert p.returncode == 2 and "cannot connect to PostgreSQL" in p.stderr and "nowhere" in p.stderr
+    assert "Traceback" not in p.stderr

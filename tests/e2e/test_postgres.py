@@ -437,3 +437,21 @@ def test_a_daemon_frozen_past_its_lease_cannot_apply_a_step_twice(tmp_path, dsn)
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.send_signal(signal.SIGCONT)
             d.stop()
+
+
+def test_a_step_longer_than_the_lease_keeps_its_run_while_its_daemon_lives(tmp_path, dsn):
+    from daemon_fixture import WORKFLOWS
+
+    a = daemon_on(tmp_path, "a", dsn, WORKFLOWS)
+    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS)
+    for d in (a, b):
+        d.stop()
+        d.extra += ["--lease-s", "1"]
+        d.start()
+    try:
+        with a.client() as ca:  # a 3 s step under a 1 s lease: the heartbeat renews it
+            assert ca.start("slow", {"seconds": 3.0}).state.output == {"slept": 3.0}
+        assert "ticking it here" not in b.log.read_text() and "changed by another daemon" not in a.log.read_text()
+    finally:
+        for d in (a, b):
+            d.stop()

@@ -23,6 +23,7 @@ import time
 from typing import Any, Dict, Optional
 
 from .. import __version__, project
+from ..core.errors import StorageUnavailableError
 from ..protocol import discovery as paths
 from ..storage._durable import atomic_write
 from . import _malloc, logs
@@ -313,6 +314,9 @@ def run(args: Any) -> int:
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 2
     except paths.UnsafePathError as e:
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        return 2
+    except StorageUnavailableError as e:  # a database that cannot be reached (a wrong DSN, a server down)
         print(f"abstractruntime: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a data folder that is a file, or one we may not create

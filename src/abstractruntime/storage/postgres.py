@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..core.clock import SYSTEM_CLOCK, Clock
-from ..core.errors import RunBusyError
+from ..core.errors import RunBusyError, StorageUnavailableError
 from ..core.jsonutil import dumps, loads
 from ..core.ledger_hash import chain_records
 from ..core.models import RunState, StepRecord
@@ -189,6 +189,13 @@ class PostgresDatabase:
         self._errors = (psycopg.OperationalError, psycopg.InterfaceError, pool.PoolTimeout)
         self._integrity = psycopg.errors.UniqueViolation
         options = f"-c search_path={schema}"
+        try:
+            # One connection first, so that a wrong DSN or a server that is down is reported at
+            # once, with libpq's own words (the pool would retry for its whole timeout).
+            psycopg.connect(dsn, connect_timeout=10, options=options).close()
+        except psycopg.Error as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise StorageUnavailableError(f"cannot connect to PostgreSQL: {reason}", errno=None, cause=reason) from None
         try:
             # Autocommit: a read is one round trip (a write opens its own transaction).
             self.pool = pool.ConnectionPool(
