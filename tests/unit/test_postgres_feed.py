@@ -194,3 +194,43 @@ def test_a_models_streamed_output_goes_through_the_feed(pg):
         assert [(r[1], r[2], json.loads(r[3])["text"]) for r in rows] == [("r6", "progress", "Hel"), ("r6", "progress", "lo")]
     finally:
         feed.close()
+
+
+def test_the_daemons_event_log_replays_from_the_database_and_expires_what_retention_removed(pg, tmp_path):
+    from abstractruntime.daemon.events import EventLog
+    from abstractruntime.protocol.errors import CursorExpiredError
+    from abstractruntime.storage.postgres_feed import PostgresFeed
+
+    log = EventLog(str(tmp_path), shared=True, max_events=2)  # keeps two events in memory
+    feed = PostgresFeed(pg.runs.db, log.deliver_row, poll_s=0.2)
+    log.attach_feed(feed)
+    try:
+        start = log.cursor
+        for n in range(7, 10):
+            pg.runs.commit(_run(n), [_record(f"r{n}", "a")])  # a record and a state event each
+        db_rows = lambda: pg.runs.db.rows("SELECT cursor FROM events WHERE cursor > %s ORDER BY cursor", (start,))  # noqa: E731
+        import time
+
+        deadline = time.time() + 10
+        while log.cursor < db_rows()[-1][0] and time.time() < deadline:
+            time.sleep(0.02)
+        _, cursor, backlog = log.subscribe(None, start, lambda e: None)
+        assert [e["cursor"] for e in backlog] == [r[0] for r in db_rows()] and cursor == db_rows()[-1][0]
+        assert len(log) == 2  # most of that backlog came from the database
+        _, _, one = log.subscribe("r8", start, lambda e: None)
+        assert [e["kind"] for e in one] == ["record", "state"] and one[0]["record"]["run_id"] == "r8"
+        # A cursor from a daemon further on: nothing at or below it is delivered again.
+        got: list = []
+        log.subscribe(None, cursor + 1000, got.append)
+        pg.runs.commit(_run(10), [_record("r10", "a")])
+        deadline = time.time() + 10
+        while log.cursor <= cursor and time.time() < deadline:
+            time.sleep(0.02)
+        assert got == []
+        feed.retention_s = -1.0
+        feed.prune()
+        with pytest.raises(CursorExpiredError):
+            log.subscribe(None, start, lambda e: None)
+    finally:
+        feed.close()
+        log.close()

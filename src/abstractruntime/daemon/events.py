@@ -252,10 +252,10 @@ class EventLog:
                         requested=after,
                     )
                 try:
-                    rows = self._feed.history(after, self._log_floor, run_id, self.max_events)
+                    rows = self._feed.history(after, self._log_floor, run_id, MAX_EVENTS)
                 except ValueError:
                     raise CursorExpiredError(
-                        f"more than {self.max_events} events happened after cursor {after}; "
+                        f"more than {MAX_EVENTS} events happened after cursor {after}; "
                         "re-read the runs you follow, then subscribe without `after`",
                         oldest=self._log_floor + 1,
                         requested=after,
