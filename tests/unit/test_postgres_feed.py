@@ -108,7 +108,18 @@ def test_concurrent_writers_every_event_once_in_order(pg):
             t.start()
         for t in threads:
             t.join()
-        rows = _take(got, 8 * 25 * 2)  # a record and a state event per commit
+        rows: list = []
+        try:
+            for _ in range(8 * 25 * 2):  # a record and a state event per commit
+                rows.append(got.get(timeout=30))
+        except queue.Empty:  # say where the feed stands (a stall must be explainable)
+            db = pg.runs.db
+            raise AssertionError(
+                f"{len(rows)} of 400 events, then 30 s without one: feed at {feed.cursor}, gap {feed._gap}, "
+                f"table {db.rows('SELECT min(cursor), max(cursor), count(*) FROM events')}, snapshot "
+                f"{db.rows('SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() s')}, "
+                f"holders {db.rows('SELECT pid, backend_xid::text, state, left(query, 80) FROM pg_stat_activity WHERE backend_xid IS NOT NULL')}"
+            ) from None
         cursors = [r[0] for r in rows]
         assert cursors == sorted(set(cursors))
         db_rows = pg.runs.db.rows("SELECT cursor FROM events ORDER BY cursor")

@@ -36,6 +36,7 @@ Row = Tuple[int, str, str, str, bool, float]
 DEFAULT_RETENTION_S = 7 * 86400.0
 _READ_BATCH = 2000
 _GAP_POLL_S = 0.02  # how often to look again while a hole may still fill
+_GAP_WARN_S = 10.0  # a hole open this long is worth a warning (it names what holds it)
 _PRUNE_EVERY_S = 60.0
 
 
@@ -64,6 +65,7 @@ class PostgresFeed:
         self._notify = threading.Event()
         self._ready = threading.Event()
         self._gap: Optional[Tuple[int, int]] = None  # (highest cursor seen past a hole, xmax of that read)
+        self._gap_since, self._gap_warned = 0.0, False
         self._pruned_at = 0.0
         try:
             self._listen = psycopg.connect(db.dsn, autocommit=True, options=db.options)
@@ -148,10 +150,31 @@ class PostgresFeed:
         if hole:
             if self._gap is None or settled:
                 self._gap = (int(events[-1][0]), xmax)
+                self._gap_since, self._gap_warned = time.monotonic(), False
+            elif not self._gap_warned and time.monotonic() - self._gap_since > _GAP_WARN_S:
+                self._gap_warned = True
+                self._warn_held_back(xmin)
         elif self._gap is not None and self.cursor >= gap_top:
             self._gap = None
         self._maybe_prune()
         return not hole and len(events) == _READ_BATCH
+
+    def _warn_held_back(self, xmin: int) -> None:
+        """Events wait behind a cursor that may still commit, for longer than a step takes:
+        name the oldest transaction on the server, which is what they wait for."""
+        rows = self.db.rows(
+            "SELECT pid, datname, state, now() - xact_start, left(query, 120) FROM pg_stat_activity "
+            "WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1"
+        )
+        held = (
+            f"pid {rows[0][0]} on {rows[0][1]} ({rows[0][2]}, open {rows[0][3]}): {rows[0][4]!r}" if rows else "unknown"
+        )
+        log.warning(
+            "event feed: events after cursor %d wait for transaction %d to end; the oldest open transaction is %s",
+            self.cursor,
+            xmin,
+            held,
+        )
 
     @property
     def ready(self) -> bool:
