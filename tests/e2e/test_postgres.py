@@ -43,10 +43,15 @@ def dsn(pg_server):
     return pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
 
 
-def daemon_on(tmp: Path, name: str, dsn: str, workflows: Path, transport: str = "unix") -> DaemonProcess:
+def daemon_on(
+    tmp: Path, name: str, dsn: str, workflows: Path, transport: str = "unix", lease_s=None, start: bool = True
+) -> DaemonProcess:
+    """A daemon on the test's database; `lease_s`: how soon the others take its runs when it dies."""
     folder = tmp / name
     folder.mkdir()
-    return DaemonProcess(folder, transport, workflows=workflows, extra=["--store", "postgres", "--dsn", dsn]).start()
+    extra = ["--store", "postgres", "--dsn", dsn] + (["--lease-s", str(lease_s)] if lease_s else [])
+    d = DaemonProcess(folder, transport, workflows=workflows, extra=extra)
+    return d.start() if start else d
 
 
 
@@ -79,12 +84,8 @@ def test_a_timer_set_through_one_daemon_fires_through_another_after_a_sigkill(tm
     wf = tmp_path / "wf"
     wf.mkdir()
     (wf / "timer.py").write_text(TIMER)
-    a = daemon_on(tmp_path, "a", dsn, wf)
-    c = daemon_on(tmp_path, "c", dsn, wf)
-    for d in (a, c):
-        d.stop()
-        d.extra += ["--lease-s", "2"]
-        d.start()
+    a = daemon_on(tmp_path, "a", dsn, wf, lease_s=2)
+    c = daemon_on(tmp_path, "c", dsn, wf, lease_s=2)
     try:
         with a.client() as ca:
             run = ca.start("timer", {"seconds": 1.5}).run_id
@@ -301,11 +302,8 @@ def test_sigkill_loop_over_three_daemons_loses_no_acknowledged_step(tmp_path, ds
 
     from daemon_fixture import WORKFLOWS
 
-    daemons = [daemon_on(tmp_path, n, dsn, WORKFLOWS) for n in "abc"]
-    for d in daemons:  # a dead daemon's runs go to the others 2 s after its last heartbeat
-        d.stop()
-        d.extra += ["--lease-s", "2"]
-        d.start()
+    # A dead daemon's runs go to the others 2 s after its last heartbeat.
+    daemons = [daemon_on(tmp_path, n, dsn, WORKFLOWS, lease_s=2) for n in "abc"]
     started: dict = {}
     answered: dict = {}
     napping: list = []
@@ -374,14 +372,9 @@ def test_a_timer_is_left_for_a_daemon_that_has_its_workflow_and_node(tmp_path, d
     old = tmp_path / "old"  # "timer" without the node its runs go on at
     old.mkdir()
     (old / "timer.py").write_text(TIMER.replace('"done": lambda run, ctx: StepPlan(node_id="done", complete_output={"fired": True})', ""))
-    a = daemon_on(tmp_path, "a", dsn, wf)
-    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS)  # does not serve "timer" at all
-    c = daemon_on(tmp_path, "c", dsn, old)
-    for d in (a, b, c):
-        d.stop()
-        d.extra += ["--lease-s", "1"]
-    b.start()
-    c.start()
+    a = daemon_on(tmp_path, "a", dsn, wf, lease_s=1, start=False)
+    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS, lease_s=1)  # does not serve "timer" at all
+    c = daemon_on(tmp_path, "c", dsn, old, lease_s=1)
     a.start()
     try:
         with a.client() as ca:
@@ -404,12 +397,8 @@ def test_a_daemon_frozen_past_its_lease_cannot_apply_a_step_twice(tmp_path, dsn)
     import psycopg
     from daemon_fixture import WORKFLOWS
 
-    a = daemon_on(tmp_path, "a", dsn, WORKFLOWS)
-    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS)
-    for d in (a, b):
-        d.stop()
-        d.extra += ["--lease-s", "1"]
-        d.start()
+    a = daemon_on(tmp_path, "a", dsn, WORKFLOWS, lease_s=1)
+    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS, lease_s=1)
     try:
         with a.client() as ca:
             a_id = ca.status().daemon_id
@@ -442,12 +431,8 @@ def test_a_daemon_frozen_past_its_lease_cannot_apply_a_step_twice(tmp_path, dsn)
 def test_a_step_longer_than_the_lease_keeps_its_run_while_its_daemon_lives(tmp_path, dsn):
     from daemon_fixture import WORKFLOWS
 
-    a = daemon_on(tmp_path, "a", dsn, WORKFLOWS)
-    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS)
-    for d in (a, b):
-        d.stop()
-        d.extra += ["--lease-s", "1"]
-        d.start()
+    a = daemon_on(tmp_path, "a", dsn, WORKFLOWS, lease_s=1)
+    b = daemon_on(tmp_path, "b", dsn, WORKFLOWS, lease_s=1)
     try:
         with a.client() as ca:  # a 3 s step under a 1 s lease: the heartbeat renews it
             assert ca.start("slow", {"seconds": 3.0}).state.output == {"slept": 3.0}
