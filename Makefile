@@ -19,11 +19,13 @@ PYTHONS ?= 3.10 3.11 3.12 3.13
 # system rather than the interpreter (SIGKILL loops, a full disk, 128 descriptors, faults
 # injected then crashed: the unit tier runs the same fault seams on every version), and the
 # CLI's own subprocess-heavy tier (its code runs on every version through tests/e2e/test_cli.py
-# and the unit tier). They keep CI's whole run well under its 15 minutes on 2 cores.
+# and the unit tier), and the several-daemons tier on PostgreSQL (its stores and feed run on
+# every version through the unit tier). They keep CI's whole run under its 15 minutes on 2 cores.
 MAIN_ONLY := --ignore=tests/e2e/test_typescript.py --ignore=tests/e2e/test_neovim.py \
 	--ignore=tests/e2e/test_fresh_clone.py --ignore=tests/e2e/test_docs.py \
 	--ignore=tests/e2e/test_crash_recovery.py --ignore=tests/e2e/test_limits.py \
-	--ignore=tests/e2e/test_fault_loop.py --ignore=tests/e2e/test_steering_cli.py
+	--ignore=tests/e2e/test_fault_loop.py --ignore=tests/e2e/test_steering_cli.py \
+	--ignore=tests/e2e/test_postgres.py
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -333,7 +333,7 @@ def test_sigkill_loop_over_three_daemons_loses_no_acknowledged_step(tmp_path, ds
         t.start()
     rng = random.Random(7)
     try:
-        for _ in range(6):
+        for _ in range(4):
             wait_for(lambda: len(answered) >= 5, what="some acknowledged answers")  # noqa: B023
             victim = rng.choice(daemons)
             with victim.client() as cl:  # a run in the middle of a 1 s step when its daemon dies
@@ -344,7 +344,6 @@ def test_sigkill_loop_over_three_daemons_loses_no_acknowledged_step(tmp_path, ds
         for t in workers:
             t.join(60)
         assert len(answered) > 20
-        print("SIGKILL loop:", len(started), "started,", len(answered), "answered")
         with daemons[0].client() as cl:
             for rid, text in answered.items():  # every acknowledged answer is there
                 st = cl.state(rid)
