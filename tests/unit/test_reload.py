@@ -278,3 +278,31 @@ def test_a_save_that_would_remove_workflows_is_held_for_a_grace_period(tmp_path)
     cat.rescan()
     (tmp_path / "flow.py").write_text("")
     assert cat.rescan().changes[0].new_version is None
+
+
+def test_a_due_timer_stranded_by_a_new_version_names_the_version_it_waited_under():
+    from abstractruntime.core.clock import ManualClock
+    from abstractruntime.core.timeutil import epoch_to_iso
+
+    clock = ManualClock()
+    until = epoch_to_iso(clock.time() + 60)
+
+    def wait(run, ctx):
+        return StepPlan(node_id="wait", effect=Effect(EffectType.WAIT_UNTIL, {"until": until}), next_node="end")
+
+    v1 = WorkflowSpec(workflow_id="t", entry_node="wait", nodes={"wait": wait, "end": _end("v1")})
+    v1.version = "v1"
+    reg = WorkflowRegistry([v1])
+    rt = Runtime(
+        run_store=InMemoryRunStore(), ledger_store=InMemoryLedgerStore(), workflow_registry=reg, clock=clock
+    )
+    run = rt.start_and_tick(workflow=v1).run_id  # waiting for the timer
+    v2 = WorkflowSpec(workflow_id="t", entry_node="wait", nodes={"wait": wait})  # without `end`
+    v2.version = "v2"
+    reg.register(v2, replace=True)
+    clock.advance(61)
+    with pytest.raises(RunStrandedError) as e:
+        rt.tick(workflow=None, run_id=run)
+    assert (e.value.data["run_version"], e.value.data["workflow_version"]) == ("v1", "v2")
+    assert "waits under version v1" in str(e.value)
+    assert rt.get_state(run).last_version == "v1"  # nothing committed under v2

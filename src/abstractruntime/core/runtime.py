@@ -754,13 +754,16 @@ class Runtime:
     def _advance(self, workflow: WorkflowSpec, run: RunState, max_steps: int, t: Tick) -> RunState:
         if run.status.is_terminal:
             return run
-        _bind_version(workflow, run)
         if run.status == RunStatus.WAITING:
+            # The wait is checked against the version the run waited under (a stranded run's
+            # message names it), and the run takes the served version once it goes on.
             details = run.waiting.details if run.waiting is not None else None
             if (details is not None and PAUSED in details) or not self._unblock_if_ready(workflow, run, t):
                 return run
+            _bind_version(workflow, run)
             if run.status != RunStatus.RUNNING:
                 return self._commit(run, t)
+        _bind_version(workflow, run)
         steps = 0
         while True:
             if run.run_id in self._cancel_requests:
@@ -872,6 +875,7 @@ class Runtime:
                 self._check_resume_target(workflow, run)
                 self._apply_resume(run, {"sub_run_id": child.run_id, "output": child.output}, t)
                 return True
+            _bind_version(workflow, run)
             self._fail(
                 run,
                 t,
@@ -898,6 +902,7 @@ class Runtime:
                 workflow_version=workflow.version,
                 run_version=waited_under,
             )
+        _bind_version(workflow, run)  # it goes on under the served version (its records say so)
 
     def _apply_timeout(self, workflow: WorkflowSpec, run: RunState, t: Tick) -> None:
         """The wait's deadline passed: go on at its `on_timeout` node (else where an answer would
