@@ -730,7 +730,10 @@ class Runtime:
         # The lock and the lease in one context (not two nested ones): this is on every tick.
         ent = self._locks.acquire(run_id, timeout)
         try:
-            if not self._runs.try_lease(run_id, self.owner_id, self.lease_s) and not self._await_lease(run_id):
+            # timeout=0 (a batch of timers): a run busy elsewhere is reported, not waited for.
+            if not self._runs.try_lease(run_id, self.owner_id, self.lease_s) and (
+                timeout == 0 or not self._await_lease(run_id)
+            ):
                 raise RunBusyError(f"run {run_id} is leased by another runtime", run_id=run_id)
             try:
                 yield
