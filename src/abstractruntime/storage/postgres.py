@@ -32,6 +32,7 @@ from ..core.ledger_hash import chain_records
 from ..core.models import RunState, StepRecord
 from ._durable import unavailable
 from ._index import due_epoch
+from ._listeners import Listeners
 from .artifacts import ArtifactMetadata, ArtifactStore, _matches, check_artifact_id
 from .base import (
     LedgerListener,
@@ -39,7 +40,6 @@ from .base import (
     RunListener,
     RunStore,
     RunSummary,
-    StoredRecords,
     _reason_value,
     _status_value,
 )
@@ -221,9 +221,7 @@ class PostgresDatabase:
         except self._errors as e:
             raise unavailable(e, "connecting to PostgreSQL") from e
         self._closed = False
-        self.run_listeners: List[RunListener] = []
-        self.timer_listeners: List[Callable[[float], None]] = []
-        self.ledger_listeners: List[LedgerListener] = []
+        self.listeners = Listeners()
         # Told after each commit that wrote events (the feed reads them and tells the others).
         self.commit_listeners: List[Callable[[], None]] = []
         self.channel = f"{CHANNEL}_{schema}"
@@ -532,20 +530,10 @@ class PostgresDatabase:
         summary: Optional[RunSummary],
         due: Optional[float],
     ) -> List[Dict[str, Any]]:
-        stored = StoredRecords.of(chained)
         if chained or summary is not None:
             for hook in self.commit_listeners:
                 hook()
-        if stored:
-            for fn in self.ledger_listeners:
-                fn(run_id, stored)
-        if summary is not None:
-            for rl in self.run_listeners:
-                rl(summary)
-        if due is not None:
-            for tl in self.timer_listeners:
-                tl(due)
-        return stored
+        return self.listeners.announce(run_id, chained, summary, due)
 
     # -- daemons --------------------------------------------------------------------------------
 
@@ -811,14 +799,13 @@ class PostgresRunStore(RunStore):
         # run itself did not change: no state is announced.
         dues = [float(g[0]) for g in gone if g[0] is not None]
         if dues:
-            for fn in self.db.timer_listeners:
-                fn(min(dues))
+            self.db.listeners.timer_due(min(dues))
 
     def add_listener(self, listener: RunListener) -> None:
-        self.db.run_listeners = self.db.run_listeners + [listener]
+        self.db.listeners.add_run_listener(listener)
 
     def add_timer_listener(self, listener: Callable[[float], None]) -> None:
-        self.db.timer_listeners = self.db.timer_listeners + [listener]
+        self.db.listeners.add_timer_listener(listener)
 
     def close(self) -> None:
         self.db.close()
@@ -862,7 +849,7 @@ class PostgresLedgerStore(LedgerStore):
         return loads(row[0]) if row else None
 
     def add_listener(self, listener: LedgerListener) -> None:
-        self.db.ledger_listeners = self.db.ledger_listeners + [listener]
+        self.db.listeners.add_ledger_listener(listener)
 
     def close(self) -> None:
         self.db.close()

@@ -24,13 +24,13 @@ from . import _fs
 from ._cache import DEFAULT_BYTES, BoundedCache
 from ._durable import Batcher, unavailable
 from ._index import due_epoch
+from ._listeners import Listeners
 from .base import (
     LedgerListener,
     LedgerStore,
     RunListener,
     RunStore,
     RunSummary,
-    StoredRecords,
     _reason_value,
     _status_value,
 )
@@ -123,9 +123,7 @@ class SqliteDatabase:
         self.heads: Dict[str, Tuple[int, Optional[str]]] = {}
         row = self.conn.execute("SELECT COALESCE(MAX(ord), 0) FROM runs").fetchone()
         self.ord = int(row[0])
-        self.run_listeners: List[RunListener] = []
-        self.timer_listeners: List[Callable[[float], None]] = []
-        self.ledger_listeners: List[LedgerListener] = []
+        self.listeners = Listeners()
         self._batcher = Batcher(self._commit_batch)
         # The newest checkpoints as committed. A tick reads back the state it committed
         # moments ago, and reading through the connection would wait behind the batch
@@ -207,17 +205,7 @@ class SqliteDatabase:
 
     def _announce(self, job: _Job) -> List[Dict[str, Any]]:
         """Tell the listeners of a committed job; returns its records as stored."""
-        stored = StoredRecords.of(job.chained)
-        if stored:
-            for fn in self.ledger_listeners:
-                fn(job.run_id, stored)
-        if job.summary is not None and job.changed:
-            for rl in self.run_listeners:
-                rl(job.summary)
-        if job.due is not None:
-            for tl in self.timer_listeners:
-                tl(job.due)
-        return stored
+        return self.listeners.announce(job.run_id, job.chained, job.summary if job.changed else None, job.due)
 
     def _commit_batch(self, batch: List[_Job]) -> None:
         with self.lock:
@@ -420,14 +408,13 @@ class SqliteRunStore(RunStore):
                 "SELECT due FROM runs WHERE run_id=? AND status='waiting' AND due IS NOT NULL", (run_id,)
             ).fetchone()
         if row is not None:
-            for fn in self.db.timer_listeners:
-                fn(float(row[0]))
+            self.db.listeners.timer_due(float(row[0]))
 
     def add_listener(self, listener: RunListener) -> None:
-        self.db.run_listeners = self.db.run_listeners + [listener]
+        self.db.listeners.add_run_listener(listener)
 
     def add_timer_listener(self, listener: Callable[[float], None]) -> None:
-        self.db.timer_listeners = self.db.timer_listeners + [listener]
+        self.db.listeners.add_timer_listener(listener)
 
     def close(self) -> None:
         self.db.close()
@@ -467,7 +454,7 @@ class SqliteLedgerStore(LedgerStore):
         )
 
     def add_listener(self, listener: LedgerListener) -> None:
-        self.db.ledger_listeners = self.db.ledger_listeners + [listener]
+        self.db.listeners.add_ledger_listener(listener)
 
     def close(self) -> None:
         self.db.close()
