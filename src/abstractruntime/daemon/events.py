@@ -158,11 +158,7 @@ class EventLog:
             self._save_block(self._block_end)
         now = time.time()
         event = {"cursor": self._cursor, "run_id": run_id, "kind": kind, kind: body, "committed_at": now}
-        text = (
-            f'{{"cursor":{self._cursor},"run_id":{_quoted(run_id)},"kind":"{kind}",'
-            f'"{kind}":{body_json},"committed_at":{now!r}}}'
-        )
-        self._keep(self._cursor, run_id, first, text)
+        self._keep(self._cursor, run_id, first, _event_text(self._cursor, run_id, kind, body_json, now))
         for sub in self._subs.values():
             if (sub.run_id is None or sub.run_id == run_id) and self._cursor > sub.after:
                 sub.deliver(event)
@@ -180,7 +176,7 @@ class EventLog:
     def deliver_row(self, row: Tuple[int, str, str, str, bool, float]) -> None:
         """An event the shared feed read (cursor order): kept, and handed to the subscribers."""
         cursor, run_id, kind, body_json, first, at = row
-        text = f'{{"cursor":{cursor},"run_id":{_quoted(run_id)},"kind":"{kind}","{kind}":{body_json},"committed_at":{at!r}}}'
+        text = _event_text(cursor, run_id, kind, body_json, at)
         with self._lock:
             self._cursor = cursor
             self._keep(cursor, run_id, first, text)
@@ -297,6 +293,13 @@ class EventLog:
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+def _event_text(cursor: int, run_id: str, kind: str, body_json: str, at: float) -> str:
+    """An event as the log keeps it (JSON text, built around its body's JSON as it is)."""
+    return (
+        f'{{"cursor":{cursor},"run_id":{_quoted(run_id)},"kind":"{kind}","{kind}":{body_json},"committed_at":{at!r}}}'
+    )
 
 
 def _quoted(run_id: str) -> str:
