@@ -110,6 +110,12 @@ class DaemonProcess:
                 self.proc.wait()
 
 
+def cli(cwd, *args, stdin=None, timeout=60):
+    """`abstractruntime ARGS` in a subprocess, with this package importable: the result."""
+    return subprocess.run([sys.executable, "-m", "abstractruntime", *args], cwd=cwd, env=env_with_package(),
+                          input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
 def wait_for(predicate, timeout=30.0, what="a condition"):
     """`predicate()`'s first truthy value, polled every 20 ms: a wait on a condition, never a
     fixed sleep; an AssertionError naming `what` after `timeout` seconds."""

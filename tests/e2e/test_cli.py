@@ -9,14 +9,11 @@ import subprocess
 import sys
 import time
 
+from daemon_fixture import cli
+
 from abstractruntime.client.connection import env_with_package
 from abstractruntime.protocol import discovery
 from conftest import ROOT
-
-
-def cli(cwd, *args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "abstractruntime", *args], cwd=cwd, env=env_with_package(),
-                          input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def test_make_serve_then_runs_and_answer_in_a_second_terminal(tmp_path):

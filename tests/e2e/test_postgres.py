@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from daemon_fixture import DaemonProcess, wait_for
+from daemon_fixture import DaemonProcess, cli, wait_for
 
 from abstractruntime.core.ledger_hash import verify_ledger_chain
 
@@ -104,23 +104,11 @@ def test_a_timer_set_through_one_daemon_fires_through_another_after_a_sigkill(tm
 
 def test_export_from_files_import_into_postgres_and_answer_a_waiting_run_there(tmp_path, dsn):
     import json
-    import subprocess
-    import sys
 
     from daemon_fixture import WORKFLOWS
 
-    from abstractruntime.client.connection import env_with_package
-
     def ar(*args, stdin=None):
-        return subprocess.run(
-            [sys.executable, "-m", "abstractruntime", *args],
-            cwd=tmp_path,
-            env=env_with_package(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            input=stdin,
-        )
+        return cli(tmp_path, *args, stdin=stdin, timeout=120)
 
     files = DaemonProcess(tmp_path, "unix", workflows=WORKFLOWS).start()  # the files store, in tmp/data
     try:
@@ -155,18 +143,6 @@ def test_export_from_files_import_into_postgres_and_answer_a_waiting_run_there(t
             assert verify_ledger_chain(records)["ok"] and len(records) == len(before[waiting]) + 2
     finally:
         pg.stop()
-
-
-def _ar(cwd, *args):
-    import subprocess
-    import sys
-
-    from abstractruntime.client.connection import env_with_package
-
-    return subprocess.run(
-        [sys.executable, "-m", "abstractruntime", *args], cwd=cwd, env=env_with_package(), capture_output=True,
-        text=True, timeout=120,
-    )
 
 
 def _subscribe_in_thread(client, after):
@@ -280,7 +256,7 @@ def test_three_daemons_eight_clients_each_race_resumes_each_applied_once(tmp_pat
         assert sorted(wins) == sorted(runs) and all(len(w) == 1 for w in wins.values()), (wins, Counter(refusals))
         # The others were told the run already completed (never busy: a resume waits for the lease).
         assert Counter(r[0] for r in refusals) == Counter({"RunFinishedError": 12 * 23}), Counter(refusals)
-        status = _ar(tmp_path, "status", "--data", str(daemons[1].data))
+        status = cli(tmp_path, "status", "--data", str(daemons[1].data))
         assert status.returncode == 0 and "peers (3 daemons on this database):" in status.stdout, status.stderr
         assert status.stdout.count("(this one)") == 1 and status.stdout.count("ask@") == 3
         with daemons[2].client() as c2:
