@@ -5,10 +5,11 @@ PY     := $(VENV)/bin/python
 # What `make serve` needs: the package and its four dependencies (no AbstractCore: a model is
 # opt-in, `pip install 'abstractruntime[abstractcore]'`).
 STAMP      := $(VENV)/.installed
-# What `make test` needs on top: the test tools and the AbstractCore extra its tier exercises.
+# What `make test` needs on top: the test tools, the AbstractCore extra its tier exercises, and
+# Playwright for the browser tier (it drives the system's chromium; no browser download).
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test test-deps test-pythons check lint typecheck bench install clean protocol
+.PHONY: serve test test-deps test-pythons check lint typecheck bench install clean protocol web screenshots
 
 # The other interpreters the project claims (pyproject's requires-python): `make test` runs the
 # unit and e2e tiers on each one it finds (python3.X on PATH, or pyenv's 3.X.*), in its own
@@ -20,12 +21,13 @@ PYTHONS ?= 3.10 3.11 3.12 3.13
 # injected then crashed: the unit tier runs the same fault seams on every version), and the
 # CLI's own subprocess-heavy tier (its code runs on every version through tests/e2e/test_cli.py
 # and the unit tier), and the several-daemons tier on PostgreSQL (its stores and feed run on
-# every version through the unit tier). They keep CI's whole run under its 15 minutes on 2 cores.
+# every version through the unit tier), and the browser tier (the page is JavaScript; the
+# daemon's side of it is the same session on every version). They keep CI's whole run under its 15 minutes on 2 cores.
 MAIN_ONLY := --ignore=tests/e2e/test_typescript.py --ignore=tests/e2e/test_neovim.py \
 	--ignore=tests/e2e/test_fresh_clone.py --ignore=tests/e2e/test_docs.py \
 	--ignore=tests/e2e/test_crash_recovery.py --ignore=tests/e2e/test_limits.py \
 	--ignore=tests/e2e/test_fault_loop.py --ignore=tests/e2e/test_steering_cli.py \
-	--ignore=tests/e2e/test_postgres.py
+	--ignore=tests/e2e/test_postgres.py --ignore=tests/e2e/test_web.py
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +35,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 $(TEST_STAMP): $(STAMP)
-	@$(PY) -m pip install -q -e ".[dev,abstractcore,postgres]"
+	@$(PY) -m pip install -q -e ".[dev,abstractcore,postgres,browser]"
 	@touch $@
 
 install: $(STAMP)
@@ -76,8 +78,8 @@ test-pythons:
 		$$venv/bin/python -m pytest tests/unit tests/compat tests/daemon tests/e2e -q -n 2 --dist loadfile --timeout 300 $(MAIN_ONLY) || exit 1; \
 	done
 
-# Tools some tiers need beyond Python. In CI (CI=true) they are installed: Debian's neovim and postgresql (as
-# root, or with sudo) and the TypeScript client's npm packages. Elsewhere a tier whose tool is
+# Tools some tiers need beyond Python. In CI (CI=true) they are installed: Debian's neovim, postgresql and
+# chromium (as root, or with sudo) and the TypeScript client's npm packages. Elsewhere a tier whose tool is
 # missing is skipped with one line naming what to install.
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 test-deps:
@@ -87,6 +89,8 @@ ifeq ($(CI),true)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
 		echo "installing Debian's postgresql (the tests start a throwaway server of their own)"; \
 		($(APT) install -y -q postgresql || ($(APT) update -q && $(APT) install -y -q postgresql)) >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (the browser tier drives it)"; \
+		($(APT) install -y -q chromium || ($(APT) update -q && $(APT) install -y -q chromium)) >/dev/null; }
 endif
 	@if command -v npm >/dev/null 2>&1; then \
 		test clients/typescript/node_modules/.package-lock.json -nt clients/typescript/package-lock.json || \
@@ -96,6 +100,14 @@ endif
 # Regenerate protocol/openrpc.json, protocol/golden.json and docs/protocol.md.
 protocol: $(STAMP)
 	@$(PY) -m abstractruntime.protocol.spec
+
+# Rebuild the web page into the package (src/abstractruntime/web/static/) from clients/typescript/web.
+web:
+	@npm run --prefix clients/typescript build:web
+
+# Retake the screenshots docs/web.md shows, from the browser tier.
+screenshots: $(TEST_STAMP)
+	@WEB_SCREENSHOTS=docs/web $(PY) -m pytest tests/e2e/test_web.py -q
 
 check: lint typecheck
 lint: $(TEST_STAMP)

@@ -28,6 +28,13 @@ def test_the_typescript_client_suite():
     assert "# fail 0" in p.stdout and "# pass 8" in p.stdout, summary
 
 
+def test_the_web_page_in_the_package_is_built_from_its_sources():
+    """The page the daemon serves (src/abstractruntime/web/static, shipped so that pip needs no
+    Node) is what clients/typescript/web builds to: type-checked, bundled, byte for byte."""
+    p = subprocess.run([NPM, "run", "check:web"], cwd=PKG, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+
 def test_the_typescript_blocks_of_the_docs_compile_and_run(tmp_path):
     """Each TypeScript block of the docs, type-checked against the built client and run under Node
     in a folder laid out like this repository (its `RuntimeClient.spawn()` starts the daemon)."""

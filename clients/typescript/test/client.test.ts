@@ -17,6 +17,7 @@ import {
   ERRORS,
   EventNotification,
   Methods,
+  WebLinkResult,
 } from "../src/index";
 
 const ROOT = path.resolve(__dirname, "..", "..", "..", "..");
@@ -50,7 +51,7 @@ before(async () => {
     PYTHON,
     ["-m", "abstractruntime", "serve", "--data", path.join(tmp, "data"), "--socket", socketPath,
      "--workflows", path.join(ROOT, "tests", "e2e", "workflows"), "--workflows", path.join(ROOT, "examples", "workflows"),
-     "--external", "tool_calls"],
+     "--external", "tool_calls", "--http", "127.0.0.1:0"],
     { env: ENV, stdio: ["ignore", "ignore", "inherit"] },
   );
   await waitForSocket(socketPath);
@@ -250,6 +251,7 @@ test("the golden protocol messages, as the Python tests replay them", async () =
         continue;
       }
       const result = await rt.call(m.name as keyof Methods, params);
+      if (m.name === "daemon/webLink") assert.match((result as WebLinkResult).url, /^http:\/\/127\.0\.0\.1:\d+\/login\?code=/);
       // The daemon answers with the fields the golden response shows.
       const expected = msg.response.result;
       if (expected && typeof expected === "object") {

@@ -321,6 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", "the daemon's version, uptime, store and run counts", "abstractruntime status")
     _connection_args(p)
+    p = command(
+        "ui",
+        "open the daemon's web page (it must serve one: serve --http PORT)",
+        "abstractruntime ui\nabstractruntime ui --no-open      # print the link only (to open elsewhere)",
+        "Ask the daemon for a one-time link to its web page and open it in a browser. The link signs that "
+        "browser in (a cookie holding the daemon's token) and works once, for two minutes.",
+    )
+    p.add_argument("--no-open", action="store_true", help="print the link, don't start a browser")
+    _connection_args(p)
     p = command("stop", "stop the daemon (in-flight steps finish and are committed first)", "abstractruntime stop")
     _connection_args(p)
     p = command(
@@ -392,7 +401,8 @@ def _serve_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
         "run the daemon",
         "abstractruntime serve\n"
         "abstractruntime serve --workflows examples/workflows --store sqlite\n"
-        "abstractruntime serve --tcp 127.0.0.1:7400",
+        "abstractruntime serve --tcp 127.0.0.1:7400\n"
+        "abstractruntime serve --http 8765           # and the web page: `abstractruntime ui` opens it",
         "Run the daemon in the foreground (logs on stderr). SIGTERM or Ctrl-C stops it once its in-flight "
         "steps are committed; a second one stops it at once.",
     )
@@ -477,7 +487,13 @@ def _serve_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="how long a save that would remove workflows waits before it applies (default 1)",
     )
-    s.add_argument("--allow-remote", action="store_true", help="allow --tcp on a non-loopback address")
+    s.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="also serve the web page and its WebSocket, e.g. --http 8765 (loopback; `abstractruntime ui` opens it "
+        "signed in); see docs/web.md",
+    )
+    s.add_argument("--allow-remote", action="store_true", help="allow --tcp or --http on a non-loopback address")
     s.add_argument(
         "--workers", type=int, default=32, metavar="N", help="threads that run nodes and effects (default: 32)"
     )

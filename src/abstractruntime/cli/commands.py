@@ -438,12 +438,29 @@ def status(c: Any, args: argparse.Namespace) -> int:
         s,
         f"abstractruntime {s.version} (pid {s.pid}, up {s.uptime_s:.0f}s)\n"
         f"listening: {s.socket or s.tcp or '?'}\n"
-        f"project: {s.project_root or '?'}  (config: {s.config_file or 'none, defaults'})\n"
+        + (f"web page: http://{s.http}\n" if s.http else "")
+        + f"project: {s.project_root or '?'}  (config: {s.config_file or 'none, defaults'})\n"
         f"data: {s.data_dir}  (store: {s.store})\n"
         f"workflows: {', '.join(s.workflow_dirs) or 'none'}\n"
         f"model: {s.model or 'none'}\n"
         f"runs: {json.dumps(s.runs)}\nclients: {s.clients}" + _peers(s.peers, s.daemon_id),
     )
+    return OK
+
+
+def ui(c: Any, args: argparse.Namespace) -> int:
+    link = c.web_link()
+    if args.json:
+        _out(args, link, "")
+        return OK
+    print(f"{link.url}\n(this link signs one browser in, once, within {link.expires_in_s:.0f} s)")
+    if not args.no_open:
+        import webbrowser
+
+        try:
+            webbrowser.open(link.url)
+        except webbrowser.Error:  # no browser here (a server): the printed link is the way
+            pass
     return OK
 
 
@@ -658,6 +675,7 @@ COMMANDS: Dict[str, Callable[[Any, argparse.Namespace], int]] = {
     "retry": retry,
     "fork": fork,
     "status": status,
+    "ui": ui,
     "workflows": workflows,
     "stop": stop,
     "reload": reload,

@@ -249,6 +249,10 @@ class AsyncClient:
             await self.call("runtime/ledger", {"run_id": run_id, "after": after, "limit": limit})
         )
 
+    async def verify(self, run_id: str) -> m.VerifyResult:
+        """Check the run's whole ledger against its hash chain (in the daemon)."""
+        return m.VerifyResult.model_validate(await self.call("runtime/verify", {"run_id": run_id}))
+
     async def runs(
         self,
         *,
@@ -317,6 +321,10 @@ class AsyncClient:
 
     async def status(self) -> m.DaemonStatusResult:
         return m.DaemonStatusResult.model_validate(await self.call("daemon/status"))
+
+    async def web_link(self) -> m.WebLinkResult:
+        """A one-time URL that signs a browser in to the daemon's web page (`serve --http`)."""
+        return m.WebLinkResult.model_validate(await self.call("daemon/webLink"))
 
     async def shutdown_daemon(self) -> None:
         await self.call("daemon/shutdown")

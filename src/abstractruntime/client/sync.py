@@ -103,6 +103,9 @@ class Client:
     def ledger(self, run_id: str, **kw: Any):
         return self._run(self._inner.ledger(run_id, **kw))
 
+    def verify(self, run_id: str):
+        return self._run(self._inner.verify(run_id))
+
     def runs(self, **kw: Any):
         return self._run(self._inner.runs(**kw))
 
@@ -129,6 +132,9 @@ class Client:
 
     def status(self):
         return self._run(self._inner.status())
+
+    def web_link(self):
+        return self._run(self._inner.web_link())
 
     def shutdown_daemon(self) -> None:
         self._run(self._inner.shutdown_daemon())

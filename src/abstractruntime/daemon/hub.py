@@ -59,6 +59,7 @@ class Hub:
         self.project = project  # the project.Project it was configured from, if any
         self.max_subscriptions = max_subscriptions  # per connection
         self.address: Dict[str, str] = {}  # {"socket": path} or {"tcp": "host:port"}, once listening
+        self.web: Any = None  # the web listener (daemon/web.py) with `serve --http`
         discovery.ensure_data_dir(self.data_dir)  # ours and private, or the daemon refuses it
         self._lock_fd = lock_data_dir(self.data_dir)
         self.store_kind = store
@@ -387,6 +388,7 @@ class Hub:
             "data_dir": self.data_dir,
             "socket": self.address.get("socket"),
             "tcp": self.address.get("tcp"),
+            "http": self.address.get("http"),
             "project_root": self.project.root if self.project is not None else None,
             "config_file": self.project.config_file if self.project is not None else None,
             "workflow_dirs": self.workflow_dirs,

@@ -20,7 +20,7 @@ import socket
 import stat
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .. import __version__, project
 from ..core.errors import StorageUnavailableError
@@ -55,6 +55,11 @@ class Daemon:
         self.max_frame = max_frame
         self.watch = watch
         self.sessions: set = set()
+        # `serve --http`: the web page and its WebSocket, beside the socket (see web.py).
+        self.http: Optional[Tuple[str, int]] = None
+        self.web_token: Optional[str] = None
+        self.allow_remote = False
+        self.web: Any = None
         self._stopped: Optional[asyncio.Event] = None
         self._watcher: Optional[Watcher] = None
 
@@ -112,8 +117,29 @@ class Daemon:
             except (NotImplementedError, RuntimeError):
                 pass
 
+    async def _start_web(self) -> Dict[str, str]:
+        """Start the web listener, if asked for; its address for the discovery file."""
+        if self.http is None:
+            return {}
+        from .web import WebServer  # only a daemon that serves the page imports websockets
+
+        assert self.web_token is not None
+        host, port = self.http
+        self.web = WebServer(self, host, port, token=self.web_token, allow_remote=self.allow_remote)
+        self.hub.web = self.web
+        address = await self.web.start()
+        log.info("serving the web page on http://%s (open it with `abstractruntime ui`)", address)
+        print(
+            f"abstractruntime: web page on http://{address} (`abstractruntime ui` opens it)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return {"http": address}
+
     async def _finish(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.web is not None:
+            await self.web.close()  # no new page connections; open ones close with the sessions
         if self._watcher is not None:
             await self._watcher.stop()
         # In-flight steps finish and commit first, and their clients get their answers (the
@@ -123,6 +149,8 @@ class Daemon:
         for s in list(self.sessions):
             s.close()
         await loop.run_in_executor(None, self.hub.close)
+        if self.web is not None:
+            await self.web.wait_closed()
 
     async def serve_unix(self, path: str, *, default_folder: bool = True) -> None:
         self._install_stop()
@@ -138,7 +166,7 @@ class Daemon:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        self._announce({"socket": path})
+        self._announce({"socket": path, **await self._start_web()})
         log.info("serving on unix socket %s", path)
         try:
             await self._wait_stop()
@@ -157,7 +185,7 @@ class Daemon:
         self._install_stop()
         server = await asyncio.get_running_loop().create_server(self._connection, host, port, backlog=BACKLOG)
         bound = server.sockets[0].getsockname()
-        self._announce({"tcp": f"{bound[0]}:{bound[1]}"})
+        self._announce({"tcp": f"{bound[0]}:{bound[1]}", **await self._start_web()})
         log.info("serving on tcp %s:%s", bound[0], bound[1])
         print(f"abstractruntime: listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
         try:
@@ -278,6 +306,35 @@ def check_tcp_host(host: str, allow_remote: bool) -> None:
         raise SystemExit(f"refusing to listen on {host}: not a loopback address (pass --allow-remote to allow it)")
 
 
+def _web_setup(daemon: Daemon, http: Optional[str], args: Any) -> Optional[str]:
+    """`--http` (or config `http`): where the page listens, and the token its cookie carries
+    (the TCP token: one secret per daemon). Also makes the TCP token. A problem, or None."""
+    from .web import parse_http
+
+    if args.tcp:
+        host = args.tcp.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        try:
+            check_tcp_host(host, args.allow_remote)
+        except SystemExit as e:
+            return str(e)
+    if not http and not args.tcp:
+        return None
+    if http and args.stdio:
+        return "--http needs a daemon others can reach: drop --stdio (`abstractruntime lsp` starts a shared one)"
+    try:
+        daemon.web_token = make_token(daemon.hub.data_dir)
+        if http:
+            host, port = parse_http(http)
+            check_tcp_host(host, args.allow_remote)
+            daemon.http = (host, port)
+            daemon.allow_remote = bool(args.allow_remote)
+    except SystemExit as e:
+        return str(e)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def run(args: Any) -> int:
     try:
         proj = project.load(config=getattr(args, "config", None), flags=project.flags_from_args(args))
@@ -331,22 +388,21 @@ def run(args: Any) -> int:
             log.warning(
                 "a model is configured but AbstractCore is not installed: pip install 'abstractruntime[abstractcore]'"
             )
+    daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch, reload_grace_s=proj.get("reload_grace"))
+    problem = _web_setup(daemon, proj.get("http"), args)
+    if problem:
+        print(f"abstractruntime: {problem}", file=sys.stderr)
+        hub.close()
+        return 2
     _malloc.tune()
     hub.start()
-    daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch, reload_grace_s=proj.get("reload_grace"))
     try:
         if args.stdio:
             asyncio.run(daemon.serve_stdio())
         elif args.tcp:
             host, _, port = args.tcp.rpartition(":")
             host = host.strip("[]") or "127.0.0.1"
-            check_tcp_host(host, args.allow_remote)
-            try:
-                daemon.token = make_token(proj.data_dir)
-            except ValueError as e:
-                print(f"abstractruntime: {e}", file=sys.stderr)
-                hub.close()
-                return 2
+            daemon.token = daemon.web_token
             asyncio.run(daemon.serve_tcp(host, int(port)))
         elif args.socket:
             asyncio.run(daemon.serve_unix(os.path.abspath(args.socket), default_folder=False))

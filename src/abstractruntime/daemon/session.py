@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..core.errors import AbstractRuntimeError
 from ..core.jsonutil import wire
+from ..core.ledger_hash import verify_ledger_chain
 from ..core.timeutil import iso_to_epoch
 from ..protocol import models as m
 from ..protocol.errors import (
@@ -37,6 +38,7 @@ from ..protocol.errors import (
     SubscriptionNotFoundError,
     TooManySubscriptionsError,
     UnauthorizedError,
+    WebNotServedError,
     invalid_params,
     to_wire,
 )
@@ -286,6 +288,7 @@ class Session:
             "runtime/resume": self.resume,
             "runtime/state": self.state,
             "runtime/ledger": self.ledger,
+            "runtime/verify": self.verify,
             "runtime/runs": self.runs,
             "runtime/cancel": self.cancel,
             "runtime/emitEvent": self.emit_event,
@@ -301,6 +304,7 @@ class Session:
             "runtime/unsubscribe": self.unsubscribe,
             "workflows/reload": self.reload,
             "daemon/shutdown": self.shutdown_daemon,
+            "daemon/webLink": self.web_link,
         }
         assert set(handlers) | set(work) == set(REQUEST_NAMES), "the method table and the handlers disagree"
         self._work = work
@@ -364,6 +368,25 @@ class Session:
         more = len(recs) > p.limit
         recs = recs[: p.limit]
         return {"records": recs, "next": recs[-1]["seq"] if more and recs else None}
+
+    def verify(self, p: m.RunIdParams) -> Dict[str, Any]:
+        self.hub.runtime.get_state(p.run_id)  # "run not found" rather than an empty, valid chain
+        records: list = []
+        while True:
+            page = self.hub.ledger_store.list_after(p.run_id, records[-1]["seq"] if records else 0, 1000)
+            records += page
+            if len(page) < 1000:
+                break
+        report = verify_ledger_chain(records)
+        problems = [_chain_problem(e) for e in report["errors"][:20]]
+        bad = report["first_bad_index"]
+        return {
+            "ok": report["ok"],
+            "count": report["count"],
+            "first_bad_seq": None if bad is None else bad + 1,
+            "problems": problems,
+            "head_hash": report["head_hash"],
+        }
 
     def runs(self, p: m.RunsParams) -> Dict[str, Any]:
         if p.order == "oldest" and p.since is None and p.parent_run_id is None:  # the store pages by itself
@@ -477,6 +500,11 @@ class Session:
         out["protocol_version"] = PROTOCOL_VERSION
         return out
 
+    async def web_link(self, p: m.Empty) -> Dict[str, Any]:
+        if self.hub.web is None:
+            raise WebNotServedError("this daemon serves no web page: start it with `abstractruntime serve --http PORT`")
+        return self.hub.web.mint()
+
     async def shutdown_daemon(self, p: m.Empty) -> None:
         self.loop.call_soon(self.hub.request_stop)
         return None
@@ -489,6 +517,18 @@ def _epoch(text: str, what: str, default: Optional[float] = None) -> float:
         if default is not None:
             return default
         raise invalid_params(f"runtime/runs: invalid params: {what}: {text!r} is not an ISO-8601 time") from None
+
+
+def _chain_problem(e: Dict[str, Any]) -> str:
+    seq = e["index"] + 1
+    kind = e["type"]
+    if kind == "record_hash_mismatch":
+        return f"record {seq}: its hash does not match its content (changed after it was written)"
+    if kind == "prev_hash_mismatch":
+        return f"record {seq}: it does not link to record {seq - 1} (a record was removed, added or reordered)"
+    if kind == "seq_mismatch":
+        return f"record {seq}: numbered {e.get('actual')} (a record is missing or out of order)"
+    return f"record {seq}: it has no hash"
 
 
 def _reraise(e: BaseException) -> Any:

@@ -64,6 +64,13 @@ class TooManySubscriptionsError(DaemonError):
     NAME = "too_many_subscriptions"
 
 
+class WebNotServedError(DaemonError):
+    """`daemon/webLink` on a daemon started without `--http`."""
+
+    CODE = 1106
+    NAME = "web_not_served"
+
+
 APP_ERRORS = list(ERROR_TYPES) + [
     DaemonError,
     UnauthorizedError,
@@ -71,6 +78,7 @@ APP_ERRORS = list(ERROR_TYPES) + [
     CursorExpiredError,
     ShuttingDownError,
     TooManySubscriptionsError,
+    WebNotServedError,
 ]
 
 STANDARD = {

@@ -116,6 +116,14 @@ METHODS: List[Method] = [
         {"run_id": _STATE["run_id"], "after": 0, "limit": 100},
     ),
     Method(
+        "runtime/verify",
+        m.RunIdParams,
+        m.VerifyResult,
+        "Check a run's whole ledger against its hash chain (in the daemon, over the records as stored).",
+        ["run_not_found"],
+        {"run_id": _STATE["run_id"]},
+    ),
+    Method(
         "runtime/runs",
         m.RunsParams,
         m.RunsResult,
@@ -192,6 +200,14 @@ METHODS: List[Method] = [
         m.DaemonStatusResult,
         "Version, uptime, store, run counts, clients and scheduler figures.",
         [],
+        {},
+    ),
+    Method(
+        "daemon/webLink",
+        m.Empty,
+        m.WebLinkResult,
+        "A one-time URL that signs a browser in to the web page (`serve --http`); `abstractruntime ui` opens it.",
+        ["web_not_served"],
         {},
     ),
     Method(

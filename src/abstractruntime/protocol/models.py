@@ -220,6 +220,16 @@ class RunsResult(Result):
     remaining: Optional[int] = Field(None, description="How many more runs match after this page.")
 
 
+class VerifyResult(Result):
+    """`runtime/verify`: the run's whole ledger checked against its hash chain, in the daemon."""
+
+    ok: bool = Field(description="Every record's hash and link to the one before it check out.")
+    count: int = Field(description="How many records were checked.")
+    first_bad_seq: Optional[int] = Field(description="The first record that does not check out; null when ok.")
+    problems: List[str] = Field(default_factory=list, description="What is wrong, one line per problem (at most 20).")
+    head_hash: Optional[str] = Field(description="The last record's hash (null for an empty ledger).")
+
+
 class CancelParams(Params):
     run_id: str = RunId
     reason: Optional[str] = None
@@ -370,6 +380,11 @@ class Peer(Result):
     this: bool = Field(False, description="This is the daemon that answered.")
 
 
+class WebLinkResult(Result):
+    url: str = Field(description="Opened once, it signs a browser in to the page (an HttpOnly cookie).")
+    expires_in_s: float = Field(description="Seconds the link stays good if nobody opens it.")
+
+
 class DaemonStatusResult(Result):
     version: str
     protocol_version: str
@@ -379,6 +394,7 @@ class DaemonStatusResult(Result):
     data_dir: str
     socket: Optional[str] = Field(None, description="The unix socket the daemon listens on, if any.")
     tcp: Optional[str] = Field(None, description="HOST:PORT the daemon listens on over TCP, if any.")
+    http: Optional[str] = Field(None, description="HOST:PORT of the web page (`serve --http`), if served.")
     project_root: Optional[str] = Field(None, description="The project folder the daemon serves.")
     config_file: Optional[str] = Field(None, description="The config file in effect (None: defaults and flags).")
     workflow_dirs: List[str] = Field(default_factory=list, description="The workflow folders it loads.")

@@ -126,6 +126,10 @@ def _example_result(mth: Method) -> Any:
         return {"records": [rec], "next": None}
     if name == "runtime/emitEvent":
         return {"resumed": [EXAMPLE_STATE["run_id"]]}
+    if name == "runtime/verify":
+        return {"ok": True, "count": 1, "first_bad_seq": None, "problems": [], "head_hash": "5d1b7c0c4f3a" + "0" * 52}
+    if name == "daemon/webLink":
+        return {"url": "http://127.0.0.1:8765/login?code=Qm9yZWFsaXMgc3Vuc2V0", "expires_in_s": 120.0}
     if name == "runtime/subscribe":
         return {"subscription_id": "s-1", "cursor": 57}
     if name == "workflows/list":

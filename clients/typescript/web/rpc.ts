@@ -1,0 +1,108 @@
+/**
+ * The page's connection to the daemon: the TypeScript client's calls and subscriptions
+ * (`../src/core.ts`) over a WebSocket to `/rpc` on the page's own origin, one JSON-RPC message
+ * per frame. The browser sends the login cookie and its Origin with the handshake; the daemon
+ * refuses the handshake without them, so the page never sees a token.
+ */
+import {
+  AbstractMessageReader,
+  AbstractMessageWriter,
+  createMessageConnection,
+  DataCallback,
+  Disposable,
+  Message,
+  MessageConnection,
+} from "vscode-jsonrpc/browser";
+import { BaseRuntimeClient, RuntimeError } from "../src/core";
+
+class SocketReader extends AbstractMessageReader {
+  private callback?: DataCallback;
+  private held: Message[] = [];
+
+  constructor(ws: WebSocket) {
+    super();
+    ws.addEventListener("message", (e) => {
+      let msg: Message;
+      try {
+        msg = JSON.parse(String(e.data));
+      } catch (err) {
+        this.fireError(err);
+        return;
+      }
+      if (this.callback) this.callback(msg);
+      else this.held.push(msg);
+    });
+    ws.addEventListener("close", () => this.fireClose());
+  }
+
+  listen(callback: DataCallback): Disposable {
+    this.callback = callback;
+    for (const m of this.held.splice(0)) callback(m);
+    return { dispose: () => (this.callback = undefined) };
+  }
+}
+
+class SocketWriter extends AbstractMessageWriter {
+  constructor(private readonly ws: WebSocket) {
+    super();
+    ws.addEventListener("close", () => this.fireClose());
+  }
+
+  async write(msg: Message): Promise<void> {
+    if (this.ws.readyState !== WebSocket.OPEN) throw new Error("the connection to the daemon is closed");
+    this.ws.send(JSON.stringify(msg));
+  }
+
+  end(): void {}
+}
+
+/** Not signed in, or this page is not the daemon's own (the handshake was refused). */
+export class NotConnected extends RuntimeError {
+  constructor(message: string) {
+    super(1101, message);
+  }
+}
+
+export class WebRuntimeClient extends BaseRuntimeClient {
+  private ws?: WebSocket;
+
+  private constructor(readonly url: string) {
+    super();
+  }
+
+  /** Connect to the daemon that served this page (`ws://<this origin>/rpc`). */
+  static async connectTo(url: string = defaultUrl()): Promise<WebRuntimeClient> {
+    return new WebRuntimeClient(url).connect();
+  }
+
+  protected async open(): Promise<MessageConnection> {
+    const ws = new WebSocket(this.url);
+    await new Promise<void>((resolve, reject) => {
+      ws.onopen = () => resolve();
+      // A refused handshake (no login cookie, another origin) reaches a page as a bare error.
+      ws.onerror = () =>
+        reject(
+          new NotConnected(
+            "the daemon refused this page: sign in with the link `abstractruntime ui` prints " +
+              "(or the daemon is not running)",
+          ),
+        );
+    });
+    ws.onerror = null;
+    this.ws = ws;
+    return createMessageConnection(new SocketReader(ws), new SocketWriter(ws));
+  }
+
+  protected initializeParams(): Record<string, unknown> {
+    return { processId: null, rootUri: null, capabilities: {}, clientInfo: { name: "abstractruntime-web" } };
+  }
+
+  protected closeTransport(): void {
+    this.ws?.close();
+  }
+}
+
+function defaultUrl(): string {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/rpc`;
+}
