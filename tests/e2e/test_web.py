@@ -41,6 +41,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run", "--disable-quic"]
 
 FLOWS = textwrap.dedent('''
+    import os
+
     from abstractruntime import Effect, EffectType, StepPlan, WorkflowSpec
 
     def ask(run, ctx):
@@ -85,6 +87,22 @@ FLOWS = textwrap.dedent('''
 
     doubler = WorkflowSpec(workflow_id="doubler", entry_node="count",
                            nodes={"count": count, "double": double, "confirm": confirm, "finish": finish})
+
+    def pay(run, ctx):
+        return StepPlan(node_id="pay", effect=Effect(EffectType.WAIT_EVENT, {"name": "paid", "scope": "run"}, "payment"),
+                        next_node="receipt")
+
+    def receipt(run, ctx):
+        return StepPlan(node_id="receipt", complete_output={"paid": run.vars["payment"]})
+
+    payment = WorkflowSpec(workflow_id="payment", entry_node="pay", nodes={"pay": pay, "receipt": receipt})
+
+    def fetch(run, ctx):  # fails until the test opens the bank (a file beside the workflow folder)
+        if not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(__file__)), "bank-open")):
+            raise ConnectionError("the bank is closed")
+        return StepPlan(node_id="fetch", complete_output={"fetched": True})
+
+    bank = WorkflowSpec(workflow_id="bank", entry_node="fetch", nodes={"fetch": fetch})
     ''')
 
 
@@ -266,6 +284,36 @@ def test_a_stranded_run_after_a_reload_shows_and_migrates(page: Page, web, shots
             assert c.resume(run_id, {"text": "yes"}).output == {"via": "wrap"}
     finally:
         (web.wf / "dev.py").write_text(dev_module(with_finish=True))
+
+
+def test_emit_an_event_cancel_and_retry_from_the_page(page: Page, web, shots):
+    with web.client() as c:
+        waiting = c.start("payment").run_id
+        doomed = c.start("expense", {"amount": 1}).run_id
+        failed = c.start("bank").run_id
+        assert c.state(failed).status == "failed"
+
+    page.goto(f"{web.base}/#/run/{waiting}")
+    expect(page.locator(".actions form.emit")).to_contain_text("paid")
+    page.locator("#event-payload").fill('{"amount": 42}')
+    page.get_by_role("button", name="Emit paid").click()
+    expect(page.locator(".run-header .status")).to_contain_text("completed")
+
+    page.goto(f"{web.base}/#/run/{doomed}")
+    page.once("dialog", lambda d: d.accept())  # "Cancel run ...?"
+    page.locator("#cancel").click()
+    expect(page.locator(".run-header .status")).to_contain_text("cancelled")
+
+    (web.tmp / "bank-open").write_text("")
+    page.goto(f"{web.base}/#/run/{failed}")
+    expect(page.locator("#timeline")).to_contain_text("the bank is closed")
+    page.locator("#retry").click()
+    expect(page.locator(".run-header .status")).to_contain_text("completed")
+    expect(page.locator("#timeline tbody tr").last).to_contain_text("fetched")
+    with web.client() as c:
+        assert c.state(waiting).output == {"paid": {"amount": 42}}
+        assert c.state(doomed).status == "cancelled"
+        assert c.state(failed).output == {"fetched": True}
 
 
 def test_a_wrong_or_missing_token_gets_no_data(browser, web, shots):

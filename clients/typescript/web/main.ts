@@ -336,6 +336,13 @@ class RunsView implements View {
     } else if (this.cursor === null && this.matches(s)) {
       this.tbody.querySelector("tr.empty")?.remove();
       this.tbody.prepend(this.row(s)); // newest first: a run we have not seen is a new one
+      const rows = this.tbody.querySelectorAll("tr[data-run]");
+      if (rows.length > PAGE) {
+        // The first page stays a page: the oldest row moves on to the next one.
+        const last = rows[rows.length - 1] as HTMLElement;
+        this.rows.delete(last.dataset.run!);
+        last.remove();
+      }
     }
     this.filterRows();
     const li = this.waiting.querySelector(`li[data-run="${s.run_id}"]`);
