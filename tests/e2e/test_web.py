@@ -286,6 +286,20 @@ def test_a_stranded_run_after_a_reload_shows_and_migrates(page: Page, web, shots
         (web.wf / "dev.py").write_text(dev_module(with_finish=True))
 
 
+def test_a_load_error_shows_with_its_file_and_line(page: Page, web, shots):
+    page.goto(f"{web.base}/#/workflows")
+    expect(page.locator("#workflows tr[data-workflow='expense']")).to_be_visible()
+    broken = web.wf / "broken.py"
+    try:
+        broken.write_text("from abstractruntime import WorkflowSpec\n\ndef oops(:\n")
+        expect(page.locator("#load-errors")).to_contain_text("broken.py:3")
+        expect(page.locator("#banner")).to_contain_text("failed to load")
+        page.screenshot(path=shots / "workflows.png", full_page=True)
+    finally:
+        broken.unlink()
+    expect(page.locator("#load-errors")).to_have_count(0)
+
+
 def test_emit_an_event_cancel_and_retry_from_the_page(page: Page, web, shots):
     with web.client() as c:
         waiting = c.start("payment").run_id
