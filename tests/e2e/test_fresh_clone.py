@@ -54,7 +54,7 @@ def test_the_unit_tier_passes_in_a_clone_with_nothing_beside_it(tmp_path):
     print(f"unit tier in a fresh clone: {took:.1f} s")
 
 
-def test_a_run_without_node_and_neovim_skips_those_tiers_with_one_line_each(tmp_path):
+def test_a_run_without_node_neovim_and_chromium_skips_those_tiers_with_one_line_each(tmp_path):
     p = clone(tmp_path)
     bare = tmp_path / "bin"  # a PATH with Python and git only
     bare.mkdir()
@@ -64,13 +64,14 @@ def test_a_run_without_node_and_neovim_skips_those_tiers_with_one_line_each(tmp_
             (bare / tool).symlink_to(found)
     (bare / "python3").symlink_to(sys.executable)
     run = subprocess.run([sys.executable, "-m", "pytest", "tests/e2e/test_typescript.py", "tests/e2e/test_neovim.py",
-                          "-q", "-rs", "-p", "no:cacheprovider"], cwd=p, env=_env(str(bare)), capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 5, run.stdout[-3000:]  # pytest's "no tests ran": both tiers skipped, nothing failed
+                          "tests/e2e/test_web.py", "-q", "-rs", "-p", "no:cacheprovider"], cwd=p, env=_env(str(bare)),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 5, run.stdout[-3000:]  # pytest's "no tests ran": every tier skipped, nothing failed
     skips = [line for line in run.stdout.splitlines() if line.startswith("SKIPPED")]
-    assert len(skips) == 2, run.stdout
+    assert len(skips) == 3, run.stdout
     assert any("TypeScript client tier skipped: npm not found; install Node.js and npm" in s for s in skips)
     assert any("Neovim plugin tier skipped: nvim not found; install Neovim" in s for s in skips)
+    assert any("browser tier skipped: chromium not found; install Debian's chromium" in s for s in skips)
     print("\n".join(skips))
 
 

@@ -103,6 +103,15 @@ FLOWS = textwrap.dedent('''
         return StepPlan(node_id="fetch", complete_output={"fetched": True})
 
     bank = WorkflowSpec(workflow_id="bank", entry_node="fetch", nodes={"fetch": fetch})
+
+    def book_trip(run, ctx):
+        return StepPlan(node_id="book_trip", effect=Effect(EffectType.START_SUBWORKFLOW, {
+            "workflow_id": "expense", "vars": {"amount": 900}}, "approval"), next_node="booked")
+
+    def booked(run, ctx):
+        return StepPlan(node_id="booked", complete_output={"approval": run.vars["approval"]})
+
+    trip = WorkflowSpec(workflow_id="trip", entry_node="book_trip", nodes={"book_trip": book_trip, "booked": booked})
     ''')
 
 
@@ -328,6 +337,44 @@ def test_emit_an_event_cancel_and_retry_from_the_page(page: Page, web, shots):
         assert c.state(waiting).output == {"paid": {"amount": 42}}
         assert c.state(doomed).status == "cancelled"
         assert c.state(failed).output == {"fetched": True}
+
+
+def test_a_parent_and_its_child_link_to_each_other(page: Page, web):
+    with web.client() as c:
+        parent = c.start("trip").run_id
+        child = c.runs(parent_run_id=parent).runs[0]
+        assert child.workflow_id == "expense" and child.status == "waiting"
+    page.goto(f"{web.base}/#/?workflow=expense")
+    expect(page.locator(f'#runs tr[data-run="{child.run_id}"] .tag')).to_have_text("child")
+    page.goto(f"{web.base}/#/run/{parent}")
+    kids = page.locator(".run-header dd", has_text="expense, waiting")
+    expect(kids).to_contain_text(child.run_id[:8])
+    kids.locator("a.run-id").click()
+    expect(page.locator("#run-id")).to_have_text(child.run_id)
+    expect(page.locator(".run-header dd", has_text=parent)).to_be_visible()
+    # Answering the child in the page wakes the parent, whose page shows it.
+    page.get_by_role("button", name="approve").click()
+    expect(page.locator(".run-header .status")).to_contain_text("completed")
+    page.locator(".run-header dd a", has_text=parent).click()
+    expect(page.locator(".run-header .status")).to_contain_text("completed")
+
+
+def test_the_runs_list_pages_newest_first(page: Page, web):
+    with web.client() as c:
+        ids = [c.start("invoice").run_id for _ in range(55)]
+        total = len(c.runs(workflow_id="invoice", limit=1000).runs)
+    page.goto(f"{web.base}/#/?workflow=invoice")
+    rows = page.locator("#runs tbody tr[data-run]")
+    expect(rows).to_have_count(50)
+    assert rows.first.get_attribute("data-run") == ids[-1]  # newest first
+    older = page.get_by_role("link", name=re.compile(r"older"))
+    expect(older).to_contain_text(f"({total - 50} more)")
+    older.click()
+    expect(rows).to_have_count(total - 50)
+    assert ids[-51] in [rows.nth(i).get_attribute("data-run") for i in range(total - 50)]
+    page.get_by_role("link", name=re.compile(r"newer")).click()
+    expect(rows).to_have_count(50)
+    assert rows.first.get_attribute("data-run") == ids[-1]
 
 
 def test_a_wrong_or_missing_token_gets_no_data(browser, web, shots):

@@ -190,3 +190,43 @@ def test_ui_names_the_flag_when_the_daemon_serves_no_page(tmp_path):
         assert r.returncode != 0 and "serve --http PORT" in r.stderr, r.stderr
     finally:
         d.stop()
+
+
+def test_the_project_config_can_serve_the_page(tmp_path):
+    port = free_port()
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "abstractruntime.toml").write_text(f'http = "127.0.0.1:{port}"\n')
+    d = DaemonProcess(tmp_path, "unix").start()
+    try:
+        def status():
+            r = cli(tmp_path, "status", "--socket", d.socket)
+            return r.stdout if f"web page: http://127.0.0.1:{port}" in r.stdout else None
+
+        wait_for(status, what="the page's address in `abstractruntime status`")
+        d.http_port = port
+        assert get(d, "/")[0] == 200
+    finally:
+        d.stop()
+
+
+def test_verify_names_the_first_record_changed_on_disk(tmp_path):
+    d = DaemonProcess(tmp_path, "unix").start()
+    with d.client() as c:
+        run_id = c.start("ask").run_id
+        c.resume(run_id, {"text": "yes"})
+        good = c.verify(run_id)
+        assert good.ok and good.first_bad_seq is None and good.count >= 3
+    d.stop()
+    ledger = d.data / "runs" / f"ledger_{run_id}.jsonl"
+    lines = ledger.read_text().splitlines()
+    assert '"yes"' in lines[2], lines
+    lines[2] = lines[2].replace('"yes"', '"no"')  # someone rewrites the answer
+    ledger.write_text("\n".join(lines) + "\n")
+    d.start()
+    try:
+        with d.client() as c:
+            bad = c.verify(run_id)
+        assert not bad.ok and bad.first_bad_seq == 3 and bad.count == good.count
+        assert bad.problems[0] == "record 3: its hash does not match its content (changed after it was written)"
+    finally:
+        d.stop()
