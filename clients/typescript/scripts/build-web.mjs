@@ -1,6 +1,7 @@
-// Bundle the web page (web/main.ts and the client it imports) into the Python package, where
-// the daemon serves it: pip and `make serve` need no Node. `--check` fails when the files in
-// the package differ from a fresh build (run by the TypeScript test tier).
+// Bundle the web page's script (web/main.ts and the client it imports) into the Python package,
+// beside the page's HTML and CSS (written there by hand, nothing to build), where the daemon
+// serves it: pip and `make serve` need no Node. `--check` fails when the script in the package
+// differs from a fresh build (run by the TypeScript test tier).
 import { build } from "esbuild";
 import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -21,11 +22,7 @@ const result = await build({
   write: false,
   logLevel: "warning",
 });
-const files = {
-  "app.js": Buffer.from(result.outputFiles[0].contents),
-  "index.html": readFileSync(join(here, "web", "index.html")),
-  "app.css": readFileSync(join(here, "web", "app.css")),
-};
+const files = { "app.js": Buffer.from(result.outputFiles[0].contents) };
 let stale = [];
 for (const [name, body] of Object.entries(files)) {
   const path = join(out, name);

@@ -65,3 +65,16 @@ export function json(value: unknown, max = 400): string {
   }
   return text.length > max ? text.slice(0, max) + "…" : text;
 }
+
+/** `fn` at most once per `ms`: the calls in between fold into one, made at the end. */
+export function throttle(fn: () => void, ms: number): () => void {
+  let timer: ReturnType<typeof setTimeout> | null = null;
+  return () => {
+    if (timer === null) {
+      timer = setTimeout(() => {
+        timer = null;
+        fn();
+      }, ms);
+    }
+  };
+}

@@ -8,7 +8,7 @@
  */
 import type * as P from "../src/generated/protocol";
 import { RuntimeError } from "../src/core";
-import { age, append, clear, h, json, shortId, statusBadge } from "./dom";
+import { age, append, clear, h, json, shortId, statusBadge, throttle } from "./dom";
 import { edgesOf, nodePath, renderGraph } from "./graph";
 import { WebRuntimeClient } from "./rpc";
 
@@ -374,6 +374,8 @@ class RunView implements View {
   private chain = h("p", { class: "chain" });
   private children: P.RunSummaryModel[] = [];
   private disposed = false;
+  // A busy run appends many records: its chain is checked again once they pause.
+  private reverify = throttle(() => void this.verify(), 250);
 
   constructor(private readonly runId: string) {
     clear(
@@ -679,7 +681,7 @@ class RunView implements View {
         delete this.live.dataset.node;
       }
       edgesOf(nodePath(this.records), this.observed);
-      void this.verify();
+      this.reverify();
     } else if (ev.kind === "state") {
       void this.refresh();
     }
@@ -748,6 +750,8 @@ function migrateForm(runId: string, workflowId: string, node: string | null, don
 
 class WorkflowsView implements View {
   private box = h("div");
+  // Runs start waiting all the time on a busy daemon: the list is read again at most once a second.
+  private reload = throttle(() => void this.load(), 1000);
 
   constructor() {
     clear(main, h("h2", {}, "Workflows"), this.box);
@@ -794,7 +798,7 @@ class WorkflowsView implements View {
   }
 
   event(ev: P.EventNotification): void {
-    if (ev.kind === "state" && ev.state?.status === "waiting") void this.load();
+    if (ev.kind === "state" && ev.state?.status === "waiting") this.reload();
   }
 
   workflowsChanged(): void {
