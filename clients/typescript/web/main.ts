@@ -161,6 +161,8 @@ class RunsView implements View {
   private workflow: string;
   private cursor: string | null;
   private history: string[];
+  // Events that come while the page is read: applied after it (a newer status wins, by updated_at).
+  private held: P.EventNotification[] | null = [];
   private search = h("input", {
     type: "search",
     id: "search",
@@ -252,6 +254,9 @@ class RunsView implements View {
       this.filterRows();
       this.renderWaiting(waiting.runs);
       this.pager(page);
+      const held = this.held ?? [];
+      this.held = null;
+      for (const ev of held) this.event(ev);
     } catch (e) {
       say(`Could not list runs: ${problem(e)}`, "error");
     }
@@ -297,7 +302,7 @@ class RunsView implements View {
     ];
     const tr = h(
       "tr",
-      { "data-run": s.run_id, "data-status": s.status, tabindex: 0, onkeydown: (e: Event) => (e as KeyboardEvent).key === "Enter" && go(`#/run/${s.run_id}`) },
+      { "data-run": s.run_id, "data-status": s.status, "data-updated": s.updated_at, tabindex: 0, onkeydown: (e: Event) => (e as KeyboardEvent).key === "Enter" && go(`#/run/${s.run_id}`) },
       h("td", {}, runLink(s.run_id), " ", marks),
       h("td", { "data-label": "Workflow" }, s.workflow_id),
       h("td", { "data-label": "Status" }, statusBadge(s.status)),
@@ -329,8 +334,10 @@ class RunsView implements View {
 
   event(ev: P.EventNotification): void {
     if (ev.kind !== "state" || !ev.state) return;
+    if (this.held) return void this.held.push(ev);
     const s = ev.state;
     const old = this.rows.get(s.run_id);
+    if (old && (old.dataset.updated ?? "") > s.updated_at) return; // the page already shows a newer state
     if (old) {
       old.replaceWith(this.row(s));
     } else if (this.cursor === null && this.matches(s)) {
@@ -356,6 +363,7 @@ class RunsView implements View {
   }
 
   workflowsChanged(): void {
+    this.held = [];
     void this.load();
   }
 }
@@ -374,6 +382,9 @@ class RunView implements View {
   private chain = h("p", { class: "chain" });
   private children: P.RunSummaryModel[] = [];
   private disposed = false;
+  // This run's events that come while its state and ledger are read: applied once they are,
+  // so a record is neither lost nor put before the ones the read returns.
+  private held: P.EventNotification[] | null = [];
   // A busy run appends many records: its chain is checked again once they pause.
   private reverify = throttle(() => void this.verify(), 250);
 
@@ -429,6 +440,9 @@ class RunView implements View {
     this.renderHeader();
     this.renderActions();
     this.timeline.replaceChildren(...this.records.map((r) => this.recordRow(r)));
+    const held = this.held ?? [];
+    this.held = null;
+    for (const ev of held) this.event(ev);
     void this.observe();
     void this.verify();
   }
@@ -663,7 +677,8 @@ class RunView implements View {
   }
 
   event(ev: P.EventNotification): void {
-    if (ev.run_id !== this.runId || !this.state) return;
+    if (ev.run_id !== this.runId) return;
+    if (this.held) return void this.held.push(ev);
     if (ev.kind === "progress" && ev.progress) {
       this.live.hidden = false;
       if (this.live.dataset.node !== ev.progress.node_id) {
