@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 
 import pytest
 from daemon_fixture import DaemonProcess, cli, free_port, wait_for
@@ -181,6 +182,13 @@ def test_serve_http_refuses_what_it_cannot_serve(tmp_path):
     assert r.returncode == 2 and "not a loopback address" in r.stderr and "--allow-remote" in r.stderr
     r = serve("--stdio", "--http", "0")
     assert r.returncode == 2 and "drop --stdio" in r.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = serve("--socket", str(tmp_path / "d.sock"), "--http", f"127.0.0.1:{port}")
+    assert r.returncode == 2 and f"cannot serve the web page on 127.0.0.1:{port}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "d.sock").exists()
 
 
 def test_ui_names_the_flag_when_the_daemon_serves_no_page(tmp_path):

@@ -39,6 +39,10 @@ log = logging.getLogger("abstractruntime.daemon")
 BACKLOG = 1024
 
 
+class CannotListen(Exception):
+    """A listener could not be opened (its port is taken): the daemon stops, saying which."""
+
+
 class Daemon:
     def __init__(
         self,
@@ -125,9 +129,12 @@ class Daemon:
 
         assert self.web_token is not None
         host, port = self.http
-        self.web = WebServer(self, host, port, token=self.web_token, allow_remote=self.allow_remote)
-        self.hub.web = self.web
-        address = await self.web.start()
+        web = WebServer(self, host, port, token=self.web_token, allow_remote=self.allow_remote)
+        try:
+            address = await web.start()
+        except OSError as e:  # the port is taken, or the address is not this machine's
+            raise CannotListen(f"cannot serve the web page on {host}:{port}: {e.strerror or e}") from None
+        self.web = self.hub.web = web
         log.info("serving the web page on http://%s (open it with `abstractruntime ui`)", address)
         print(
             f"abstractruntime: web page on http://{address} (`abstractruntime ui` opens it)",
@@ -166,7 +173,13 @@ class Daemon:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        self._announce({"socket": path, **await self._start_web()})
+        try:
+            web = await self._start_web()
+        except CannotListen:
+            server.close()
+            os.unlink(path)
+            raise
+        self._announce({"socket": path, **web})
         log.info("serving on unix socket %s", path)
         try:
             await self._wait_stop()
@@ -185,7 +198,12 @@ class Daemon:
         self._install_stop()
         server = await asyncio.get_running_loop().create_server(self._connection, host, port, backlog=BACKLOG)
         bound = server.sockets[0].getsockname()
-        self._announce({"tcp": f"{bound[0]}:{bound[1]}", **await self._start_web()})
+        try:
+            web = await self._start_web()
+        except CannotListen:
+            server.close()
+            raise
+        self._announce({"tcp": f"{bound[0]}:{bound[1]}", **web})
         log.info("serving on tcp %s:%s", bound[0], bound[1])
         print(f"abstractruntime: listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
         try:
@@ -410,4 +428,8 @@ def run(args: Any) -> int:
             asyncio.run(daemon.serve_unix(paths.default_socket(proj.data_dir)))
     except KeyboardInterrupt:
         hub.close()
+    except CannotListen as e:
+        print(f"abstractruntime: {e}", file=sys.stderr)
+        hub.close()
+        return 2
     return 0
