@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -131,7 +132,9 @@ class WebServer:
     def base_url(self) -> str:
         host = self.host
         if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
+            # Every address (--allow-remote): the link is for a browser elsewhere, by this
+            # machine's name.
+            host = socket.getfqdn()
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
