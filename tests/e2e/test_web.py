@@ -438,6 +438,34 @@ def test_a_page_from_another_origin_cannot_connect(page: Page, web):
         srv.server_close()
 
 
+def test_the_page_follows_a_daemon_that_restarts_with_the_same_token(browser, tmp_path, monkeypatch):
+    monkeypatch.setenv("ABSTRACTRUNTIME_TOKEN", "a-token-several-daemons-share")
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "flows.py").write_text(FLOWS)
+    port = free_port()
+    d = DaemonProcess(tmp_path, "unix", workflows=wf, extra=["--http", f"127.0.0.1:{port}"]).start()
+    d.base = f"http://127.0.0.1:{port}"
+    ctx = browser.new_context()
+    try:
+        wait_for(lambda: serving_web(d), what="the web listener")
+        pg = ctx.new_page()
+        pg.goto(login_link(d))
+        expect(pg.locator("#conn")).to_have_text("live")
+        pg.evaluate("window.sameDocument = true")
+        d.stop()
+        expect(pg.locator("#conn")).to_have_text("reconnecting…")
+        d.start()
+        expect(pg.locator("#conn")).to_have_text("live")
+        with d.client() as c:
+            run_id = c.start("expense", {"amount": 5}).run_id
+        expect(pg.locator(f'#runs tr[data-run="{run_id}"]')).to_contain_text("waiting")
+        assert pg.evaluate("window.sameDocument") is True
+    finally:
+        ctx.close()
+        d.stop()
+
+
 def test_keyboard_at_phone_width_finds_and_answers_a_run(browser, web, shots):
     with web.client() as c:
         run_id = c.start("expense", {"amount": 33}).run_id

@@ -85,20 +85,25 @@ async function loadWorkflows(): Promise<void> {
   if (rt) workflows = await rt.workflows();
 }
 
-/** Every run's events, for as long as the page is open (the client reconnects and resumes). */
+/** Every run's events, for as long as the page is open. When the connection drops, the client
+ * reconnects and resumes after the last event it delivered, so the views miss nothing. */
 async function follow(): Promise<void> {
   const client = rt!;
+  const watch = setInterval(() => client.isClosed && setConn("reconnecting…", "wait"), 1000);
   try {
     for await (const ev of client.subscribe({
-      reconnectTimeoutMs: 24 * 3600 * 1000,
+      reconnectTimeoutMs: 60_000,
       onSubscribed: () => setConn("live", "ok"),
     })) {
-      if (client.isClosed) setConn("reconnecting…", "wait");
       view?.event(ev);
     }
   } catch (e) {
     setConn("disconnected", "down");
-    say(`Lost the daemon: ${problem(e)}. Reload the page once it runs again.`, "error");
+    // A daemon that restarted has a new token (unless $ABSTRACTRUNTIME_TOKEN sets it): the
+    // browser's login no longer holds.
+    say(`Lost the daemon: ${problem(e)}. Once it runs again, sign in with \`abstractruntime ui\`.`, "error");
+  } finally {
+    clearInterval(watch);
   }
 }
 
