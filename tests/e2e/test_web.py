@@ -220,6 +220,7 @@ def test_a_run_started_from_the_cli_appears_without_reload_and_is_answered_in_th
         expect(page.locator(f'.graph .node.on-path[data-node="{node}"]')).to_have_count(1)
     expect(page.locator(".graph .edge.on-path[data-edge='decide>book']")).to_have_count(1)
     expect(page.locator(".graph .node.current")).to_have_count(0)
+    expect(page.locator(".chain")).to_contain_text("verified, 6 record(s)")
     page.screenshot(path=shots / "run-completed.png", full_page=True)
     with web.client() as c:
         assert c.state(run_id).output == {"decision": "approve"}
@@ -229,7 +230,9 @@ def test_a_failed_runs_traceback_is_shown(page: Page, web, shots):
     with web.client() as c:
         run_id = c.start("invoice").run_id
         assert c.state(run_id).status == "failed"
-    page.goto(f"{web.base}/#/?status=failed")
+    page.locator("#filter-status").select_option("failed")
+    expect(page).to_have_url(re.compile(r"#/\?status=failed$"))
+    expect(page.locator('#runs tbody tr[data-run]:not([data-status="failed"])')).to_have_count(0)
     row = page.locator(f'#runs tr[data-run="{run_id}"]')
     expect(row).to_contain_text("the invoice total is negative")
     row.locator("a.run-id").click()
@@ -363,7 +366,7 @@ def test_the_runs_list_pages_newest_first(page: Page, web):
     with web.client() as c:
         ids = [c.start("invoice").run_id for _ in range(55)]
         total = len(c.runs(workflow_id="invoice", limit=1000).runs)
-    page.goto(f"{web.base}/#/?workflow=invoice")
+    page.locator("#filter-workflow").select_option("invoice")
     rows = page.locator("#runs tbody tr[data-run]")
     expect(rows).to_have_count(50)
     assert rows.first.get_attribute("data-run") == ids[-1]  # newest first
@@ -487,6 +490,7 @@ def test_keyboard_at_phone_width_finds_and_answers_a_run(browser, web, shots):
                 break
         pg.keyboard.press("Enter")
         expect(pg.locator(".run-header .status")).to_contain_text("completed")
+        expect(pg.locator(".chain")).to_contain_text("verified, 6 record(s)")  # checked again as records came
         width = pg.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the run page is {width}px wide at phone width"
         pg.screenshot(path=shots / "phone-run.png", full_page=True)
