@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from abstractruntime.client.aio import AsyncClient, Target  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+        "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
 
 OBSERVE = """() => {
   window.seen = {};

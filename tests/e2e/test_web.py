@@ -36,9 +36,10 @@ if _MISSING:
         pytest.fail(f"{_MISSING} (in CI, make test installs it)", pytrace=False)
     pytest.skip(_MISSING, allow_module_level=True)
 
-# Chromium's background services call home; this machine's network refuses them, slowly.
+# Chromium's background services call home (this machine's network refuses them, slowly); a
+# container's /dev/shm can be too small for its shared memory: it uses /tmp instead.
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+        "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
 
 FLOWS = textwrap.dedent('''
     import os
