@@ -177,7 +177,10 @@ class Daemon:
             web = await self._start_web()
         except CannotListen:
             server.close()
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:  # Python 3.13's close() removes a unix server's socket itself
+                pass
             raise
         self._announce({"socket": path, **web})
         log.info("serving on unix socket %s", path)
