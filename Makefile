@@ -73,7 +73,7 @@ test-pythons:
 		fi; \
 		venv=.venv-$$v; \
 		test -x $$venv/bin/python || $$py -m venv $$venv || exit 1; \
-		test $$venv/.installed -nt pyproject.toml || { $$venv/bin/python -m pip install -q -e ".[dev,postgres]" && touch $$venv/.installed; } || exit 1; \
+		test $$venv/.installed -nt pyproject.toml || { $$venv/bin/python -m pip install -q -e ".[test,postgres]" && touch $$venv/.installed; } || exit 1; \
 		echo "Python $$v: unit, compat, daemon and e2e tiers"; \
 		$$venv/bin/python -m pytest tests/unit tests/compat tests/daemon tests/e2e -q -n 2 --dist loadfile --timeout 300 $(MAIN_ONLY) || exit 1; \
 	done
