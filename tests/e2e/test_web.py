@@ -149,6 +149,15 @@ def shots(tmp_path_factory) -> Path:
     return path
 
 
+def start_web_daemon(tmp: Path, wf: Path, *extra: str) -> DaemonProcess:
+    """A daemon on a unix socket serving the page on a free port (`d.base`), once it listens."""
+    port = free_port()
+    d = DaemonProcess(tmp, "unix", workflows=wf, extra=["--http", f"127.0.0.1:{port}", *extra]).start()
+    d.wf, d.base = wf, f"http://127.0.0.1:{port}"
+    wait_for(lambda: serving_web(d), what="the web listener")
+    return d
+
+
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
@@ -156,11 +165,7 @@ def web(tmp_path_factory):
     wf.mkdir()
     (wf / "flows.py").write_text(FLOWS)
     (wf / "dev.py").write_text(dev_module(with_finish=True))
-    port = free_port()
-    d = DaemonProcess(tmp, "unix", workflows=wf, extra=["--http", f"127.0.0.1:{port}"]).start()
-    d.wf = wf
-    d.base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: serving_web(d), what="the web listener")
+    d = start_web_daemon(tmp, wf)
     yield d
     d.stop()
 
@@ -181,14 +186,19 @@ def login_link(d) -> str:
     return url
 
 
+def signed_in(ctx, d) -> Page:
+    """A page of browser context `ctx`, signed in to `d` through a one-time link, and live."""
+    pg = ctx.new_page()
+    pg.goto(login_link(d))
+    expect(pg.locator("#conn")).to_have_text("live")
+    return pg
+
+
 @pytest.fixture
 def page(browser, web):
-    """A fresh browser profile, signed in through a one-time link."""
+    """A fresh browser profile, signed in."""
     ctx = browser.new_context(viewport={"width": 1200, "height": 900})
-    pg = ctx.new_page()
-    pg.goto(login_link(web))
-    expect(pg.locator("#conn")).to_have_text("live")
-    yield pg
+    yield signed_in(ctx, web)
     ctx.close()
 
 
@@ -447,15 +457,10 @@ def test_the_page_follows_a_daemon_that_restarts_with_the_same_token(browser, tm
     wf = tmp_path / "wf"
     wf.mkdir()
     (wf / "flows.py").write_text(FLOWS)
-    port = free_port()
-    d = DaemonProcess(tmp_path, "unix", workflows=wf, extra=["--http", f"127.0.0.1:{port}"]).start()
-    d.base = f"http://127.0.0.1:{port}"
+    d = start_web_daemon(tmp_path, wf)
     ctx = browser.new_context()
     try:
-        wait_for(lambda: serving_web(d), what="the web listener")
-        pg = ctx.new_page()
-        pg.goto(login_link(d))
-        expect(pg.locator("#conn")).to_have_text("live")
+        pg = signed_in(ctx, d)
         pg.evaluate("window.sameDocument = true")
         d.stop()
         expect(pg.locator("#conn")).to_have_text("reconnecting…")
@@ -475,9 +480,7 @@ def test_keyboard_at_phone_width_finds_and_answers_a_run(browser, web, shots):
         run_id = c.start("expense", {"amount": 33}).run_id
     ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     try:
-        pg = ctx.new_page()
-        pg.goto(login_link(web))
-        expect(pg.locator("#conn")).to_have_text("live")
+        pg = signed_in(ctx, web)
         expect(pg.locator(f'#runs tr[data-run="{run_id}"]')).to_be_visible()
         pg.screenshot(path=shots / "phone-runs.png", full_page=True)
         pg.keyboard.press("/")
@@ -524,17 +527,11 @@ def test_streamed_model_tokens_show_live_in_the_timeline(browser, tmp_path, shot
         """))
     tokens = ["Once ", "upon ", "a ", "time ", "there ", "was ", "a ", "ledger."]
     srv.add({"tokens": tokens, "gap": 0.05})
-    port = free_port()
-    d = DaemonProcess(tmp_path, "unix", workflows=wf, extra=[
-        "--http", f"127.0.0.1:{port}", "--llm-provider", "openai-compatible", "--llm-model", "test-model",
-        "--llm-base-url", srv.url + "/v1", "--llm-timeout", "5"]).start()
-    d.base = f"http://127.0.0.1:{port}"
+    d = start_web_daemon(tmp_path, wf, "--llm-provider", "openai-compatible", "--llm-model", "test-model",
+                         "--llm-base-url", srv.url + "/v1", "--llm-timeout", "5")
     ctx = browser.new_context()
     try:
-        wait_for(lambda: serving_web(d), what="the web listener")
-        pg = ctx.new_page()
-        pg.goto(login_link(d))
-        expect(pg.locator("#conn")).to_have_text("live")
+        pg = signed_in(ctx, d)
         with d.client() as c:
             run_id = c.start("story").run_id
             pg.goto(f"{d.base}/#/run/{run_id}")
