@@ -57,7 +57,7 @@ async function boot(): Promise<void> {
         "section",
         { class: "signin" },
         h("h2", {}, "Not signed in"),
-        h("p", {}, problem(e)),
+        h("p", {}, e instanceof RuntimeError ? e.message : problem(e)),
         h("p", {}, "Run ", h("code", {}, "abstractruntime ui"), " in the project: it opens this page signed in."),
       ),
     );

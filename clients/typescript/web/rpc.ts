@@ -105,10 +105,7 @@ export class WebRuntimeClient extends BaseRuntimeClient {
       // A refused handshake (no login cookie, another origin) reaches a page as a bare error.
       ws.onerror = () =>
         reject(
-          new NotConnected(
-            "the daemon refused this page: sign in with the link `abstractruntime ui` prints " +
-              "(or the daemon is not running)",
-          ),
+          new NotConnected("The daemon refused this browser's connection: it has no valid login (or the daemon is not running)."),
         );
     });
     ws.onerror = null;
