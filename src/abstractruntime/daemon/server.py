@@ -59,9 +59,11 @@ class Daemon:
         self.max_frame = max_frame
         self.watch = watch
         self.sessions: set = set()
-        # `serve --http`: the web page and its WebSocket, beside the socket (see web.py).
+        # `serve --tcp` and `--http` (the web page and its WebSocket, see web.py): where they
+        # listen, and the token their clients carry (see _listeners).
+        self.tcp: Optional[Tuple[str, int]] = None
         self.http: Optional[Tuple[str, int]] = None
-        self.web_token: Optional[str] = None
+        self.remote_token: Optional[str] = None
         self.allow_remote = False
         self.web: Any = None
         self._stopped: Optional[asyncio.Event] = None
@@ -127,9 +129,9 @@ class Daemon:
             return {}
         from .web import WebServer  # only a daemon that serves the page imports websockets
 
-        assert self.web_token is not None
+        assert self.remote_token is not None
         host, port = self.http
-        web = WebServer(self, host, port, token=self.web_token, allow_remote=self.allow_remote)
+        web = WebServer(self, host, port, token=self.remote_token, allow_remote=self.allow_remote)
         try:
             address = await web.start()
         except OSError as e:  # the port is taken, or the address is not this machine's
@@ -317,42 +319,42 @@ def make_token(data_dir: str) -> str:
     return token
 
 
-def check_tcp_host(host: str, allow_remote: bool) -> None:
+def listen_address(text: str, flag: str, allow_remote: bool) -> Tuple[str, int]:
+    """`--tcp` or `--http`: `[HOST:]PORT` (IPv6 in brackets) -> (host, port), loopback by
+    default. A ValueError names what is wrong: the address, or a host that is not loopback
+    without --allow-remote."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
     try:
-        ip = ipaddress.ip_address(host)
-        loopback = ip.is_loopback
+        n = int(port)
+    except ValueError:
+        raise ValueError(f"{flag} wants [HOST:]PORT, e.g. 127.0.0.1:8765 or 8765, not {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise ValueError(f"{flag}: port {n} is out of range (0-65535)")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
     if not loopback and not allow_remote:
-        raise SystemExit(f"refusing to listen on {host}: not a loopback address (pass --allow-remote to allow it)")
+        raise ValueError(f"refusing to listen on {host}: not a loopback address (pass --allow-remote to allow it)")
+    return host, n
 
 
-def _web_setup(daemon: Daemon, http: Optional[str], args: Any) -> Optional[str]:
-    """`--http` (or config `http`): where the page listens, and the token its cookie carries
-    (the TCP token: one secret per daemon). Also makes the TCP token. A problem, or None."""
-    from .web import parse_http
-
-    if args.tcp:
-        host = args.tcp.rpartition(":")[0].strip("[]") or "127.0.0.1"
-        try:
-            check_tcp_host(host, args.allow_remote)
-        except SystemExit as e:
-            return str(e)
-    if not http and not args.tcp:
-        return None
-    if http and args.stdio:
-        return "--http needs a daemon others can reach: drop --stdio (`abstractruntime lsp` starts a shared one)"
+def _listeners(daemon: Daemon, http: Optional[str], args: Any) -> Optional[str]:
+    """Where `--tcp` and `--http` (or config `http`) listen, and the token both carry (TCP
+    clients send it, the page's cookie holds it: one secret per daemon). A problem, or None."""
     try:
-        daemon.web_token = make_token(daemon.hub.data_dir)
-        if http:
-            host, port = parse_http(http)
-            check_tcp_host(host, args.allow_remote)
-            daemon.http = (host, port)
-            daemon.allow_remote = bool(args.allow_remote)
-    except SystemExit as e:
-        return str(e)
+        tcp = listen_address(args.tcp, "--tcp", args.allow_remote) if args.tcp else None
+        web = listen_address(http, "--http", args.allow_remote) if http else None
+        if web and args.stdio:
+            return "--http needs a daemon others can reach: drop --stdio (`abstractruntime lsp` starts a shared one)"
+        if tcp or web:
+            daemon.remote_token = make_token(daemon.hub.data_dir)
     except ValueError as e:
         return str(e)
+    daemon.tcp, daemon.http, daemon.allow_remote = tcp, web, bool(args.allow_remote)
     return None
 
 
@@ -410,7 +412,7 @@ def run(args: Any) -> int:
                 "a model is configured but AbstractCore is not installed: pip install 'abstractruntime[abstractcore]'"
             )
     daemon = Daemon(hub, max_frame=args.max_frame, watch=not args.no_watch, reload_grace_s=proj.get("reload_grace"))
-    problem = _web_setup(daemon, proj.get("http"), args)
+    problem = _listeners(daemon, proj.get("http"), args)
     if problem:
         print(f"abstractruntime: {problem}", file=sys.stderr)
         hub.close()
@@ -420,11 +422,9 @@ def run(args: Any) -> int:
     try:
         if args.stdio:
             asyncio.run(daemon.serve_stdio())
-        elif args.tcp:
-            host, _, port = args.tcp.rpartition(":")
-            host = host.strip("[]") or "127.0.0.1"
-            daemon.token = daemon.web_token
-            asyncio.run(daemon.serve_tcp(host, int(port)))
+        elif daemon.tcp is not None:
+            daemon.token = daemon.remote_token
+            asyncio.run(daemon.serve_tcp(*daemon.tcp))
         elif args.socket:
             asyncio.run(daemon.serve_unix(os.path.abspath(args.socket), default_folder=False))
         else:

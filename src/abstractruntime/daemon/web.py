@@ -61,21 +61,6 @@ SECURITY_HEADERS = [
 ]
 
 
-def parse_http(text: str) -> Tuple[str, int]:
-    """`[HOST:]PORT` (IPv6 in brackets) -> (host, port); loopback by default."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        n = int(port)
-    except ValueError:
-        raise ValueError(f"--http wants [HOST:]PORT, e.g. 8765 or 127.0.0.1:8765, not {text!r}") from None
-    if not 0 <= n <= 65535:
-        raise ValueError(f"--http: port {n} is out of range (0-65535)")
-    return host, n
-
-
 def _is_loopback_name(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
