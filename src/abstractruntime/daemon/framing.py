@@ -148,6 +148,10 @@ class ConnWriter(asyncio.Protocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.lost()
 
+    def message(self, body: bytes) -> None:
+        """Write one message: its Content-Length header, then its body."""
+        self.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
     def write(self, data: bytes) -> None:
         with self._lock:
             if self._closed:

@@ -20,7 +20,7 @@ import socket
 import stat
 import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .. import __version__, project
 from ..core.errors import StorageUnavailableError
@@ -79,13 +79,19 @@ class Daemon:
         self.sessions.discard(session)
         self.hub.clients = len(self.sessions)
 
+    def add_session(self, token: Optional[str], on_close: Optional[Callable[[Session], None]] = None) -> Session:
+        """A new client's session, counted among the daemon's clients until it closes (every
+        transport: a socket, stdin and stdout, the web page's WebSocket)."""
+        session = Session(self.hub, token=token, on_close=on_close or self._closed)
+        self.sessions.add(session)
+        self.hub.clients = len(self.sessions)
+        return session
+
     def _connection(self) -> Connection:
         """A new client on a socket: its session, the writer its replies go through (from any
         thread), and the protocol that reads its frames."""
-        session = Session(self.hub, token=self.token, on_close=self._closed)
+        session = self.add_session(self.token)
         session.writer = ConnWriter(session.loop, max_unread=MAX_UNREAD, on_overflow=session.overflowed)
-        self.sessions.add(session)
-        self.hub.clients = len(self.sessions)
         return Connection(session, max_frame=self.max_frame)
 
     async def _wait_stop(self) -> None:
@@ -226,10 +232,8 @@ class Daemon:
             self._closed(session)
             self.hub.request_stop()  # stdio serves exactly the client that spawned us
 
-        session = Session(self.hub, token=None, on_close=gone)
+        session = self.add_session(None, on_close=gone)
         writer = session.writer = ConnWriter(loop, max_unread=MAX_UNREAD, on_overflow=session.overflowed)
-        self.sessions.add(session)
-        self.hub.clients = 1
         await loop.connect_write_pipe(lambda: writer, sys.stdout.buffer)
         await loop.connect_read_pipe(lambda: Connection(session, max_frame=self.max_frame), sys.stdin.buffer)
         await self._wait_stop()

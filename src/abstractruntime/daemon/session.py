@@ -107,11 +107,12 @@ class Session:
         self.write(wire(obj))
 
     def write(self, body: bytes) -> None:
-        """Write one encoded message; from any thread (see `framing.ConnWriter`)."""
+        """Write one encoded message; from any thread. The transport's writer frames it
+        (`framing.ConnWriter`: a Content-Length header; `web.WsWriter`: a WebSocket frame)."""
         writer = self.writer
         if writer is None or self.closed:
             return
-        writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        writer.message(body)
 
     def overflowed(self, unread: int) -> None:
         """The writer holds more than `MAX_UNREAD` bytes the client has not taken (on the loop).

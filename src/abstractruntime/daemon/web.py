@@ -38,7 +38,7 @@ from websockets.http11 import Request, Response
 
 from ..protocol.framing import FrameParser
 from .framing import dispatch
-from .session import MAX_UNREAD, Session
+from .session import MAX_UNREAD
 
 if TYPE_CHECKING:
     from .server import Daemon
@@ -194,11 +194,8 @@ class WebServer:
     # -- the WebSocket ----------------------------------------------------------------------------
 
     async def _connection(self, ws: ServerConnection) -> None:
-        daemon = self.daemon
-        session = Session(daemon.hub, token=None, on_close=daemon._closed)
+        session = self.daemon.add_session(None)  # authorized by the handshake (see _check_ws)
         writer = session.writer = WsWriter(session.loop, ws, max_unread=MAX_UNREAD, on_overflow=session.overflowed)
-        daemon.sessions.add(session)
-        daemon.hub.clients = len(daemon.sessions)
         try:
             async for message in ws:
                 if session.closed:
@@ -214,8 +211,9 @@ class WebServer:
 
 
 class WsWriter:
-    """A WebSocket connection's writer, from any thread: each framed message the session writes
-    becomes one text frame, sent in order by a task on the loop."""
+    """A WebSocket connection's writer, from any thread: each message becomes one text frame,
+    sent in order by a task on the loop. The session hands it message bodies (`message`);
+    pygls, for an editor on this connection, writes framed bytes (`write`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ws: ServerConnection, *, max_unread: int, on_overflow: Any):
         self.loop = loop
@@ -231,23 +229,33 @@ class WsWriter:
         self._closed = False
         self._task = loop.create_task(self._pump())
 
+    def message(self, body: bytes) -> None:
+        self._queue_texts([body])
+
     def write(self, data: bytes) -> None:
+        with self._lock:
+            bodies = self._parser.feed(data)
+        self._queue_texts(bodies)
+
+    def _queue_texts(self, bodies: List[Any]) -> None:
         with self._lock:
             if self._closed:
                 return
-            for body in self._parser.feed(data):
+            for body in bodies:
                 text = body.decode("utf-8")
                 self._queue.append(text)
                 self._queued += len(text)
-            if not self._scheduled:
+            if self._queue and not self._scheduled:
                 self._scheduled = True
                 self.loop.call_soon_threadsafe(self._kick)
 
     def _kick(self) -> None:
-        self._scheduled = False
+        with self._lock:
+            self._scheduled = False
+            unread = self._queued
         self._wake.set()
-        if self._queued > self.max_unread:
-            self.on_overflow(self._queued)
+        if unread > self.max_unread:
+            self.on_overflow(unread)
 
     async def _pump(self) -> None:
         while not self._closed:
@@ -258,12 +266,10 @@ class WsWriter:
             try:
                 for text in batch:
                     await self.ws.send(text)  # waits while the browser reads slower than we write
-                    self._queued -= len(text)
+                    with self._lock:  # worker threads add to the count meanwhile
+                        self._queued -= len(text)
             except ConnectionClosed:
                 return
-
-    def buffered(self) -> int:
-        return self._queued
 
     def lost(self) -> None:
         with self._lock:
