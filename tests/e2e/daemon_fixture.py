@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -110,6 +111,21 @@ class DaemonProcess:
                 self.proc.wait()
 
 
+def start_web_daemon(tmp: Path, workflows: Optional[Path] = None, *extra: str) -> DaemonProcess:
+    """A daemon on a unix socket that also serves the web page (`--http`) on a free port, once
+    that listens: `d.http_port`, `d.base` (its URL), `d.wf` (its workflow folder)."""
+    port = free_port()
+    d = DaemonProcess(tmp, "unix", workflows=workflows, extra=["--http", f"127.0.0.1:{port}", *extra]).start()
+    d.http_port, d.base, d.wf = port, f"http://127.0.0.1:{port}", d.workflows
+
+    def announced() -> bool:  # the discovery file names the listener once it listens
+        found = d.data / "daemon.json"
+        return found.exists() and "http" in json.loads(found.read_text())
+
+    wait_for(announced, what="the web listener")
+    return d
+
+
 def cli(cwd, *args, stdin=None, timeout=60):
     """`abstractruntime ARGS` in a subprocess, with this package importable: the result."""
     return subprocess.run([sys.executable, "-m", "abstractruntime", *args], cwd=cwd, env=env_with_package(),
@@ -137,4 +153,4 @@ def daemon(tmp: Path, transport: str, **kw) -> Iterator[DaemonProcess]:
         d.stop()
 
 
-__all__ = ["ROOT", "DaemonProcess", "daemon", "free_port", "wait_for"]
+__all__ = ["ROOT", "DaemonProcess", "daemon", "free_port", "start_web_daemon", "wait_for"]

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from daemon_fixture import DaemonProcess, cli, free_port, wait_for
+from daemon_fixture import cli, start_web_daemon
 
 from conftest import IN_CI
 
@@ -135,27 +135,12 @@ def dev_module(with_finish: bool) -> str:
         ''')
 
 
-def serving_web(d) -> bool:
-    """The daemon announced its web listener (in its discovery file, once it listens)."""
-    found = d.data / "daemon.json"
-    return found.exists() and "http" in json.loads(found.read_text())
-
-
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
     where = os.environ.get("WEB_SCREENSHOTS")
     path = Path(where) if where else tmp_path_factory.mktemp("screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def start_web_daemon(tmp: Path, wf: Path, *extra: str) -> DaemonProcess:
-    """A daemon on a unix socket serving the page on a free port (`d.base`), once it listens."""
-    port = free_port()
-    d = DaemonProcess(tmp, "unix", workflows=wf, extra=["--http", f"127.0.0.1:{port}", *extra]).start()
-    d.wf, d.base = wf, f"http://127.0.0.1:{port}"
-    wait_for(lambda: serving_web(d), what="the web listener")
-    return d
 
 
 @pytest.fixture(scope="module")

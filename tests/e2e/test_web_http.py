@@ -9,23 +9,14 @@ import json
 import socket
 
 import pytest
-from daemon_fixture import DaemonProcess, cli, free_port, wait_for
+from daemon_fixture import DaemonProcess, cli, free_port, start_web_daemon, wait_for
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("webhttp")
-    port = free_port()
-    d = DaemonProcess(tmp, "unix", extra=["--http", f"127.0.0.1:{port}"]).start()
-    d.http_port = port
-
-    def up() -> bool:
-        found = d.data / "daemon.json"
-        return found.exists() and "http" in json.loads(found.read_text())
-
-    wait_for(up, what="the web listener")
+    d = start_web_daemon(tmp_path_factory.mktemp("webhttp"))
     yield d
     d.stop()
 
