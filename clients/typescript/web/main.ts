@@ -150,6 +150,15 @@ function waitingFor(s: P.RunSummaryModel): string {
   return `${s.wait_reason ?? "?"} ${s.wait_key ?? ""}`;
 }
 
+/** A run the "waiting for an answer" list shows: it waits for a person's answer, or a reload stranded it. */
+function asksAPerson(s: P.RunSummaryModel): boolean {
+  return s.status === "waiting" && (s.wait_reason === "user" || isStranded(s));
+}
+
+function waitingItem(s: P.RunSummaryModel): HTMLElement {
+  return h("li", { "data-run": s.run_id }, runLink(s.run_id), ` ${s.workflow_id}: `, h("q", {}, waitingFor(s)));
+}
+
 function eventName(key: string | null | undefined): string {
   const parts = (key ?? "").split(":");
   return parts[parts.length - 1] ?? "";
@@ -287,11 +296,11 @@ class RunsView implements View {
   }
 
   private renderWaiting(runs: P.RunSummaryModel[]): void {
-    const asks = runs.filter((r) => r.wait_reason === "user" || isStranded(r));
+    const asks = runs.filter(asksAPerson);
     clear(
       this.waiting,
       asks.length
-        ? h("ul", {}, asks.map((r) => h("li", { "data-run": r.run_id }, runLink(r.run_id), ` ${r.workflow_id}: `, h("q", {}, waitingFor(r)))))
+        ? h("ul", {}, asks.map(waitingItem))
         : h("p", { class: "muted" }, "Nothing waits for a person."),
     );
   }
@@ -358,12 +367,12 @@ class RunsView implements View {
     }
     this.filterRows();
     const li = this.waiting.querySelector(`li[data-run="${s.run_id}"]`);
-    const asks = s.status === "waiting" && (s.wait_reason === "user" || isStranded(s));
+    const asks = asksAPerson(s);
     if (li && !asks) li.remove();
     else if (!li && asks) {
       let ul = this.waiting.querySelector("ul");
       if (!ul) clear(this.waiting, (ul = h("ul")));
-      ul.prepend(h("li", { "data-run": s.run_id }, runLink(s.run_id), ` ${s.workflow_id}: `, h("q", {}, waitingFor(s))));
+      ul.prepend(waitingItem(s));
     }
   }
 
