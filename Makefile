@@ -22,7 +22,8 @@ PYTHONS ?= 3.10 3.11 3.12 3.13
 # CLI's own subprocess-heavy tier (its code runs on every version through tests/e2e/test_cli.py
 # and the unit tier), and the several-daemons tier on PostgreSQL (its stores and feed run on
 # every version through the unit tier), and the browser tier (the page is JavaScript; the
-# daemon's side of it is the same session on every version). They keep CI's whole run under its 15 minutes on 2 cores.
+# daemon's side of it, tests/e2e/test_web_http.py, runs on every version). They keep CI's
+# whole run under its 15 minutes on 2 cores.
 MAIN_ONLY := --ignore=tests/e2e/test_typescript.py --ignore=tests/e2e/test_neovim.py \
 	--ignore=tests/e2e/test_fresh_clone.py --ignore=tests/e2e/test_docs.py \
 	--ignore=tests/e2e/test_crash_recovery.py --ignore=tests/e2e/test_limits.py \
